@@ -1,0 +1,27 @@
+"""Pytest set-up: one Keras backend per process (see scripts/test.sh)."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+from keras_hpdm.testing import disable_tf32  # noqa: E402
+
+
+def pytest_report_header(config):
+    return f"keras {keras.__version__}, backend: {keras.config.backend()}"
+
+
+@pytest.fixture(autouse=True)
+def _numerics():
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
+    disable_tf32()
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+def backend():
+    return keras.config.backend()

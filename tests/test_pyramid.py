@@ -1,0 +1,225 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from keras_hpdm import PyramidSpec
+
+
+def random_video(spec, channels=3, seed=0, dtype=np.uint8):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, spec.target_size + (channels,)).astype(dtype)
+
+
+def independent_level(video, spec, level, offset):
+    """Crop-then-average with explicit loops: an independent reference for `extract`."""
+    k = spec.level_factor(level)
+    r = spec.patch_size
+    out = np.zeros(r + (video.shape[-1],))
+    for i in range(r[0]):
+        for j in range(r[1]):
+            for m in range(r[2]):
+                f0 = (offset[0] + i) * k[0]
+                h0 = (offset[1] + j) * k[1]
+                w0 = (offset[2] + m) * k[2]
+                block = video[f0 : f0 + k[0], h0 : h0 + k[1], w0 : w0 + k[2]]
+                out[i, j, m] = block.reshape(-1, video.shape[-1]).mean(0)
+    return out
+
+
+def test_sizes_scales_factors():
+    spec = PyramidSpec((4, 8, 16), 3)
+    assert spec.target_size == (16, 32, 64)
+    assert [spec.level_size(lv) for lv in range(3)] == [(4, 8, 16), (8, 16, 32), (16, 32, 64)]
+    assert spec.level_scale(2) == (0.25, 0.25, 0.25)
+    assert spec.level_factor(0) == (4, 4, 4)
+    assert spec.level_factor(2) == (1, 1, 1)
+    flat = PyramidSpec((4, 8, 16), 3, pyramid_time=False)
+    assert flat.target_size == (4, 32, 64)
+    assert flat.level_scale(1) == (1.0, 0.5, 0.5)
+    assert flat.level_factor(0) == (1, 4, 4)
+
+
+def test_containment_alignment_and_coords():
+    spec = PyramidSpec((2, 4, 6), 4)
+    r = np.array(spec.patch_size)
+    for seed in range(50):
+        offsets = spec.sample_offsets(seed)
+        assert offsets.dtype.kind == "i"
+        assert np.all(offsets[0] == 0)
+        coords = spec.coords_from_offsets(offsets)
+        for lv in range(1, spec.num_levels):
+            assert np.all(offsets[lv] >= 2 * offsets[lv - 1])
+            assert np.all(offsets[lv] + r <= 2 * (offsets[lv - 1] + r))
+            # In fractions: the box lies inside the parent box.
+            s, d = coords[lv, :3], coords[lv, 3:]
+            ps, pd = coords[lv - 1, :3], coords[lv - 1, 3:]
+            assert np.all(d >= pd - 1e-7) and np.all(d + s <= pd + ps + 1e-7)
+        # Coordinates are consistent with offsets and canvas sizes.
+        for lv in range(spec.num_levels):
+            canvas = np.array(spec.level_size(lv))
+            np.testing.assert_allclose(coords[lv, 3:], offsets[lv] / canvas, rtol=1e-6)
+            np.testing.assert_allclose(coords[lv, :3], r / canvas, rtol=1e-6)
+            # Integer alignment: the box maps to whole pixels at full resolution.
+            full = coords[lv, 3:] * np.array(spec.target_size)
+            np.testing.assert_allclose(full, np.round(full), atol=1e-4)
+
+
+def test_extract_matches_independent_crop_then_average():
+    spec = PyramidSpec((2, 3, 4), 3)
+    video = random_video(spec, seed=1)
+    offsets = spec.sample_offsets(7)
+    patches = spec.extract(video, offsets)
+    assert patches.shape == (3, 2, 3, 4, 3) and patches.dtype == np.float32
+    for lv in range(3):
+        np.testing.assert_allclose(
+            patches[lv], independent_level(video, spec, lv, offsets[lv]), rtol=1e-6
+        )
+    # Level 0 is the whole video downsampled; the finest level is a plain pixel crop.
+    np.testing.assert_allclose(
+        patches[0], video.reshape(2, 4, 3, 4, 4, 4, 3).mean((1, 3, 5)), rtol=1e-6
+    )
+    o = offsets[-1]
+    np.testing.assert_array_equal(patches[-1], video[o[0]:o[0] + 2, o[1]:o[1] + 3, o[2]:o[2] + 4])
+
+
+def test_sample_is_deterministic_by_seed():
+    spec = PyramidSpec((2, 4, 4), 3)
+    video = random_video(spec)
+    a, b, c = spec.sample(video, seed=3), spec.sample(video, seed=3), spec.sample(video, seed=4)
+    np.testing.assert_array_equal(a["patches"], b["patches"])
+    np.testing.assert_array_equal(a["coords"], b["coords"])
+    assert not all(np.array_equal(spec.sample(video, s)["offsets"], c["offsets"])
+                   for s in range(5))
+
+
+def test_offsets_cover_uniformly():
+    """Each step inside the parent is uniform over {0..r}; every position is reachable."""
+    spec = PyramidSpec((1, 3, 5), 3)
+    n = 3000
+    offsets = np.stack([spec.sample_offsets(s) for s in range(n)])
+    for lv in (1, 2):
+        steps = offsets[:, lv] - 2 * offsets[:, lv - 1]
+        for axis in (1, 2):
+            r = spec.patch_size[axis]
+            counts = np.bincount(steps[:, axis], minlength=r + 1)
+            assert len(counts) == r + 1
+            assert stats.chisquare(counts).pvalue > 1e-3
+    # Coverage: every finest-level offset is hit.
+    for axis in (1, 2):
+        hit = np.unique(offsets[:, 2, axis])
+        np.testing.assert_array_equal(hit, np.arange(spec.max_offset(2)[axis] + 1))
+    # Time is not pyramided when r_f == 1 and pyramid_time=True? it is: canvas 4 frames.
+    assert spec.max_offset(2)[0] == 3
+
+
+def test_unpyramided_time_keeps_all_frames():
+    spec = PyramidSpec((4, 4, 4), 3, pyramid_time=False)
+    video = random_video(spec)
+    out = spec.sample(video, seed=0)
+    assert np.all(out["offsets"][:, 0] == 0)
+    np.testing.assert_allclose(out["coords"][:, 0], 1.0)
+    # Level 0 averages space only: frames are untouched.
+    np.testing.assert_allclose(
+        out["patches"][0], video.reshape(4, 4, 4, 4, 4, 3).mean((2, 4)), rtol=1e-6
+    )
+
+
+def test_tf_twin_matches_numpy():
+    spec = PyramidSpec((2, 4, 8), 3)
+    video = random_video(spec, seed=2)
+    for seed in range(4):
+        offsets = spec.sample_offsets(seed)
+        np_patches = spec.extract(video, offsets)
+        tf_patches = spec.tf_extract(tf.constant(video), tf.constant(offsets)).numpy()
+        np.testing.assert_array_equal(tf_patches, np_patches)  # exact for uint8 input
+        np.testing.assert_allclose(
+            spec.tf_coords_from_offsets(tf.constant(offsets)).numpy(),
+            spec.coords_from_offsets(offsets),
+        )
+    # The TF offset sampler respects containment and is deterministic by seed.
+    fn = tf.function(lambda s: spec.tf_sample(tf.constant(video), s))
+    for seed in range(20):
+        out = fn(tf.constant([seed, 1]))
+        spec.check_offsets(out["offsets"].numpy())
+        np.testing.assert_array_equal(
+            out["patches"].numpy(), spec.extract(video, out["offsets"].numpy())
+        )
+    np.testing.assert_array_equal(
+        fn(tf.constant([5, 5]))["offsets"].numpy(), fn(tf.constant([5, 5]))["offsets"].numpy()
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    r=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 4)),
+    levels=st.integers(1, 3),
+    pyramid_time=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
+def test_property_random_sizes(r, levels, pyramid_time, seed):
+    spec = PyramidSpec(r, levels, pyramid_time=pyramid_time)
+    video = random_video(spec, channels=2, seed=seed % 97)
+    out = spec.sample(video, seed=seed)
+    assert out["patches"].shape == (levels,) + r + (2,)
+    spec.check_offsets(out["offsets"])
+    for lv in range(levels):
+        np.testing.assert_allclose(
+            out["patches"][lv], independent_level(video, spec, lv, out["offsets"][lv]),
+            rtol=1e-6,
+        )
+    # Mean is preserved by box filtering on level 0 (the whole video).
+    np.testing.assert_allclose(out["patches"][0].mean(), video.mean(), rtol=1e-5)
+
+
+def test_serialization_round_trip():
+    import json
+
+    import keras
+
+    spec = PyramidSpec((2, 4, 8), 3, pyramid_time=False)
+    revived = keras.saving.deserialize_keras_object(
+        json.loads(json.dumps(keras.saving.serialize_keras_object(spec)))
+    )
+    assert revived == spec
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"patch_size": (2, 4), "num_levels": 2}, "patch_size"),
+        ({"patch_size": (2, 0, 4), "num_levels": 2}, "patch_size"),
+        ({"patch_size": (2, -4, 4), "num_levels": 2}, "patch_size"),
+        ({"patch_size": (2, 4.5, 4), "num_levels": 2}, "patch_size"),
+        ({"patch_size": "244", "num_levels": 2}, "patch_size"),
+        ({"patch_size": (2, 4, 4), "num_levels": 0}, "num_levels"),
+        ({"patch_size": (2, 4, 4), "num_levels": -1}, "num_levels"),
+        ({"patch_size": (2, 4, 4), "num_levels": 2.0}, "num_levels"),
+        ({"patch_size": (2, 4, 4), "num_levels": 2, "pyramid_time": "yes"}, "pyramid_time"),
+    ],
+)
+def test_bad_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PyramidSpec(**kwargs)
+
+
+def test_bad_inputs():
+    spec = PyramidSpec((2, 4, 4), 3)
+    video = random_video(spec)
+    with pytest.raises(ValueError, match="rank 4"):
+        spec.sample(video[0], seed=0)
+    with pytest.raises(ValueError, match="target_size"):
+        spec.sample(video[:, :8], seed=0)  # smaller
+    with pytest.raises(ValueError, match="target_size"):
+        spec.sample(np.zeros((8, 12, 16, 3)), seed=0)  # not r * 2**(L-1)
+    for bad_seed in (1.5, "0", -1, True):
+        with pytest.raises(ValueError, match="seed"):
+            spec.sample(video, seed=bad_seed)
+    with pytest.raises(ValueError, match="offsets"):
+        spec.extract(video, np.zeros((2, 3), int))
+    with pytest.raises(ValueError, match="inside"):
+        spec.extract(video, np.array([[0, 0, 0], [2, 4, 4], [0, 0, 0]]))
+    with pytest.raises(ValueError, match="level"):
+        spec.level_size(3)
