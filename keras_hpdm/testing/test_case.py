@@ -32,7 +32,7 @@ def disable_tf32():
     elif backend == "tensorflow":
         import tensorflow as tf
 
-        tf.config.experimental.enable_tensor_float32_execution(False)
+        tf.config.experimental.enable_tensor_float_32_execution(False)
 
 
 def to_numpy(x):

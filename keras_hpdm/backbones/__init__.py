@@ -1,0 +1,15 @@
+"""Pyramid backbones: RIN and 3D UNet, with deep context fusion and adaptive computation."""
+
+from keras_hpdm.backbones.hpdm_backbone import HPDMBackbone
+from keras_hpdm.backbones.levels_schedule import (
+    linear_levels_per_block,
+    resolve_levels_per_block,
+)
+from keras_hpdm.backbones.rin_backbone import RINBackbone
+
+__all__ = [
+    "HPDMBackbone",
+    "RINBackbone",
+    "linear_levels_per_block",
+    "resolve_levels_per_block",
+]

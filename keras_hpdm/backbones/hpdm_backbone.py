@@ -1,0 +1,195 @@
+"""Shared machinery of HPDM backbones: inputs, conditioning, adaptive computation, DCF."""
+
+import copy
+
+import keras
+from keras import ops
+
+from keras_hpdm.backbones.levels_schedule import resolve_levels_per_block
+from keras_hpdm.layers.class_embedding import ClassEmbedding
+from keras_hpdm.layers.sigma_embedding import SigmaEmbedding
+from keras_hpdm.pyramid import PyramidSpec
+
+
+def fold_levels(x):
+    """`(B, L, ...) -> (B * L, ...)`: levels become batch entries (static trailing shape)."""
+    return ops.reshape(x, (-1,) + tuple(x.shape[2:]))
+
+
+def unfold_levels(x, num_levels):
+    """`(B * L, ...) -> (B, L, ...)`."""
+    return ops.reshape(x, (-1, num_levels) + tuple(x.shape[1:]))
+
+
+class HPDMBackbone(keras.Model):
+    """Base class of pyramid backbones (`RINBackbone`, `UNet3DBackbone`).
+
+    Every backbone takes the noisy, preconditioned pyramid and returns one output per level:
+    `backbone({"patches": (B, L, f, h, w, C), "sigma": (B, L), "coords": (B, L, 6),
+    "label": (B,) optional, "text_embeddings": (B, S, D) optional}) -> (B, L, f, h, w, C)`.
+    `L` may be smaller than `pyramid.num_levels` (a pyramid cut after level `L - 1`):
+    levels never see finer levels, so their outputs do not change.
+
+    Subclasses route every deep-context-fusion point through `self.fuse(...)`, which makes
+    cached inference generic: `encode_context(inputs)` records, per block, the block-input
+    features of finished coarse levels, and `call(inputs, context=...)` runs only new levels
+    against them (paper §4.4 "cached inference").
+    """
+
+    presets = {}
+
+    def __init__(self, pyramid, num_blocks, levels_per_block="linear", channels=3,
+                 num_classes=None, text_dim=None, cond_dim=256, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(pyramid, dict):
+            pyramid = keras.saving.deserialize_keras_object(pyramid)
+        if not isinstance(pyramid, PyramidSpec):
+            raise TypeError(f"`pyramid` must be a keras_hpdm.PyramidSpec, got {pyramid!r}.")
+        self.pyramid = pyramid
+        self.num_blocks = int(num_blocks)
+        self.levels_per_block = resolve_levels_per_block(
+            levels_per_block, self.num_blocks, pyramid.num_levels
+        )
+        self._levels_per_block_arg = (
+            list(levels_per_block) if isinstance(levels_per_block, (list, tuple))
+            else levels_per_block
+        )
+        self.channels = int(channels)
+        if num_classes is not None and (isinstance(num_classes, bool) or num_classes < 1):
+            raise ValueError(f"`num_classes` must be None or a positive int, got {num_classes}.")
+        self.num_classes = num_classes
+        self.text_dim = text_dim
+        self.cond_dim = int(cond_dim)
+        self.sigma_embedding = SigmaEmbedding(self.cond_dim, name="sigma_embedding")
+        self.class_embedding = (
+            ClassEmbedding(num_classes, self.cond_dim, dtype=self.dtype_policy,
+                           name="class_embedding")
+            if num_classes else None
+        )
+        self.text_projection = (
+            keras.layers.Dense(self.cond_dim, dtype=self.dtype_policy, name="text_projection")
+            if text_dim else None
+        )
+
+    # ---------------------------------------------------------------- inputs
+    @property
+    def null_label(self):
+        return self.num_classes
+
+    def check_inputs(self, inputs, num_context_levels=0):
+        """Validates the input dict; returns `(patches, sigma, coords, label, text)`."""
+        if not isinstance(inputs, dict):
+            raise TypeError(
+                "Backbone inputs must be a dict with keys 'patches', 'sigma', 'coords' "
+                f"(and 'label' / 'text_embeddings'), got {type(inputs).__name__}."
+            )
+        missing = [k for k in ("patches", "sigma", "coords") if k not in inputs]
+        if missing:
+            raise ValueError(f"Backbone inputs are missing {missing}; got {sorted(inputs)}.")
+        patches, sigma, coords = inputs["patches"], inputs["sigma"], inputs["coords"]
+        r = self.pyramid.patch_size
+        if len(patches.shape) != 6 or tuple(patches.shape[2:]) != r + (self.channels,):
+            raise ValueError(
+                f"`patches` must have shape (B, L, {r[0]}, {r[1]}, {r[2]}, {self.channels}), "
+                f"got {tuple(patches.shape)}."
+            )
+        num_levels = patches.shape[1]
+        total = num_levels + num_context_levels
+        if not 1 <= total <= self.pyramid.num_levels:
+            raise ValueError(
+                f"`patches` has {num_levels} levels (+{num_context_levels} context levels); "
+                f"the pyramid has {self.pyramid.num_levels}."
+            )
+        if tuple(sigma.shape[1:]) != (num_levels,):
+            raise ValueError(f"`sigma` must have shape (B, {num_levels}), got {sigma.shape}.")
+        if tuple(coords.shape[1:]) != (num_levels, 6):
+            raise ValueError(
+                f"`coords` must have shape (B, {num_levels}, 6), got {coords.shape}."
+            )
+        label = inputs.get("label")
+        if self.num_classes and label is None:
+            raise ValueError("This backbone is class-conditional: pass `label` (B,) ints.")
+        if not self.num_classes and label is not None:
+            raise ValueError("`label` given, but the backbone has `num_classes=None`.")
+        text = inputs.get("text_embeddings")
+        if self.text_dim and text is None:
+            raise ValueError("This backbone is text-conditional: pass `text_embeddings`.")
+        if not self.text_dim and text is not None:
+            raise ValueError("`text_embeddings` given, but the backbone has `text_dim=None`.")
+        if text is not None and (len(text.shape) != 3 or text.shape[-1] != self.text_dim):
+            raise ValueError(
+                f"`text_embeddings` must have shape (B, S, {self.text_dim}), got {text.shape}."
+            )
+        return patches, sigma, coords, label, text
+
+    def condition_vectors(self, sigma, label, text):
+        """Per (sample, level) conditioning: `(B, L, cond_dim)` and text tokens `(B, S, d)`."""
+        cond = ops.cast(self.sigma_embedding(sigma), self.compute_dtype)
+        if self.class_embedding is not None:
+            cond = cond + self.class_embedding(label)[:, None, :]
+        text_tokens = None
+        if self.text_projection is not None:
+            text_tokens = self.text_projection(ops.cast(text, self.compute_dtype))
+            cond = cond + ops.mean(text_tokens, axis=1)[:, None, :]
+        return cond, text_tokens
+
+    # --------------------------------------------------- adaptive computation
+    def active_levels(self, block, num_levels, num_context_levels=0):
+        """How many of the given (non-context) levels block `block` runs."""
+        return max(0, min(self.levels_per_block[block], num_context_levels + num_levels)
+                   - num_context_levels)
+
+    def fuse(self, block, fusion, features, coords, context, recorder):
+        """Deep context fusion before block `block` for the levels it runs.
+
+        `features` (B, n, ...) are the running levels' block inputs (token grids);
+        `context` holds cached coarse features per block (or None); `recorder` (a list or
+        None) collects this block's inputs for `encode_context`.
+        """
+        if recorder is not None:
+            recorder.append(features)
+        num_context = 0
+        if context is not None:
+            cached = context["features"][block]
+            num_context = cached.shape[1]
+            features = ops.concatenate([ops.cast(cached, features.dtype), features], axis=1)
+        return fusion(features, coords[:, : features.shape[1]], num_context_levels=num_context)
+
+    def encode_context(self, inputs):
+        """Runs finished coarse levels once and records what finer levels need from them.
+
+        Returns a dict usable as `call(..., context=...)` for the next level(s): per block,
+        the block-input features of these levels (what DCF samples), and their coords.
+        """
+        _, features = self(inputs, return_context=True)
+        return {"features": features, "coords": inputs["coords"]}
+
+    # ----------------------------------------------------------------- config
+    @classmethod
+    def from_preset(cls, name, pyramid, **overrides):
+        """Builds a backbone from a named architecture preset (no weights exist)."""
+        if name not in cls.presets:
+            raise ValueError(
+                f"Unknown preset {name!r} for {cls.__name__}; available: {sorted(cls.presets)}."
+            )
+        config = copy.deepcopy(cls.presets[name]["config"])
+        config.update(overrides)
+        return cls(pyramid=pyramid, **config)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "pyramid": keras.saving.serialize_keras_object(self.pyramid),
+            "num_blocks": self.num_blocks,
+            "levels_per_block": self._levels_per_block_arg,
+            "channels": self.channels,
+            "num_classes": self.num_classes,
+            "text_dim": self.text_dim,
+            "cond_dim": self.cond_dim,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["pyramid"] = keras.saving.deserialize_keras_object(config["pyramid"])
+        return cls(**config)

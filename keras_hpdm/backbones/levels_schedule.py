@@ -1,0 +1,50 @@
+"""Adaptive computation: how many pyramid levels each backbone block runs."""
+
+import math
+import numbers
+
+
+def linear_levels_per_block(num_blocks, num_levels):
+    """The paper's allocation: levels grow linearly with block index, last block runs all.
+
+    `linear_levels_per_block(6, 3) == (1, 1, 2, 2, 3, 3)`.
+    """
+    return tuple(math.ceil((b + 1) * num_levels / num_blocks) for b in range(num_blocks))
+
+
+def resolve_levels_per_block(levels_per_block, num_blocks, num_levels):
+    """Validates a schedule; `None` runs every level in every block, "linear" = the paper's.
+
+    Returns:
+        A tuple of `num_blocks` ints, non-decreasing, each in `[1, num_levels]`, last equal
+        to `num_levels`.
+    """
+    if levels_per_block is None:
+        return (num_levels,) * num_blocks
+    if isinstance(levels_per_block, str):
+        if levels_per_block != "linear":
+            raise ValueError(
+                '`levels_per_block` must be None, "linear" or a sequence of ints, got '
+                f"{levels_per_block!r}."
+            )
+        return linear_levels_per_block(num_blocks, num_levels)
+    schedule = tuple(levels_per_block)
+    if len(schedule) != num_blocks:
+        raise ValueError(
+            f"`levels_per_block` must have one entry per block ({num_blocks}), got "
+            f"{len(schedule)}: {schedule}."
+        )
+    for n in schedule:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= num_levels:
+            raise ValueError(
+                f"Every `levels_per_block` entry must be an integer in [1, {num_levels}], "
+                f"got {schedule}."
+            )
+    if any(a > b for a, b in zip(schedule, schedule[1:], strict=False)):
+        raise ValueError(f"`levels_per_block` must be non-decreasing, got {schedule}.")
+    if schedule[-1] != num_levels:
+        raise ValueError(
+            f"The last block must run all {num_levels} levels (`levels_per_block[-1] == "
+            f"{num_levels}`), got {schedule}."
+        )
+    return tuple(int(n) for n in schedule)

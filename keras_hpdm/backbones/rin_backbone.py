@@ -1,0 +1,157 @@
+"""RIN backbone with deep context fusion and adaptive computation (the paper's default)."""
+
+import keras
+from keras import ops
+
+from keras_hpdm.backbones.hpdm_backbone import HPDMBackbone, fold_levels, unfold_levels
+from keras_hpdm.backbones.rin_presets import rin_presets
+from keras_hpdm.layers.deep_context_fusion import DeepContextFusion
+from keras_hpdm.layers.patch_tokenizer import PatchDetokenizer, PatchTokenizer
+from keras_hpdm.layers.rin_block import RINBlock
+
+
+@keras.saving.register_keras_serializable(package="keras_hpdm")
+class RINBackbone(HPDMBackbone):
+    """Recurrent Interface Network over a patch pyramid (paper §4.2-4.3, Fig. 11).
+
+    Each level's patch is tokenised (3-D patchify + learned positions) and owns a set of
+    latents; conditioning (noise level, class, text) enters as extra latent tokens. Block
+    `b` runs the first `levels_per_block[b]` levels (levels folded into the batch) after a
+    deep context fusion of their data tokens; levels never attend to each other, so
+    information flows coarse -> fine only, through DCF.
+
+    Args:
+        pyramid: `keras_hpdm.PyramidSpec`.
+        tokenizer_patch: `(pf, ph, pw)` pixels per data token (the paper's 1x4x4).
+        data_dim: data-token width.
+        latent_dim: latent width.
+        num_latents: latents per level.
+        num_blocks: RIN blocks.
+        num_latent_layers: latent self-attention layers per block.
+        num_heads: attention heads (must divide `data_dim` and `latent_dim`).
+        mlp_ratio: MLP width multiple of the latent MLPs.
+        data_mlp_ratio: MLP width multiple of the data-token MLP (default: `mlp_ratio`).
+        levels_per_block: adaptive computation schedule: `"linear"` (the paper's),
+            `None` (every block runs every level) or a tuple of ints.
+        channels: pixel channels.
+        num_classes: number of classes for class conditioning (None: unconditional).
+        text_dim: width of text-encoder embeddings for text conditioning (None: no text).
+        cond_dim: width of the noise-level/class conditioning vector.
+
+    Example:
+    ```python
+    spec = keras_hpdm.PyramidSpec((4, 32, 32), 3)
+    backbone = keras_hpdm.backbones.RINBackbone.from_preset("tiny", pyramid=spec)
+    out = backbone({"patches": x, "sigma": sigma, "coords": coords})  # (B, 3, 4, 32, 32, 3)
+    ```
+
+    References:
+        - [Skorokhodov et al., Hierarchical Patch Diffusion Models, CVPR 2024](
+          https://arxiv.org/abs/2406.07792)
+        - [Jabri et al., Scalable Adaptive Computation for Iterative Generation, ICML 2023](
+          https://arxiv.org/abs/2212.11972)
+    """
+
+    presets = rin_presets
+
+    def __init__(self, pyramid, tokenizer_patch=(1, 4, 4), data_dim=256, latent_dim=256,
+                 num_latents=128, num_blocks=6, num_latent_layers=4, num_heads=8, mlp_ratio=4,
+                 data_mlp_ratio=None, levels_per_block="linear", channels=3, num_classes=None, text_dim=None,
+                 cond_dim=256, **kwargs):
+        super().__init__(pyramid=pyramid, num_blocks=num_blocks,
+                         levels_per_block=levels_per_block, channels=channels,
+                         num_classes=num_classes, text_dim=text_dim, cond_dim=cond_dim, **kwargs)
+        for name, dim in (("data_dim", data_dim), ("latent_dim", latent_dim)):
+            if dim % num_heads:
+                raise ValueError(f"`{name}` ({dim}) must be divisible by `num_heads` "
+                                 f"({num_heads}).")
+        self.tokenizer_patch = tuple(tokenizer_patch)
+        for axis, r, p in zip("fhw", pyramid.patch_size, self.tokenizer_patch, strict=True):
+            if r % p:
+                raise ValueError(
+                    f"`tokenizer_patch` {self.tokenizer_patch} must divide the pyramid patch "
+                    f"size {pyramid.patch_size} (axis {axis})."
+                )
+        self.data_dim, self.latent_dim = int(data_dim), int(latent_dim)
+        self.num_latents, self.num_latent_layers = int(num_latents), int(num_latent_layers)
+        self.num_heads, self.mlp_ratio = int(num_heads), mlp_ratio
+        self.data_mlp_ratio = data_mlp_ratio or mlp_ratio
+        self.grid_size = tuple(r // p for r, p in zip(pyramid.patch_size, self.tokenizer_patch,
+                                                       strict=True))
+        policy = self.dtype_policy
+        self.tokenizer = PatchTokenizer(self.tokenizer_patch, self.data_dim, dtype=policy,
+                                        name="tokenizer")
+        self.detokenizer = PatchDetokenizer(self.tokenizer_patch, self.channels, dtype=policy,
+                                            name="detokenizer")
+        self.cond_to_latent = keras.layers.Dense(self.latent_dim, dtype=policy,
+                                                 name="cond_to_latent")
+        self.text_to_latent = (keras.layers.Dense(self.latent_dim, dtype=policy,
+                                                  name="text_to_latent") if text_dim else None)
+        self.fusions = [DeepContextFusion(dtype=policy, name=f"fusion_{b}")
+                        for b in range(self.num_blocks)]
+        self.blocks = [RINBlock(self.num_latent_layers, self.num_heads, mlp_ratio,
+                                self.data_mlp_ratio, dtype=policy,
+                                name=f"block_{b}") for b in range(self.num_blocks)]
+
+    def build(self, input_shape=None):
+        self.initial_latents = self.add_weight(
+            name="initial_latents", shape=(self.num_latents, self.latent_dim),
+            initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+        )
+        super().build(input_shape)
+
+    def call(self, inputs, context=None, return_context=False, training=None):
+        num_context = 0 if context is None else context["coords"].shape[1]
+        patches, sigma, coords, label, text = self.check_inputs(inputs, num_context)
+        if context is not None:
+            coords = ops.concatenate([ops.cast(context["coords"], coords.dtype), coords], 1)
+        num_levels = patches.shape[1]
+        recorder = [] if return_context else None
+
+        cond, text_tokens = self.condition_vectors(sigma, label, text)
+        tokens = self.tokenizer(fold_levels(ops.cast(patches, self.compute_dtype)))
+        tokens = unfold_levels(tokens, num_levels)  # (B, L, f', h', w', d)
+        latent_tokens = [self.cond_to_latent(cond)[:, :, None, :]]
+        if self.text_to_latent is not None:
+            text_latents = self.text_to_latent(text_tokens)[:, None]  # (B, 1, S, dz)
+            latent_tokens.append(text_latents + ops.zeros_like(latent_tokens[0][:, :, :1, :1]))
+        init = ops.cast(self.initial_latents, self.compute_dtype)[None, None]
+        latents = ops.concatenate(
+            [init + ops.zeros_like(latent_tokens[0][:, :, :1, :1])] + latent_tokens, axis=2
+        )  # (B, L, M + 1 (+ S), dz)
+
+        for b in range(self.num_blocks):
+            n = self.active_levels(b, num_levels, num_context)
+            if n == 0:
+                continue
+            fused = self.fuse(b, self.fusions[b], tokens[:, :n], coords, context, recorder)
+            flat, z = self.blocks[b](
+                ops.reshape(fold_levels(fused), (-1, self.num_tokens, self.data_dim)),
+                fold_levels(latents[:, :n]),
+            )
+            flat = unfold_levels(ops.reshape(flat, (-1,) + tuple(tokens.shape[2:])), n)
+            z = unfold_levels(z, n)
+            tokens = flat if n == num_levels else ops.concatenate([flat, tokens[:, n:]], 1)
+            latents = z if n == num_levels else ops.concatenate([z, latents[:, n:]], 1)
+
+        out = self.detokenizer(fold_levels(tokens))
+        out = ops.cast(unfold_levels(out, num_levels), "float32")
+        return (out, recorder) if return_context else out
+
+    @property
+    def num_tokens(self):
+        f, h, w = self.grid_size
+        return f * h * w
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "tokenizer_patch": list(self.tokenizer_patch),
+            "data_dim": self.data_dim,
+            "latent_dim": self.latent_dim,
+            "num_latents": self.num_latents,
+            "num_latent_layers": self.num_latent_layers,
+            "num_heads": self.num_heads,
+            "mlp_ratio": self.mlp_ratio,
+            "data_mlp_ratio": self.data_mlp_ratio,
+        }

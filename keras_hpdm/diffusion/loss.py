@@ -1,0 +1,54 @@
+"""EDM-weighted denoising loss over a patch pyramid."""
+
+import keras
+from keras import ops
+
+from keras_hpdm.diffusion.preconditioning import EDMPreconditioning
+
+
+@keras.saving.register_keras_serializable(package="keras_hpdm")
+class PyramidDenoisingLoss:
+    """`mean over levels of E[lambda(sigma_l) ||D(x_l + n; sigma_l) - x_l||^2]`.
+
+    Args:
+        sigma_data: as in the preconditioning (sets `lambda`).
+
+    Call arguments:
+        clean: `(B, L, ...)` clean patches.
+        denoised: `(B, L, ...)` denoiser outputs.
+        sigma: `(B, L)` noise levels.
+        sample_weight: optional `(B,)` weights (e.g. 0 for padded samples).
+
+    Returns:
+        `(total, per_level)`: scalar and `(L,)`, float32.
+
+    Example:
+    ```python
+    total, per_level = PyramidDenoisingLoss(0.5)(clean, denoised, sigma)
+    ```
+    """
+
+    def __init__(self, sigma_data=0.5):
+        self.preconditioning = EDMPreconditioning(sigma_data)
+
+    @property
+    def sigma_data(self):
+        return self.preconditioning.sigma_data
+
+    def __call__(self, clean, denoised, sigma, sample_weight=None):
+        err = ops.square(ops.cast(denoised, "float32") - ops.cast(clean, "float32"))
+        per_sample_level = ops.mean(ops.reshape(err, tuple(err.shape[:2]) + (-1,)), axis=-1)
+        per_sample_level = per_sample_level * self.preconditioning.loss_weight(sigma)  # (B, L)
+        if sample_weight is None:
+            per_level = ops.mean(per_sample_level, axis=0)
+        else:
+            w = ops.cast(sample_weight, "float32")[:, None]
+            per_level = ops.sum(per_sample_level * w, axis=0) / ops.maximum(ops.sum(w), 1e-12)
+        return ops.mean(per_level), per_level
+
+    def get_config(self):
+        return {"sigma_data": self.sigma_data}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

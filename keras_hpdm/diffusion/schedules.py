@@ -1,0 +1,55 @@
+"""Noise-level schedules for sampling."""
+
+import math
+import numbers
+
+import numpy as np
+
+
+def _check_positive_float(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+        math.isfinite(value) and value > 0
+    ):
+        raise ValueError(f"`{name}` must be a positive finite number, got {value!r}.")
+    return float(value)
+
+
+def edm_sigmas(num_steps, sigma_min=0.002, sigma_max=80.0, rho=7.0):
+    """The EDM (Karras) noise levels: `num_steps + 1` sigmas from `sigma_max` down to 0.
+
+    `sigma_i = (sigma_max**(1/rho) + i/(num_steps-1) * (sigma_min**(1/rho) -
+    sigma_max**(1/rho)))**rho` for `i < num_steps`, then a final 0 (EDM Eq. 5). A single step
+    goes straight from `sigma_max` to 0.
+
+    Args:
+        num_steps: number of sampler steps (positive integer).
+        sigma_min: smallest non-zero noise level.
+        sigma_max: starting noise level, larger than `sigma_min`.
+        rho: warping exponent; larger values spend more steps at low noise.
+
+    Returns:
+        float32 numpy array of shape `(num_steps + 1,)`, decreasing, ending with 0.
+
+    Example:
+    ```python
+    sigmas = keras_hpdm.diffusion.edm_sigmas(18)  # [80.0, 57.6, ..., 0.002, 0.0]
+    ```
+
+    References:
+        - [Karras et al., Elucidating the Design Space of Diffusion-Based Generative Models,
+          NeurIPS 2022](https://arxiv.org/abs/2206.00364)
+    """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 1:
+        raise ValueError(f"`num_steps` must be a positive integer, got {num_steps!r}.")
+    sigma_min = _check_positive_float("sigma_min", sigma_min)
+    sigma_max = _check_positive_float("sigma_max", sigma_max)
+    rho = _check_positive_float("rho", rho)
+    if sigma_max <= sigma_min:
+        raise ValueError(
+            f"`sigma_max` must be larger than `sigma_min`, got sigma_max={sigma_max} "
+            f"and sigma_min={sigma_min}."
+        )
+    ramp = np.linspace(0.0, 1.0, int(num_steps)) if num_steps > 1 else np.zeros(1)
+    lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+    return np.append(sigmas, 0.0).astype(np.float32)

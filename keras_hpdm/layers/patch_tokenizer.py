@@ -1,0 +1,124 @@
+"""3-D patchify / unpatchify between pixel patches and token grids."""
+
+import keras
+from keras import ops
+
+
+def _check_patch(patch_size):
+    patch_size = tuple(patch_size)
+    if len(patch_size) != 3 or any(int(p) != p or p < 1 for p in patch_size):
+        raise ValueError(
+            f"`patch_size` must be 3 positive integers (f, h, w), got {patch_size!r}."
+        )
+    return tuple(int(p) for p in patch_size)
+
+
+def _check_divisible(shape, patch_size, name):
+    for axis, n, p in zip(("frames", "height", "width"), shape, patch_size, strict=True):
+        if n is not None and n % p:
+            raise ValueError(
+                f"{name} {axis} ({n}) must be divisible by the tokenizer patch size ({p})."
+            )
+
+
+@keras.saving.register_keras_serializable(package="keras_hpdm")
+class PatchTokenizer(keras.layers.Layer):
+    """Cuts `(B, F, H, W, C)` into `(pf, ph, pw)` cubes, embeds them, adds learned positions.
+
+    Args:
+        patch_size: `(pf, ph, pw)` tokenizer stride (the paper's 1x4x4).
+        dim: token width.
+
+    Call arguments:
+        x: `(B, F, H, W, C)`.
+
+    Returns:
+        Token grid `(B, F/pf, H/ph, W/pw, dim)`.
+
+    Example:
+    ```python
+    tokens = PatchTokenizer((1, 4, 4), 256)(patches)  # (B, 4, 32, 32, 3) -> (B, 4, 8, 8, 256)
+    ```
+    """
+
+    def __init__(self, patch_size, dim, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = _check_patch(patch_size)
+        self.dim = int(dim)
+
+    def build(self, input_shape):
+        if len(input_shape) != 5:
+            raise ValueError(f"Input must have rank 5 (B, F, H, W, C), got {input_shape}.")
+        _check_divisible(input_shape[1:4], self.patch_size, "Input")
+        self.grid_size = tuple(n // p for n, p in zip(input_shape[1:4], self.patch_size,
+                                                       strict=True))
+        pf, ph, pw = self.patch_size
+        self.proj = keras.layers.Dense(self.dim, dtype=self.dtype_policy, name="proj")
+        self.proj.build((None, pf * ph * pw * input_shape[-1]))
+        self.position = self.add_weight(
+            name="position", shape=self.grid_size + (self.dim,),
+            initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+        )
+
+    def call(self, x):
+        (pf, ph, pw), (gf, gh, gw) = self.patch_size, self.grid_size
+        c = x.shape[-1]
+        x = ops.reshape(x, (-1, gf, pf, gh, ph, gw, pw, c))
+        x = ops.transpose(x, (0, 1, 3, 5, 2, 4, 6, 7))
+        x = ops.reshape(x, (-1, gf, gh, gw, pf * ph * pw * c))
+        return self.proj(x) + ops.cast(self.position, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        grid = tuple(n // p for n, p in zip(input_shape[1:4], self.patch_size, strict=True))
+        return (input_shape[0],) + grid + (self.dim,)
+
+    def get_config(self):
+        return {**super().get_config(), "patch_size": list(self.patch_size), "dim": self.dim}
+
+
+@keras.saving.register_keras_serializable(package="keras_hpdm")
+class PatchDetokenizer(keras.layers.Layer):
+    """LayerNorm + Dense back to pixel cubes, then un-patchify to `(B, F, H, W, C)`.
+
+    Args:
+        patch_size: `(pf, ph, pw)`, as in the tokenizer.
+        channels: output channels `C`.
+
+    Example:
+    ```python
+    video = PatchDetokenizer((1, 4, 4), 3)(tokens)  # (B, 4, 8, 8, d) -> (B, 4, 32, 32, 3)
+    ```
+    """
+
+    def __init__(self, patch_size, channels, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = _check_patch(patch_size)
+        self.channels = int(channels)
+
+    def build(self, input_shape):
+        pf, ph, pw = self.patch_size
+        self.norm = keras.layers.LayerNormalization(epsilon=1e-6, dtype="float32", name="norm")
+        self.norm.build(input_shape)
+        self.proj = keras.layers.Dense(
+            pf * ph * pw * self.channels, dtype=self.dtype_policy, name="proj"
+        )
+        self.proj.build(input_shape)
+
+    def call(self, tokens):
+        (pf, ph, pw), c = self.patch_size, self.channels
+        gf, gh, gw = tokens.shape[1:4]
+        x = self.proj(ops.cast(self.norm(tokens), self.compute_dtype))
+        x = ops.reshape(x, (-1, gf, gh, gw, pf, ph, pw, c))
+        x = ops.transpose(x, (0, 1, 4, 2, 5, 3, 6, 7))
+        return ops.reshape(x, (-1, gf * pf, gh * ph, gw * pw, c))
+
+    def compute_output_shape(self, input_shape):
+        grid = tuple(n * p for n, p in zip(input_shape[1:4], self.patch_size, strict=True))
+        return (input_shape[0],) + grid + (self.channels,)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "patch_size": list(self.patch_size),
+            "channels": self.channels,
+        }

@@ -1,0 +1,131 @@
+"""Recurrent Interface Network block: read -> latent self-attention -> write."""
+
+import keras
+
+from keras_hpdm.layers.attention import Attention
+from keras_hpdm.layers.mlp import MLP
+
+
+def _norm(name):
+    # Float32 island: normalisation statistics stay in float32 under mixed precision.
+    return keras.layers.LayerNormalization(epsilon=1e-6, dtype="float32", name=name)
+
+
+@keras.saving.register_keras_serializable(package="keras_hpdm")
+class RINBlock(keras.layers.Layer):
+    """One RIN block (pre-LN residual form, as in the official `TapeDenoiser`).
+
+    ```
+    read:    z += Attn(LN(z), LN(x));  z += MLP(LN(z))       latents read data tokens
+    compute: K x { z += Attn(LN(z));   z += MLP(LN(z)) }     latent self-attention
+    write:   x += Attn(LN(x), LN(z));  x += MLP(LN(x))       data tokens read latents
+    ```
+    There is no attention among data tokens: cost is linear in their number.
+
+    Args:
+        num_latent_layers: K, latent self-attention layers per block.
+        num_heads: heads of every attention; must divide both widths.
+        mlp_ratio: MLP hidden width multiple in the latent (read/compute) MLPs.
+        data_mlp_ratio: MLP hidden width multiple of the data tokens' (write) MLP;
+            defaults to `mlp_ratio`.
+
+    Call arguments:
+        tokens: `(B, N, d)` data (interface) tokens.
+        latents: `(B, M, d_latent)` latent tokens (conditioning tokens included).
+
+    Returns:
+        `(tokens, latents)` updated.
+
+    Example:
+    ```python
+    tokens, latents = RINBlock(num_latent_layers=2, num_heads=4)(tokens, latents)
+    ```
+
+    References:
+        - [Jabri, Fleet, Chen, Scalable Adaptive Computation for Iterative Generation,
+          ICML 2023](https://arxiv.org/abs/2212.11972)
+    """
+
+    def __init__(self, num_latent_layers=4, num_heads=8, mlp_ratio=4, data_mlp_ratio=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(num_latent_layers, bool) or not isinstance(num_latent_layers, int) or (
+            num_latent_layers < 0
+        ):
+            raise ValueError(
+                f"`num_latent_layers` must be a non-negative integer, got {num_latent_layers!r}."
+            )
+        self.num_latent_layers = num_latent_layers
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.data_mlp_ratio = data_mlp_ratio or mlp_ratio
+
+    def build(self, tokens_shape, latents_shape):
+        d, dz = tokens_shape[-1], latents_shape[-1]
+        for name, dim in (("data", d), ("latent", dz)):
+            if dim % self.num_heads:
+                raise ValueError(
+                    f"The {name} width ({dim}) must be divisible by `num_heads` "
+                    f"({self.num_heads})."
+                )
+        policy = self.dtype_policy
+        tok, lat = tuple(tokens_shape), tuple(latents_shape)
+        self.read_norm_z, self.read_norm_x = _norm("read_norm_z"), _norm("read_norm_x")
+        self.read_attn = Attention(self.num_heads, dtype=policy, name="read_attn")
+        self.read_mlp_norm = _norm("read_mlp_norm")
+        self.read_mlp = MLP(self.mlp_ratio, dtype=policy, name="read_mlp")
+        k = range(self.num_latent_layers)
+        # Separate lists (not tuples) so Keras tracks every sub-layer's weights.
+        self.latent_attn_norms = [_norm(f"latent_{i}_attn_norm") for i in k]
+        self.latent_attns = [Attention(self.num_heads, dtype=policy, name=f"latent_{i}_attn")
+                             for i in k]
+        self.latent_mlp_norms = [_norm(f"latent_{i}_mlp_norm") for i in k]
+        self.latent_mlps = [MLP(self.mlp_ratio, dtype=policy, name=f"latent_{i}_mlp") for i in k]
+        self.write_norm_x, self.write_norm_z = _norm("write_norm_x"), _norm("write_norm_z")
+        self.write_attn = Attention(self.num_heads, dtype=policy, name="write_attn")
+        self.write_mlp_norm = _norm("write_mlp_norm")
+        self.write_mlp = MLP(self.data_mlp_ratio, dtype=policy, name="write_mlp")
+        for layer, shape in ((self.read_norm_z, lat), (self.read_norm_x, tok),
+                             (self.read_mlp_norm, lat), (self.read_mlp, lat),
+                             (self.write_norm_x, tok), (self.write_norm_z, lat),
+                             (self.write_mlp_norm, tok), (self.write_mlp, tok)):
+            layer.build(shape)
+        self.read_attn.build(lat, tok)
+        self.write_attn.build(tok, lat)
+        for norm_a, attn, norm_m, mlp in self._latent_layers():
+            norm_a.build(lat)
+            attn.build(lat)
+            norm_m.build(lat)
+            mlp.build(lat)
+
+    def _latent_layers(self):
+        return zip(self.latent_attn_norms, self.latent_attns, self.latent_mlp_norms,
+                   self.latent_mlps, strict=True)
+
+    def _norm(self, norm, x):
+        return keras.ops.cast(norm(x), self.compute_dtype)
+
+    def call(self, tokens, latents):
+        z, x = latents, tokens
+        z = z + self.read_attn(self._norm(self.read_norm_z, z), self._norm(self.read_norm_x, x))
+        z = z + self.read_mlp(self._norm(self.read_mlp_norm, z))
+        for norm_a, attn, norm_m, mlp in self._latent_layers():
+            z = z + attn(self._norm(norm_a, z))
+            z = z + mlp(self._norm(norm_m, z))
+        x = x + self.write_attn(
+            self._norm(self.write_norm_x, x), self._norm(self.write_norm_z, z)
+        )
+        x = x + self.write_mlp(self._norm(self.write_mlp_norm, x))
+        return x, z
+
+    def compute_output_shape(self, tokens_shape, latents_shape):
+        return tuple(tokens_shape), tuple(latents_shape)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_latent_layers": self.num_latent_layers,
+            "num_heads": self.num_heads,
+            "mlp_ratio": self.mlp_ratio,
+            "data_mlp_ratio": self.data_mlp_ratio,
+        }

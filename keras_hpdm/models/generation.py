@@ -1,0 +1,282 @@
+"""Tiled, level-by-level generation for `PatchDiffusionModel.generate` (paper §4.4)."""
+
+import math
+import numbers
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_hpdm.diffusion.samplers import sample
+from keras_hpdm.diffusion.schedules import edm_sigmas
+from keras_hpdm.diffusion.seeding import derive_seed, per_sample_normal
+from keras_hpdm.diffusion.tiling import tile_grid, tiled_denoiser
+from keras_hpdm.pyramid import check_seed
+
+SAMPLERS = ("euler", "heun", "stochastic")
+
+
+def parent_offset(spec, level, offset):
+    """Offset of the level `level - 1` patch that holds a level-`level` patch at `offset`.
+
+    Among the valid parents (`2 p <= o <= 2 p + r`), take the one that centres the child.
+    """
+    r = np.asarray(spec.patch_size)
+    mask = np.asarray(spec.pyramided)
+    lo = np.maximum(np.ceil((offset - r) / 2), 0)
+    hi = np.minimum(np.floor(offset / 2), np.asarray(spec.max_offset(level - 1)))
+    centred = np.round((offset + r / 2) / 2 - r / 2)
+    return np.where(mask, np.clip(centred, lo, hi), 0).astype(np.int64)
+
+
+def context_offsets(spec, level, offset):
+    """Offsets `(level + 1, 3)` of the nested chain of patches ending at `offset`."""
+    chain = [np.asarray(offset, np.int64)]
+    for lv in range(level, 0, -1):
+        chain.append(parent_offset(spec, lv, chain[-1]))
+    return np.stack(chain[::-1])
+
+
+def to_uint8(video):
+    """[-1, 1] float video -> uint8, grayscale repeated to RGB."""
+    video = np.clip(np.round((np.asarray(video, np.float32) + 1.0) * 127.5), 0, 255)
+    video = video.astype(np.uint8)
+    return np.repeat(video, 3, axis=-1) if video.shape[-1] == 1 else video
+
+
+class PyramidGenerator:
+    """Generates the pyramid of a `PatchDiffusionModel` level by level.
+
+    Level 0 is one patch per sample. Level `l` is a canvas of `r * 2**l`, covered by tiles
+    of size `r` that overlap; at every step each tile is denoised against its context (the
+    finished coarser levels, cut at the nested parent patches holding it) and the tiles'
+    outputs are averaged per pixel (`keras_hpdm.diffusion.tiled_denoiser`).
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.spec = model.pyramid
+        self.settings = model.sampling
+
+    # ------------------------------------------------------------ arguments
+    def resolve_conditions(self, conditions, num_samples, guidance_scale):
+        bb = self.model.backbone
+        if num_samples is not None and (
+            isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral)
+            or num_samples < 1
+        ):
+            raise ValueError(f"`num_samples` must be a positive integer, got {num_samples!r}.")
+        if not isinstance(guidance_scale, numbers.Real) or guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` must be a number >= 0, got {guidance_scale!r}.")
+        conditional = bool(bb.num_classes or bb.text_dim)
+        if guidance_scale != 1.0 and not conditional:
+            raise ValueError("`guidance_scale` != 1 needs a class- or text-conditional model.")
+        if conditions is None:
+            if guidance_scale != 1.0:
+                raise ValueError("`guidance_scale` != 1 needs `conditions` to guide towards.")
+            n = num_samples or 1
+            return n, (self.model.null_conditions(n) if conditional else {})
+        items = [conditions] if isinstance(conditions, (str, numbers.Integral)) else list(
+            conditions)
+        if not items:
+            raise ValueError("`conditions` is empty.")
+        if len(items) == 1 and num_samples:
+            items = items * num_samples
+        elif num_samples and len(items) != num_samples:
+            raise ValueError(
+                f"Got {len(items)} conditions but `num_samples={num_samples}`: pass one "
+                "condition (repeated) or one per sample."
+            )
+        if all(isinstance(c, str) for c in items):
+            if not bb.text_dim:
+                raise ValueError(
+                    "Prompts given, but the model is not text-conditional"
+                    + (f" (it takes class ids in [0, {bb.num_classes - 1}])."
+                       if bb.num_classes else " (it is unconditional: pass conditions=None).")
+                )
+            emb = np.asarray(self.model.text_encoder.encode(items), "float32")
+            return len(items), {"text_embeddings": emb}
+        if all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in items):
+            if not bb.num_classes:
+                raise ValueError(
+                    "Class ids given, but the model is not class-conditional"
+                    + (" (it takes prompt strings)." if bb.text_dim
+                       else " (it is unconditional: pass conditions=None).")
+                )
+            labels = np.asarray(items, "int32")
+            if labels.min() < 0 or labels.max() >= bb.num_classes:
+                raise ValueError(
+                    f"Class ids must be in [0, {bb.num_classes - 1}], got {items}."
+                )
+            return len(items), {"label": labels}
+        raise TypeError(
+            "`conditions` must be None, a class id, a prompt, or a list of one kind; got "
+            f"{conditions!r}."
+        )
+
+    def resolve_steps(self, num_steps, num_levels):
+        num_steps = self.settings["num_steps"] if num_steps is None else num_steps
+        if isinstance(num_steps, numbers.Integral) and not isinstance(num_steps, bool):
+            if num_steps < 1:
+                raise ValueError(f"`num_steps` must be >= 1, got {num_steps}.")
+            return [max(min(4, num_steps), num_steps // 2**lv) for lv in range(num_levels)]
+        steps = list(num_steps)
+        if len(steps) != num_levels or any(
+            isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in steps
+        ):
+            raise ValueError(
+                f"`num_steps` must be a positive int or {num_levels} positive ints (one per "
+                f"level), got {num_steps!r}."
+            )
+        return steps
+
+    def resolve_samplers(self, sampler, num_levels):
+        if sampler is None:
+            first, rest = self.settings["methods"]
+            methods = [first] + [rest] * (num_levels - 1)
+        elif isinstance(sampler, str):
+            methods = [sampler] * num_levels
+        else:
+            methods = list(sampler)
+        if len(methods) != num_levels or any(m not in SAMPLERS for m in methods):
+            raise ValueError(
+                f"`sampler` must be one of {SAMPLERS} or one per level ({num_levels}), got "
+                f"{sampler!r}."
+            )
+        return methods
+
+    @staticmethod
+    def resolve_overlap(overlap):
+        values = [overlap] * 3 if isinstance(overlap, numbers.Real) else list(overlap)
+        if len(values) != 3 or any(
+            not isinstance(v, numbers.Real) or not 0.0 <= v < 1.0 for v in values
+        ):
+            raise ValueError(
+                f"`overlap` must be a number in [0, 1) or 3 of them (f, h, w), got {overlap!r}."
+            )
+        return tuple(float(v) for v in values)
+
+    # ----------------------------------------------------------- generation
+    def __call__(self, conditions=None, num_samples=None, num_steps=None, guidance_scale=1.0,
+                 overlap=(0.5, 0.5, 0.0), tile_batch_size=16, seed=None, sampler=None,
+                 blend="uniform", cache_context=True, callbacks=None, verbose="auto",
+                 return_pyramid=False, num_levels=None):
+        spec = self.spec
+        num_levels = spec.num_levels if num_levels is None else num_levels
+        if not isinstance(num_levels, numbers.Integral) or not 1 <= num_levels <= spec.num_levels:
+            raise ValueError(f"`num_levels` must be in [1, {spec.num_levels}], got {num_levels}.")
+        n, conds = self.resolve_conditions(conditions, num_samples, guidance_scale)
+        steps = self.resolve_steps(num_steps, num_levels)
+        methods = self.resolve_samplers(sampler, num_levels)
+        overlap = self.resolve_overlap(overlap)
+        if isinstance(tile_batch_size, bool) or not isinstance(tile_batch_size, numbers.Integral) \
+                or tile_batch_size < 1:
+            raise ValueError(
+                f"`tile_batch_size` must be a positive integer, got {tile_batch_size!r}."
+            )
+        seed = check_seed(seed)
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        callbacks = list(callbacks or [])
+        if any(not callable(c) for c in callbacks):
+            raise TypeError("`callbacks` must be callables `fn(info) -> bool`.")
+        conds = {k: np.asarray(ops.convert_to_numpy(v)) for k, v in conds.items()}
+        null = ({k: np.asarray(ops.convert_to_numpy(v))
+                 for k, v in self.model.null_conditions(n).items()}
+                if guidance_scale != 1.0 else None)
+
+        canvases = []
+        for level in range(num_levels):
+            canvases.append(self.level(
+                level, canvases, n, conds, null, guidance_scale, steps[level], methods[level],
+                overlap, int(tile_batch_size), seed, blend, cache_context, callbacks, verbose,
+            ))
+        video = to_uint8(canvases[-1])
+        return (video, canvases) if return_pyramid else video
+
+    def level(self, level, canvases, n, conds, null, guidance_scale, num_steps, method,
+              overlap, tile_batch_size, seed, blend, cache_context, callbacks, verbose):
+        spec, model = self.spec, self.model
+        s = self.settings
+        canvas_size = spec.level_size(level)
+        channels = model.backbone.channels
+        starts = tile_grid(canvas_size, spec.patch_size, overlap)
+        chains = np.stack([context_offsets(spec, level, o) for o in starts])  # (T, l+1, 3)
+        coords = np.stack([spec.coords_from_offsets(_pad_chain(spec, c)) for c in chains])
+        coords = coords[:, : level + 1]  # (T, l+1, 6)
+        context_sigma = float(s["context_sigma"])
+        cache = {}
+
+        def conditions_for(sample_index):
+            out = {k: v[sample_index] for k, v in conds.items()}
+            if null is not None:
+                out = {k: np.concatenate([out[k], null[k][sample_index]]) for k in out}
+            return out
+
+        def context_for(sample_index, tile_index, cond):
+            key = (sample_index.tobytes(), tile_index.tobytes())
+            if key in cache:
+                return cache[key]
+            r = spec.patch_size
+            patches = np.stack([
+                np.stack([
+                    canvases[k][i, o[0]:o[0] + r[0], o[1]:o[1] + r[1], o[2]:o[2] + r[2]]
+                    for k, o in enumerate(chains[t, :level])
+                ])
+                for i, t in zip(sample_index, tile_index, strict=True)
+            ])  # (b, level, f, h, w, C)
+            ctx_coords = coords[tile_index, :level]
+            if null is not None:
+                patches = np.concatenate([patches, patches])
+                ctx_coords = np.concatenate([ctx_coords, ctx_coords])
+            sigma = np.full(patches.shape[:2], context_sigma, "float32")
+            context = model.encode_context(patches, sigma, ctx_coords, cond)
+            if cache_context:
+                cache[key] = context
+            return context
+
+        def denoise_tiles(tiles, sigma, sample_index, tile_index):
+            cond = conditions_for(sample_index)
+            new_coords = coords[tile_index, level:]
+            x, sig = tiles[:, None], ops.reshape(sigma, (-1, 1))
+            if null is not None:
+                x, sig = ops.concatenate([x, x]), ops.concatenate([sig, sig])
+                new_coords = np.concatenate([new_coords, new_coords])
+            context = context_for(sample_index, tile_index, cond) if level > 0 else None
+            out = model.denoise(x, sig, new_coords, cond, context=context)[:, 0]
+            if null is not None:
+                cond_out, uncond_out = ops.split(out, 2)
+                out = uncond_out + guidance_scale * (cond_out - uncond_out)
+            return out
+
+        evals = num_steps if method == "euler" else 2 * num_steps - 1
+        batches = math.ceil(n * len(starts) / tile_batch_size)
+        show = verbose not in (0, False)
+        progress = keras.utils.Progbar(evals * batches, verbose=1 if show else 0,
+                                       unit_name=f"level {level} tile batches")
+        denoise_fn = tiled_denoiser(
+            denoise_tiles, canvas_size, spec.patch_size, overlap, tile_batch_size, blend,
+            progress=progress,
+        )
+        sigmas = edm_sigmas(num_steps, s["sigma_min"], s["sigma_max"], s["rho"])
+        shape = (n,) + canvas_size + (channels,)
+        x = per_sample_normal(shape, derive_seed(seed, level), stream=0) * float(sigmas[0])
+        options = {}
+        if method == "stochastic":
+            options = {k: s[k] for k in ("S_churn", "S_min", "S_max", "S_noise")}
+
+        def on_step(step, total, x_t, denoised):
+            info = {"level": level, "step": step, "num_steps": total, "x": x_t,
+                    "denoised": denoised}
+            return any(bool(cb(info)) for cb in callbacks)
+
+        out = sample(denoise_fn, x, sigmas, method=method, seed=derive_seed(seed, level, 1),
+                     callback=on_step if callbacks else None, **options)
+        return np.asarray(ops.convert_to_numpy(out), np.float32)
+
+
+def _pad_chain(spec, chain):
+    """Pads a chain of offsets for levels `[0, l]` to all levels (for `coords_from_offsets`)."""
+    full = np.zeros((spec.num_levels, 3), np.int64)
+    full[: len(chain)] = chain
+    return full

@@ -1,0 +1,361 @@
+"""The HPDM task: trains with `fit` on patch pyramids, samples with tiled `generate`."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_hpdm.backbones.hpdm_backbone import HPDMBackbone
+from keras_hpdm.diffusion.loss import PyramidDenoisingLoss
+from keras_hpdm.diffusion.noise import LevelNoiseDistribution
+from keras_hpdm.diffusion.preconditioning import EDMPreconditioning, expand_sigma
+from keras_hpdm.models import batch_checks
+from keras_hpdm.models.generation import PyramidGenerator
+
+DEFAULT_SAMPLING = {
+    # Paper App. C: stochastic Heun at level 0, deterministic Euler above; steps halve.
+    "num_steps": 32,
+    "methods": ["stochastic", "euler"],
+    "sigma_min": 0.002,
+    "sigma_max": 80.0,
+    "rho": 7.0,
+    "S_churn": 40.0,
+    "S_min": 0.05,
+    "S_max": 50.0,
+    "S_noise": 1.003,
+    "context_sigma": 0.002,
+}
+
+
+@keras.saving.register_keras_serializable(package="keras_hpdm")
+class PatchDiffusionModel(keras.Model):
+    """Hierarchical Patch Diffusion Model: an EDM denoiser over patch pyramids.
+
+    Training (`fit`) sees batches of pyramids `{"patches": (B, L, f, h, w, C) in [-1, 1],
+    "coords": (B, L, 6)}` (+ `"label"` ints or `"text"` prompts / `"text_embeddings"`),
+    draws an independent log-normal sigma per level (shifted per level), and minimises the
+    EDM-weighted denoising loss averaged over levels; per-level losses are metrics. Noise
+    comes from a `SeedGenerator` owned by the model, so Keras' own JAX / TensorFlow / torch
+    train steps run it. An exponential moving average (EMA) of the backbone weights is kept
+    as model state and used by `generate` (the live weights are never overwritten).
+
+    Args:
+        backbone: an `HPDMBackbone` (`RINBackbone` or `UNet3DBackbone`).
+        sigma_data: data standard deviation for EDM preconditioning.
+        p_mean, p_std: log-normal training sigma parameters.
+        level_noise_scale: per-level sigma multiplier (`sigma_l *= scale**l`).
+        condition_dropout: probability of dropping the condition (classifier-free guidance).
+        text_encoder: None, "minilm", a preset directory or a
+            `keras_hpdm.conditioning.TextEncoder` (for text conditioning; its width must match
+            `backbone.text_dim`).
+        ema_decay: EMA decay per step (None disables EMA); ignored if `ema_half_life` is set.
+        ema_half_life: EMA half-life in steps (decay `0.5 ** (1 / half_life)`).
+        seed: seed of the model's training-noise generator.
+        sampling: dict overriding `DEFAULT_SAMPLING` (steps, samplers, sigmas), saved with
+            the model.
+
+    Example:
+    ```python
+    spec = keras_hpdm.PyramidSpec((4, 32, 32), num_levels=3)
+    backbone = keras_hpdm.backbones.RINBackbone.from_preset("tiny", pyramid=spec,
+                                                            num_classes=10)
+    model = keras_hpdm.PatchDiffusionModel(backbone)
+    model.compile(optimizer=keras_hpdm.hpdm_optimizer(total_steps=10_000))
+    model.fit(keras_hpdm.data.pyramid_dataset("videos/", spec, batch_size=8), epochs=10)
+    videos = model.generate([3, 7], seed=0)  # uint8 (2, 16, 128, 128, 3)
+    ```
+
+    References:
+        - [Skorokhodov et al., Hierarchical Patch Diffusion Models for High-Resolution
+          Video Generation, CVPR 2024](https://arxiv.org/abs/2406.07792)
+        - [Karras et al., EDM, NeurIPS 2022](https://arxiv.org/abs/2206.00364)
+    """
+
+    def __init__(self, backbone, sigma_data=0.5, p_mean=-1.2, p_std=1.2, level_noise_scale=2.0,
+                 condition_dropout=0.1, text_encoder=None, ema_decay=0.999, ema_half_life=None,
+                 seed=None, sampling=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(backbone, HPDMBackbone):
+            raise TypeError(
+                "`backbone` must be a keras_hpdm backbone (RINBackbone / UNet3DBackbone), "
+                f"got {type(backbone).__name__}."
+            )
+        if not 0.0 <= condition_dropout < 1.0:
+            raise ValueError(f"`condition_dropout` must be in [0, 1), got {condition_dropout}.")
+        if ema_half_life is not None and not ema_half_life > 0:
+            raise ValueError(f"`ema_half_life` must be positive, got {ema_half_life!r}.")
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"`ema_decay` must be in [0, 1) or None, got {ema_decay!r}.")
+        unknown = set(sampling or {}) - set(DEFAULT_SAMPLING)
+        if unknown:
+            raise ValueError(
+                f"Unknown `sampling` keys {sorted(unknown)}; allowed: {sorted(DEFAULT_SAMPLING)}."
+            )
+        self.backbone = backbone
+        self.pyramid = backbone.pyramid
+        self.preconditioning = EDMPreconditioning(sigma_data)
+        self.noise_distribution = LevelNoiseDistribution(p_mean, p_std, level_noise_scale)
+        self.loss_fn = PyramidDenoisingLoss(sigma_data)
+        self.condition_dropout = float(condition_dropout)
+        self.ema_decay, self.ema_half_life = ema_decay, ema_half_life
+        self.seed = seed
+        self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
+        self.seed_generator = keras.random.SeedGenerator(seed, name="training_noise")
+        self.level_loss_trackers = [
+            keras.metrics.Mean(name=f"loss_level_{level}")
+            for level in range(self.pyramid.num_levels)
+        ]
+        self._text_encoder_spec = text_encoder
+        self._text_encoder = None
+        if backbone.text_dim and text_encoder is None:
+            raise ValueError(
+                "The backbone is text-conditional (`text_dim` set): pass `text_encoder` "
+                '("minilm", a keras-hub preset directory or a TextEncoder).'
+            )
+        self._build_now()
+
+    # --------------------------------------------------------------- building
+    def _dummy_inputs(self):
+        spec, bb = self.pyramid, self.backbone
+        dummy = {
+            "patches": np.zeros((1, spec.num_levels) + spec.patch_size + (bb.channels,),
+                                "float32"),
+            "sigma": np.ones((1, spec.num_levels), "float32"),
+            "coords": spec.coords_from_offsets(spec.sample_offsets(0))[None],
+        }
+        if bb.num_classes:
+            dummy["label"] = np.zeros((1,), "int32")
+        if bb.text_dim:
+            dummy["text_embeddings"] = np.zeros((1, 1, bb.text_dim), "float32")
+        return dummy
+
+    def _build_now(self):
+        """Creates every weight up front, so saving, loading and EMA need no data."""
+        if not self.backbone.built or not self.backbone.weights:
+            self.backbone(self._dummy_inputs())
+        self.ema_weights = []
+        if self.ema_decay is not None or self.ema_half_life is not None:
+            self.ema_weights = [
+                self.add_weight(shape=v.shape, initializer="zeros", trainable=False,
+                                name=f"ema_{i}", dtype="float32")
+                for i, v in enumerate(self.backbone.trainable_weights)
+            ]
+            for ema, v in zip(self.ema_weights, self.backbone.trainable_weights, strict=True):
+                # A host copy: sharing the live buffer would alias two variables in JAX.
+                ema.assign(np.asarray(ops.convert_to_numpy(v), "float32"))
+        self.ema_step = self.add_weight(shape=(), initializer="zeros", trainable=False,
+                                        name="ema_step", dtype="float32")
+        self.built = True
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    # ------------------------------------------------------------ conditions
+    @property
+    def text_encoder(self):
+        """The frozen text encoder (loaded on first use; not saved with the weights)."""
+        if self._text_encoder is None and self._text_encoder_spec is not None:
+            from keras_hpdm.conditioning import get_text_encoder
+
+            self._text_encoder = get_text_encoder(self._text_encoder_spec)
+            dim = self._text_encoder.embedding_dim
+            if dim != self.backbone.text_dim:
+                raise ValueError(
+                    f"The text encoder's embedding width ({dim}) does not match the "
+                    f"backbone's `text_dim` ({self.backbone.text_dim})."
+                )
+        return self._text_encoder
+
+    def null_conditions(self, batch_size):
+        """The "no condition" inputs used for guidance: null label / zero text."""
+        out = {}
+        if self.backbone.num_classes:
+            out["label"] = ops.full((batch_size,), self.backbone.null_label, "int32")
+        if self.backbone.text_dim:
+            out["text_embeddings"] = ops.zeros((batch_size, 1, self.backbone.text_dim))
+        return out
+
+    def _drop_conditions(self, conditions, batch_size):
+        """Condition dropout for classifier-free guidance (training only)."""
+        if not conditions or self.condition_dropout == 0.0:
+            return conditions
+        drop = keras.random.uniform((batch_size,), seed=self.seed_generator)
+        drop = drop < self.condition_dropout
+        out = dict(conditions)
+        if "label" in out:
+            null = ops.full_like(ops.cast(out["label"], "int32"), self.backbone.null_label)
+            out["label"] = ops.where(drop, null, ops.cast(out["label"], "int32"))
+        if "text_embeddings" in out:
+            text = ops.cast(out["text_embeddings"], "float32")
+            out["text_embeddings"] = ops.where(drop[:, None, None], ops.zeros_like(text), text)
+        return out
+
+    # -------------------------------------------------------------- denoiser
+    def denoise(self, x, sigma, coords, conditions=None, context=None):
+        """The preconditioned denoiser `D(x; sigma)` on a pyramid batch.
+
+        Args:
+            x: noisy pyramid `(B, L, f, h, w, C)`.
+            sigma: `(B, L)` noise levels.
+            coords: `(B, L, 6)` level coordinates.
+            conditions: dict with `label` `(B,)` and/or `text_embeddings` `(B, S, D)`.
+            context: cached coarse levels from `encode_context` (generation); `x` then holds
+                only the new levels.
+
+        Returns:
+            float32 `(B, L, f, h, w, C)` denoised estimate.
+        """
+        conditions = conditions or {}
+
+        def network(x_in, sig):
+            inputs = {"patches": x_in, "sigma": sig, "coords": coords, **conditions}
+            return self.backbone(inputs, context=context)
+
+        return self.preconditioning(network, x, sigma)
+
+    def encode_context(self, x, sigma, coords, conditions=None):
+        """Runs finished coarse levels once; the result feeds `denoise(..., context=...)`."""
+        c_in = self.preconditioning.coefficients(sigma)[2]
+        x = ops.cast(x, "float32") * expand_sigma(c_in, x)
+        inputs = {"patches": x, "sigma": sigma, "coords": coords, **(conditions or {})}
+        return self.backbone.encode_context(inputs)
+
+    def call(self, inputs, training=None):
+        """With `sigma` in `inputs`: the denoiser. Without: returns `patches` unchanged.
+
+        Keras' train step calls the model before `compute_loss`; the diffusion forward pass
+        needs its own noise and runs inside `compute_loss`, so that first call is a no-op.
+        """
+        if isinstance(inputs, dict) and "sigma" in inputs:
+            conditions = {k: inputs[k] for k in ("label", "text_embeddings") if k in inputs}
+            return self.denoise(inputs["patches"], inputs["sigma"], inputs["coords"],
+                                conditions)
+        return inputs["patches"] if isinstance(inputs, dict) else inputs
+
+    # -------------------------------------------------------------- training
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        patches, coords, conditions = batch_checks.check_training_batch(self, x)
+        batch_size, num_levels = ops.shape(patches)[0], patches.shape[1]
+        sigma = self.noise_distribution.sample((batch_size, num_levels), seed=self.seed_generator)
+        noise = keras.random.normal(ops.shape(patches), seed=self.seed_generator)
+        noisy = patches + noise * ops.reshape(sigma, (batch_size, num_levels, 1, 1, 1, 1))
+        if training:
+            conditions = self._drop_conditions(conditions, batch_size)
+        denoised = self.denoise(noisy, sigma, coords, conditions)
+        total, per_level = self.loss_fn(patches, denoised, sigma, sample_weight)
+        for level, tracker in enumerate(self.level_loss_trackers):
+            tracker.update_state(per_level[level])
+        if training:
+            self._update_ema()
+        return total
+
+    def ema_decay_at(self, step):
+        """EMA decay at a step, with the usual warm-up `(1 + t) / (10 + t)` cap."""
+        decay = (0.5 ** (1.0 / self.ema_half_life) if self.ema_half_life
+                 else self.ema_decay)
+        return ops.minimum(decay, (1.0 + step) / (10.0 + step))
+
+    def _update_ema(self):
+        # Runs inside the loss computation so every backend's stock train step performs it;
+        # it averages the weights each step sees (before that step's update).
+        if not self.ema_weights:
+            return
+        decay = self.ema_decay_at(self.ema_step)
+        for ema, v in zip(self.ema_weights, self.backbone.trainable_weights, strict=True):
+            live = ops.stop_gradient(ops.cast(v.value, "float32"))
+            ema.assign(decay * ema.value + (1.0 - decay) * live)
+        self.ema_step.assign(self.ema_step.value + 1.0)
+
+    def fit(self, x=None, y=None, **kwargs):
+        """`keras.Model.fit`, after validating batches and encoding text prompts."""
+        return super().fit(batch_checks.prepare_inputs(self, x), y, **kwargs)
+
+    def evaluate(self, x=None, y=None, **kwargs):
+        return super().evaluate(batch_checks.prepare_inputs(self, x), y, **kwargs)
+
+    # ------------------------------------------------------------------- EMA
+    def swap_ema_weights(self):
+        """Exchanges live and EMA backbone weights (call twice to restore)."""
+        if not self.ema_weights:
+            raise ValueError("This model keeps no EMA weights (`ema_decay=None`).")
+        for ema, v in zip(self.ema_weights, self.backbone.trainable_weights, strict=True):
+            live = ops.convert_to_numpy(v.value)
+            v.assign(ops.cast(ema.value, v.dtype))
+            ema.assign(ops.cast(live, "float32"))
+
+    # ------------------------------------------------------------ generation
+    def generate(self, conditions=None, num_samples=None, num_steps=None, guidance_scale=1.0,
+                 overlap=(0.5, 0.5, 0.0), tile_batch_size=16, seed=None, sampler=None,
+                 blend="uniform", cache_context=True, use_ema=True, callbacks=None,
+                 verbose="auto", return_pyramid=False):
+        """Generates videos at `pyramid.target_size`, level by level, tile by tile.
+
+        Args:
+            conditions: None (unconditional), class id(s), or prompt string(s).
+            num_samples: videos to generate (per condition when one condition is given).
+            num_steps: steps per level: an int (level 0; halved per level, at least 4) or
+                a tuple with one entry per level.
+            guidance_scale: classifier-free guidance weight (1 = no guidance).
+            overlap: tile overlap fraction per axis (f, h, w), or one float for all; the
+                paper's best is 50% on time and height.
+            tile_batch_size: tiles denoised per network call (bounds memory).
+            seed: int for reproducible results; sample `i` depends only on `(seed, i)`.
+            sampler: "euler", "heun", "stochastic" for all levels, or one per level
+                (default: stochastic at level 0, Euler above).
+            blend: "uniform" or "smooth" tile blending weights.
+            cache_context: compute each tile's coarse-level context once per level
+                (paper's cached inference) instead of at every step.
+            use_ema: sample with the EMA weights (the live weights are restored after).
+            callbacks: callables `fn(info) -> bool`; `info` has level, step, num_steps, x,
+                denoised. Returning True stops the current level early.
+            verbose: progress bar per level ("auto", 0, 1).
+            return_pyramid: also return the generated canvas of every level.
+
+        Returns:
+            uint8 numpy array `(N, T, H, W, 3)` (and the list of level canvases in [-1, 1]
+            if `return_pyramid`).
+        """
+        generator = PyramidGenerator(self)
+        swap = use_ema and bool(self.ema_weights)
+        if swap:
+            self.swap_ema_weights()
+        try:
+            return generator(
+                conditions=conditions, num_samples=num_samples, num_steps=num_steps,
+                guidance_scale=guidance_scale, overlap=overlap,
+                tile_batch_size=tile_batch_size, seed=seed, sampler=sampler, blend=blend,
+                cache_context=cache_context, callbacks=callbacks, verbose=verbose,
+                return_pyramid=return_pyramid,
+            )
+        finally:
+            if swap:
+                self.swap_ema_weights()
+
+    # ---------------------------------------------------------------- config
+    def get_config(self):
+        text_encoder = self._text_encoder_spec
+        if text_encoder is not None and not isinstance(text_encoder, str):
+            text_encoder = keras.saving.serialize_keras_object(text_encoder)
+        return {
+            **super().get_config(),
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "sigma_data": self.preconditioning.sigma_data,
+            "p_mean": self.noise_distribution.p_mean,
+            "p_std": self.noise_distribution.p_std,
+            "level_noise_scale": self.noise_distribution.level_noise_scale,
+            "condition_dropout": self.condition_dropout,
+            "text_encoder": text_encoder,
+            "ema_decay": self.ema_decay,
+            "ema_half_life": self.ema_half_life,
+            "seed": self.seed,
+            "sampling": self.sampling,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        if isinstance(config.get("text_encoder"), dict):
+            config["text_encoder"] = keras.saving.deserialize_keras_object(
+                config["text_encoder"]
+            )
+        return cls(**config)
