@@ -54,17 +54,40 @@ class RINBackbone(HPDMBackbone):
 
     presets = rin_presets
 
-    def __init__(self, pyramid, tokenizer_patch=(1, 4, 4), data_dim=256, latent_dim=256,
-                 num_latents=128, num_blocks=6, num_latent_layers=4, num_heads=8, mlp_ratio=4,
-                 data_mlp_ratio=None, levels_per_block="linear", channels=3, num_classes=None, text_dim=None,
-                 cond_dim=256, **kwargs):
-        super().__init__(pyramid=pyramid, num_blocks=num_blocks,
-                         levels_per_block=levels_per_block, channels=channels,
-                         num_classes=num_classes, text_dim=text_dim, cond_dim=cond_dim, **kwargs)
+    def __init__(
+        self,
+        pyramid,
+        tokenizer_patch=(1, 4, 4),
+        data_dim=256,
+        latent_dim=256,
+        num_latents=128,
+        num_blocks=6,
+        num_latent_layers=4,
+        num_heads=8,
+        mlp_ratio=4,
+        data_mlp_ratio=None,
+        levels_per_block="linear",
+        channels=3,
+        num_classes=None,
+        text_dim=None,
+        cond_dim=256,
+        **kwargs,
+    ):
+        super().__init__(
+            pyramid=pyramid,
+            num_blocks=num_blocks,
+            levels_per_block=levels_per_block,
+            channels=channels,
+            num_classes=num_classes,
+            text_dim=text_dim,
+            cond_dim=cond_dim,
+            **kwargs,
+        )
         for name, dim in (("data_dim", data_dim), ("latent_dim", latent_dim)):
             if dim % num_heads:
-                raise ValueError(f"`{name}` ({dim}) must be divisible by `num_heads` "
-                                 f"({num_heads}).")
+                raise ValueError(
+                    f"`{name}` ({dim}) must be divisible by `num_heads` ({num_heads})."
+                )
         self.tokenizer_patch = tuple(tokenizer_patch)
         for axis, r, p in zip("fhw", pyramid.patch_size, self.tokenizer_patch, strict=True):
             if r % p:
@@ -76,26 +99,43 @@ class RINBackbone(HPDMBackbone):
         self.num_latents, self.num_latent_layers = int(num_latents), int(num_latent_layers)
         self.num_heads, self.mlp_ratio = int(num_heads), mlp_ratio
         self.data_mlp_ratio = data_mlp_ratio or mlp_ratio
-        self.grid_size = tuple(r // p for r, p in zip(pyramid.patch_size, self.tokenizer_patch,
-                                                       strict=True))
+        self.grid_size = tuple(
+            r // p for r, p in zip(pyramid.patch_size, self.tokenizer_patch, strict=True)
+        )
         policy = self.dtype_policy
-        self.tokenizer = PatchTokenizer(self.tokenizer_patch, self.data_dim, dtype=policy,
-                                        name="tokenizer")
-        self.detokenizer = PatchDetokenizer(self.tokenizer_patch, self.channels, dtype=policy,
-                                            name="detokenizer")
-        self.cond_to_latent = keras.layers.Dense(self.latent_dim, dtype=policy,
-                                                 name="cond_to_latent")
-        self.text_to_latent = (keras.layers.Dense(self.latent_dim, dtype=policy,
-                                                  name="text_to_latent") if text_dim else None)
-        self.fusions = [DeepContextFusion(dtype=policy, name=f"fusion_{b}")
-                        for b in range(self.num_blocks)]
-        self.blocks = [RINBlock(self.num_latent_layers, self.num_heads, mlp_ratio,
-                                self.data_mlp_ratio, dtype=policy,
-                                name=f"block_{b}") for b in range(self.num_blocks)]
+        self.tokenizer = PatchTokenizer(
+            self.tokenizer_patch, self.data_dim, dtype=policy, name="tokenizer"
+        )
+        self.detokenizer = PatchDetokenizer(
+            self.tokenizer_patch, self.channels, dtype=policy, name="detokenizer"
+        )
+        self.cond_to_latent = keras.layers.Dense(
+            self.latent_dim, dtype=policy, name="cond_to_latent"
+        )
+        self.text_to_latent = (
+            keras.layers.Dense(self.latent_dim, dtype=policy, name="text_to_latent")
+            if text_dim
+            else None
+        )
+        self.fusions = [
+            DeepContextFusion(dtype=policy, name=f"fusion_{b}") for b in range(self.num_blocks)
+        ]
+        self.blocks = [
+            RINBlock(
+                self.num_latent_layers,
+                self.num_heads,
+                mlp_ratio,
+                self.data_mlp_ratio,
+                dtype=policy,
+                name=f"block_{b}",
+            )
+            for b in range(self.num_blocks)
+        ]
 
     def build(self, input_shape=None):
         self.initial_latents = self.add_weight(
-            name="initial_latents", shape=(self.num_latents, self.latent_dim),
+            name="initial_latents",
+            shape=(self.num_latents, self.latent_dim),
             initializer=keras.initializers.TruncatedNormal(stddev=0.02),
         )
         super().build(input_shape)
