@@ -8,7 +8,7 @@ import os as _os
 # Quiet TensorFlow's C++ start-up banner (CUDA probing on CPU machines) unless asked for.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from keras_hpdm import backbones, diffusion, layers  # noqa: E402
+from keras_hpdm import backbones, conditioning, diffusion, layers  # noqa: E402
 from keras_hpdm.models import PatchDiffusionModel  # noqa: E402
 from keras_hpdm.optimizers import hpdm_optimizer  # noqa: E402
 from keras_hpdm.pyramid import PyramidSpec  # noqa: E402
@@ -20,6 +20,7 @@ __all__ = [
     "PyramidSpec",
     "__version__",
     "backbones",
+    "conditioning",
     "diffusion",
     "hpdm_optimizer",
     "layers",

@@ -3,6 +3,9 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests run tiny tensors mostly eagerly: JAX then compiles every op, and XLA's backend
+# optimisations cost more than they save (about half the JAX suite time). Benchmarks don't.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402

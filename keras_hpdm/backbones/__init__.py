@@ -6,10 +6,12 @@ from keras_hpdm.backbones.levels_schedule import (
     resolve_levels_per_block,
 )
 from keras_hpdm.backbones.rin_backbone import RINBackbone
+from keras_hpdm.backbones.unet_backbone import UNet3DBackbone
 
 __all__ = [
     "HPDMBackbone",
     "RINBackbone",
+    "UNet3DBackbone",
     "linear_levels_per_block",
     "resolve_levels_per_block",
 ]

@@ -71,6 +71,29 @@ class HPDMBackbone(keras.Model):
             if text_dim else None
         )
 
+    def symbolic_inputs(self, batch_size=1):
+        """Symbolic inputs for a full pyramid (used to build every weight without data)."""
+        spec = self.pyramid
+        inputs = {
+            "patches": keras.KerasTensor(
+                (batch_size, spec.num_levels) + spec.patch_size + (self.channels,)),
+            "sigma": keras.KerasTensor((batch_size, spec.num_levels)),
+            "coords": keras.KerasTensor((batch_size, spec.num_levels, 6)),
+        }
+        if self.num_classes:
+            inputs["label"] = keras.KerasTensor((batch_size,), dtype="int32")
+        if self.text_dim:
+            inputs["text_embeddings"] = keras.KerasTensor((batch_size, 1, self.text_dim))
+        return inputs
+
+    def build(self, input_shape=None):
+        """Builds every sub-layer by tracing `call` symbolically (no computation), so
+        weights exist before any data is seen (loading, counting, EMA)."""
+        if self.built:
+            return
+        self.compute_output_spec(self.symbolic_inputs())
+        self.built = True
+
     # ---------------------------------------------------------------- inputs
     @property
     def null_label(self):

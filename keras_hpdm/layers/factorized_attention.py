@@ -83,9 +83,11 @@ class FactorizedAttention(keras.layers.Layer):
             out.build((None, None, inner))
             setattr(self, f"{part}_qkv", qkv)
             setattr(self, f"{part}_out", out)
-        # Bias per (query frame - key frame) offset and head; zero at init.
+        # One logit bias per head and frame offset (key - query); zero at init. Not autocast:
+        # it is added to the float32 logits.
         self.relative_bias = self.add_weight(
-            shape=(2 * frames - 1, self.num_heads), initializer="zeros", name="relative_bias"
+            shape=(2 * frames - 1, self.num_heads), initializer="zeros", autocast=False,
+            name="relative_bias",
         )
         offsets = np.arange(frames)[None, :] - np.arange(frames)[:, None]
         self._relative_index = (offsets + frames - 1).astype("int32")
@@ -115,7 +117,7 @@ class FactorizedAttention(keras.layers.Layer):
         # Temporal: each position's F tokens, positions folded into the batch.
         h = ops.reshape(h, (-1, frames, height, width, channels))
         h = ops.reshape(ops.transpose(h, (0, 2, 3, 1, 4)), (-1, frames, channels))
-        bias = ops.take(ops.cast(self.relative_bias, "float32"), self._relative_index, axis=0)
+        bias = ops.take(self.relative_bias, self._relative_index, axis=0)
         bias = ops.transpose(bias, (2, 0, 1))  # (heads, F_q, F_k)
         h = self._attend(h, self.temporal_norm, self.temporal_qkv, self.temporal_out, bias)
         h = ops.reshape(h, (-1, height, width, frames, channels))

@@ -5,18 +5,18 @@ from keras import ops
 
 
 def _conv2plus1d(filters, temporal_kernel, dtype, name, zero_init=False):
-    """A (1, 3, 3) spatial conv then a (t, 1, 1) temporal conv (the last one maybe zero-init)."""
-    init = "zeros" if zero_init else "glorot_uniform"
-    convs = [keras.layers.Conv3D(
-        filters, (1, 3, 3), padding="same", dtype=dtype, name=f"{name}_spatial",
-        kernel_initializer=init if temporal_kernel == 1 else "glorot_uniform",
-    )]
+    """A (1, 3, 3) spatial conv then a (t, 1, 1) temporal conv; `zero_init`: the last one."""
+    kernels = {"spatial": (1, 3, 3)}
     if temporal_kernel > 1:  # a (1, 1, 1) temporal conv would only add a redundant linear map
-        convs.append(keras.layers.Conv3D(
-            filters, (temporal_kernel, 1, 1), padding="same", dtype=dtype,
-            kernel_initializer=init, name=f"{name}_temporal",
-        ))
-    return convs
+        kernels["temporal"] = (temporal_kernel, 1, 1)
+    last = list(kernels)[-1]
+    return [
+        keras.layers.Conv3D(
+            filters, kernel, padding="same", dtype=dtype, name=f"{name}_{axes}",
+            kernel_initializer="zeros" if zero_init and axes == last else "glorot_uniform",
+        )
+        for axes, kernel in kernels.items()
+    ]
 
 
 @keras.saving.register_keras_serializable(package="keras_hpdm")

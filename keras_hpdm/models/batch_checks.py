@@ -85,7 +85,7 @@ def _numpy_checks(model, batch):
 
 def _encode_text(model, texts):
     prompts = [t.decode() if isinstance(t, bytes) else str(t) for t in np.ravel(texts)]
-    return np.asarray(model.text_encoder.encode(prompts), "float32")
+    return np.asarray(model.text_encoder.encode(prompts)["embeddings"], "float32")
 
 
 def prepare_inputs(model, x):

@@ -94,7 +94,7 @@ class PyramidGenerator:
                     + (f" (it takes class ids in [0, {bb.num_classes - 1}])."
                        if bb.num_classes else " (it is unconditional: pass conditions=None).")
                 )
-            emb = np.asarray(self.model.text_encoder.encode(items), "float32")
+            emb = np.asarray(self.model.text_encoder.encode(items)["embeddings"], "float32")
             return len(items), {"text_embeddings": emb}
         if all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in items):
             if not bb.num_classes:

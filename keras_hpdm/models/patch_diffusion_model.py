@@ -114,24 +114,9 @@ class PatchDiffusionModel(keras.Model):
         self._build_now()
 
     # --------------------------------------------------------------- building
-    def _dummy_inputs(self):
-        spec, bb = self.pyramid, self.backbone
-        dummy = {
-            "patches": np.zeros((1, spec.num_levels) + spec.patch_size + (bb.channels,),
-                                "float32"),
-            "sigma": np.ones((1, spec.num_levels), "float32"),
-            "coords": spec.coords_from_offsets(spec.sample_offsets(0))[None],
-        }
-        if bb.num_classes:
-            dummy["label"] = np.zeros((1,), "int32")
-        if bb.text_dim:
-            dummy["text_embeddings"] = np.zeros((1, 1, bb.text_dim), "float32")
-        return dummy
-
     def _build_now(self):
         """Creates every weight up front, so saving, loading and EMA need no data."""
-        if not self.backbone.built or not self.backbone.weights:
-            self.backbone(self._dummy_inputs())
+        self.backbone.build()
         self.ema_weights = []
         if self.ema_decay is not None or self.ema_half_life is not None:
             self.ema_weights = [

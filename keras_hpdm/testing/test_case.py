@@ -75,6 +75,9 @@ class TestCase(unittest.TestCase):
         return tmp.name
 
     # ----------------------------------------------------------- assertions
+    def assertLen(self, container, expected_len, msg=None):
+        self.assertEqual(len(container), expected_len, msg)
+
     def assertAllClose(self, x, y, atol=1e-6, rtol=1e-6, msg=None):
         x_flat, y_flat = keras.tree.flatten(to_numpy(x)), keras.tree.flatten(to_numpy(y))
         self.assertEqual(len(x_flat), len(y_flat), msg)

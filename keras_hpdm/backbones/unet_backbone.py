@@ -1,0 +1,183 @@
+"""3D UNet backbone with deep context fusion and adaptive computation."""
+
+import keras
+from keras import ops
+
+from keras_hpdm.backbones.hpdm_backbone import HPDMBackbone, fold_levels, unfold_levels
+from keras_hpdm.backbones.unet_presets import unet_presets
+from keras_hpdm.layers.deep_context_fusion import DeepContextFusion
+from keras_hpdm.layers.downsample3d import Downsample3D
+from keras_hpdm.layers.factorized_attention import FactorizedAttention
+from keras_hpdm.layers.unet_res_block import UNetResBlock
+from keras_hpdm.layers.upsample3d import Upsample3D
+
+
+@keras.saving.register_keras_serializable(package="keras_hpdm")
+class UNet3DBackbone(HPDMBackbone):
+    """A video UNet over a patch pyramid: (2+1)D residual blocks, factorised space/time
+    attention, deep context fusion before every stage, adaptive computation over stages.
+
+    The "blocks" of `levels_per_block` are the encoder stages, the middle and the decoder
+    stages (`2 * len(channel_multipliers) + 1`). A level that skips a block skips its
+    residual blocks and attention; down/up-sampling always runs so every level keeps a
+    consistent shape. Skip connections are additive (channels stay fixed within a stage),
+    so skipped stages need no channel bookkeeping.
+
+    Args:
+        pyramid: `keras_hpdm.PyramidSpec`.
+        base_channels: channels of the first stage.
+        channel_multipliers: per-stage channel multiples of `base_channels`.
+        num_res_blocks: residual blocks per stage (and in the middle).
+        attention_stages: stage indices with factorised attention (the middle always has it).
+        num_heads: attention heads.
+        groups: GroupNorm groups (must divide every stage's channels).
+        downsample_time: halve time too when going down (only while frames stay even).
+        dropout: residual-block dropout.
+        levels_per_block, channels, num_classes, text_dim, cond_dim: as in `RINBackbone`.
+
+    Example:
+    ```python
+    backbone = keras_hpdm.backbones.UNet3DBackbone.from_preset("tiny", pyramid=spec)
+    ```
+
+    References:
+        - [Ho et al., Video Diffusion Models, 2022](https://arxiv.org/abs/2204.03458)
+        - [Skorokhodov et al., HPDM, CVPR 2024](https://arxiv.org/abs/2406.07792), App. D.
+    """
+
+    presets = unet_presets
+
+    def __init__(self, pyramid, base_channels=64, channel_multipliers=(1, 2, 2),
+                 num_res_blocks=2, attention_stages=(2,), num_heads=4, groups=8,
+                 downsample_time=True, dropout=0.0, levels_per_block="linear", channels=3,
+                 num_classes=None, text_dim=None, cond_dim=256, **kwargs):
+        num_stages = len(channel_multipliers)
+        super().__init__(pyramid=pyramid, num_blocks=2 * num_stages + 1,
+                         levels_per_block=levels_per_block, channels=channels,
+                         num_classes=num_classes, text_dim=text_dim, cond_dim=cond_dim, **kwargs)
+        self.base_channels = int(base_channels)
+        self.channel_multipliers = tuple(int(m) for m in channel_multipliers)
+        self.num_res_blocks = int(num_res_blocks)
+        self.attention_stages = tuple(int(s) for s in attention_stages)
+        self.num_heads, self.groups = int(num_heads), int(groups)
+        self.downsample_time, self.dropout = bool(downsample_time), float(dropout)
+        widths = [self.base_channels * m for m in self.channel_multipliers]
+        for width in widths:
+            if width % self.groups or width % self.num_heads:
+                raise ValueError(
+                    f"Stage width {width} must be divisible by `groups` ({groups}) and "
+                    f"`num_heads` ({num_heads})."
+                )
+        if any(not 0 <= s < num_stages for s in self.attention_stages):
+            raise ValueError(f"`attention_stages` must be in [0, {num_stages - 1}], got "
+                             f"{self.attention_stages}.")
+        f, h, w = pyramid.patch_size
+        factor = 2 ** (num_stages - 1)
+        if h % factor or w % factor:
+            raise ValueError(
+                f"The patch size {pyramid.patch_size} must be divisible by {factor} in height "
+                f"and width for {num_stages} stages."
+            )
+        # Halve time while it stays even, stage by stage.
+        self.time_down = []
+        frames = f
+        for _ in range(num_stages - 1):
+            down = self.downsample_time and frames % 2 == 0 and frames > 1
+            self.time_down.append(down)
+            frames //= 2 if down else 1
+        policy = self.dtype_policy
+        self.cond_mlp = keras.Sequential([
+            keras.layers.Dense(self.cond_dim, activation="silu", dtype=policy),
+            keras.layers.Dense(self.cond_dim, dtype=policy),
+        ], name="cond_mlp")
+        self.conv_in = keras.layers.Conv3D(widths[0], 3, padding="same", dtype=policy,
+                                           name="conv_in")
+        self.fusions = [DeepContextFusion(dtype=policy, name=f"fusion_{b}")
+                        for b in range(self.num_blocks)]
+
+        def stage(width, name, attention):
+            layers = [UNetResBlock(width, groups=self.groups, dropout=self.dropout,
+                                   dtype=policy, name=f"{name}_res_{i}")
+                      for i in range(self.num_res_blocks)]
+            if attention:
+                layers.append(FactorizedAttention(self.num_heads, dtype=policy,
+                                                  name=f"{name}_attn"))
+            return layers
+
+        self.stage_layers = []  # encoder stages, middle, decoder stages (block order)
+        for s, width in enumerate(widths):
+            self.stage_layers.append(stage(width, f"down_{s}", s in self.attention_stages))
+        self.stage_layers.append(stage(widths[-1], "mid", True))
+        for s in reversed(range(num_stages)):
+            self.stage_layers.append(stage(widths[s], f"up_{s}", s in self.attention_stages))
+        self.downsamplers = [Downsample3D(widths[s + 1], downsample_time=self.time_down[s],
+                                          dtype=policy, name=f"downsample_{s}")
+                             for s in range(num_stages - 1)]
+        self.upsamplers = [Upsample3D(widths[s - 1], upsample_time=self.time_down[s - 1],
+                                      dtype=policy, name=f"upsample_{s}")
+                           for s in range(1, num_stages)]
+        self.norm_out = keras.layers.GroupNormalization(self.groups, epsilon=1e-6,
+                                                        dtype="float32", name="norm_out")
+        self.conv_out = keras.layers.Conv3D(self.channels, 3, padding="same", dtype=policy,
+                                            name="conv_out")
+
+    def _run_block(self, b, h, cond, coords, num_levels, num_context, context, recorder):
+        n = self.active_levels(b, num_levels, num_context)
+        if n == 0:
+            return h
+        hb = fold_levels(self.fuse(b, self.fusions[b], h[:, :n], coords, context, recorder))
+        c = fold_levels(cond[:, :n])
+        for layer in self.stage_layers[b]:
+            hb = layer(hb, c) if isinstance(layer, UNetResBlock) else layer(hb)
+        hb = unfold_levels(hb, n)
+        return hb if n == num_levels else ops.concatenate([hb, h[:, n:]], axis=1)
+
+    @staticmethod
+    def _per_level(layer, h, num_levels):
+        return unfold_levels(layer(fold_levels(h)), num_levels)
+
+    def call(self, inputs, context=None, return_context=False, training=None):
+        num_context = 0 if context is None else context["coords"].shape[1]
+        patches, sigma, coords, label, text = self.check_inputs(inputs, num_context)
+        if context is not None:
+            coords = ops.concatenate([ops.cast(context["coords"], coords.dtype), coords], 1)
+        num_levels = patches.shape[1]
+        recorder = [] if return_context else None
+        cond, _ = self.condition_vectors(sigma, label, text)
+        cond = self.cond_mlp(cond)
+        run = lambda b, h: self._run_block(  # noqa: E731
+            b, h, cond, coords, num_levels, num_context, context, recorder)
+
+        h = self._per_level(self.conv_in, ops.cast(patches, self.compute_dtype), num_levels)
+        num_stages = len(self.channel_multipliers)
+        skips = []
+        for s in range(num_stages):
+            h = run(s, h)
+            skips.append(h)
+            if s < num_stages - 1:
+                h = self._per_level(self.downsamplers[s], h, num_levels)
+        h = run(num_stages, h)
+        for s in reversed(range(num_stages)):
+            h = run(2 * num_stages - s, h + skips[s])
+            if s > 0:
+                h = self._per_level(self.upsamplers[s - 1], h, num_levels)
+        h = fold_levels(h)
+        h = ops.cast(self.norm_out(ops.cast(h, "float32")), self.compute_dtype)
+        out = self.conv_out(ops.silu(h))
+        out = ops.cast(unfold_levels(out, num_levels), "float32")
+        return (out, recorder) if return_context else out
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("num_blocks")  # derived from `channel_multipliers`
+        return {
+            **config,
+            "base_channels": self.base_channels,
+            "channel_multipliers": list(self.channel_multipliers),
+            "num_res_blocks": self.num_res_blocks,
+            "attention_stages": list(self.attention_stages),
+            "num_heads": self.num_heads,
+            "groups": self.groups,
+            "downsample_time": self.downsample_time,
+            "dropout": self.dropout,
+        }

@@ -1,0 +1,256 @@
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_hpdm import PyramidSpec
+from keras_hpdm.backbones import (
+    RINBackbone,
+    UNet3DBackbone,
+    linear_levels_per_block,
+    resolve_levels_per_block,
+)
+from keras_hpdm.testing import TestCase, run_in_backends
+
+SPEC = PyramidSpec((2, 8, 8), 3)
+BACKBONES = {"rin": RINBackbone, "unet": UNet3DBackbone}
+
+
+def make_inputs(batch=2, seed=0, levels=3, label=True):
+    rng = np.random.default_rng(seed)
+    inputs = {
+        "patches": rng.normal(size=(batch, levels) + SPEC.patch_size + (3,)).astype("float32"),
+        "sigma": np.exp(rng.normal(size=(batch, levels))).astype("float32"),
+        "coords": np.stack([SPEC.coords_from_offsets(SPEC.sample_offsets(seed + i))[:levels]
+                            for i in range(batch)]).astype("float32"),
+    }
+    if label:
+        inputs["label"] = rng.integers(0, 5, batch).astype("int32")
+    return inputs
+
+
+def make_backbone(kind, **overrides):
+    backbone = BACKBONES[kind].from_preset("tiny", pyramid=SPEC, num_classes=5, **overrides)
+    backbone(make_inputs())  # build
+    return backbone
+
+
+def randomize_fusions(backbone, seed=0):
+    """Fresh DCF layers are identities; give them context/coordinate weights."""
+    rng = np.random.default_rng(seed)
+    for fusion in backbone.fusions:
+        for v in (fusion.context_kernel, fusion.position_kernel):
+            v.assign(rng.normal(scale=0.3, size=v.shape).astype("float32"))
+
+
+def numpy(x):
+    return np.asarray(ops.convert_to_numpy(x))
+
+
+@pytest.mark.parametrize("kind", list(BACKBONES))
+class TestBackbones:
+    def test_causality_coarse_levels_never_see_finer(self, kind):
+        backbone = make_backbone(kind)
+        randomize_fusions(backbone)
+        inputs = make_inputs()
+        base = numpy(backbone(inputs))
+        for level in (1, 2):
+            perturbed = {k: np.array(v) for k, v in inputs.items()}
+            perturbed["patches"][:, level] += 1.0
+            out = numpy(backbone(perturbed))
+            np.testing.assert_array_equal(out[:, :level], base[:, :level])
+            assert np.abs(out[:, level:] - base[:, level:]).max() > 1e-4
+
+    def test_context_flows_to_finer_levels(self, kind):
+        backbone = make_backbone(kind)
+        randomize_fusions(backbone)
+        inputs = make_inputs()
+        base = numpy(backbone(inputs))
+        perturbed = {k: np.array(v) for k, v in inputs.items()}
+        perturbed["patches"][:, 0] += 1.0
+        out = numpy(backbone(perturbed))
+        assert np.abs(out[:, 2] - base[:, 2]).max() > 1e-4
+
+    def test_adaptive_computation_skips_blocks(self, kind):
+        """With identity DCF (fresh), levels are independent; perturbing block 0 (which runs
+        level 0 only) must leave the finer levels bit-for-bit unchanged."""
+        backbone = make_backbone(kind, **({"levels_per_block": (1, 3)} if kind == "rin" else {}))
+        assert backbone.levels_per_block[0] == 1
+        inputs = make_inputs()
+        base = numpy(backbone(inputs))
+        block_weights = (backbone.blocks[0].trainable_weights if kind == "rin"
+                         else [w for layer in backbone.stage_layers[0]
+                               for w in layer.trainable_weights])
+        rng = np.random.default_rng(1)
+        for w in block_weights:
+            w.assign(numpy(w) + rng.normal(scale=0.1, size=w.shape).astype("float32"))
+        out = numpy(backbone(inputs))
+        assert np.abs(out[:, 0] - base[:, 0]).max() > 1e-4
+        np.testing.assert_array_equal(out[:, 1:], base[:, 1:])
+
+    def test_cached_context_matches_full_forward(self, kind):
+        backbone = make_backbone(kind)
+        randomize_fusions(backbone)
+        inputs = make_inputs()
+        full = numpy(backbone(inputs))
+        for split in (1, 2):
+            head = {k: (v[:, :split] if k != "label" else v) for k, v in inputs.items()}
+            tail = {k: (v[:, split:] if k != "label" else v) for k, v in inputs.items()}
+            context = backbone.encode_context(head)
+            np.testing.assert_allclose(numpy(backbone(tail, context=context)), full[:, split:],
+                                       atol=1e-5)
+
+    def test_truncated_pyramid_keeps_outputs(self, kind):
+        backbone = make_backbone(kind)
+        randomize_fusions(backbone)
+        inputs = make_inputs()
+        full = numpy(backbone(inputs))
+        cut = {k: (v[:, :2] if k != "label" else v) for k, v in inputs.items()}
+        np.testing.assert_allclose(numpy(backbone(cut)), full[:, :2], atol=1e-5)
+
+    def test_bad_inputs(self, kind):
+        backbone = make_backbone(kind)
+        inputs = make_inputs()
+        with pytest.raises(ValueError, match="missing"):
+            backbone({k: v for k, v in inputs.items() if k != "coords"})
+        with pytest.raises(ValueError, match="patches"):
+            backbone({**inputs, "patches": inputs["patches"][..., :2]})
+        with pytest.raises(ValueError, match="sigma"):
+            backbone({**inputs, "sigma": inputs["sigma"][:, :2]})
+        with pytest.raises(ValueError, match="label"):
+            backbone({k: v for k, v in inputs.items() if k != "label"})
+        with pytest.raises(ValueError, match="text_embeddings"):
+            backbone({**inputs, "text_embeddings": np.zeros((2, 3, 4), "float32")})
+        with pytest.raises(ValueError, match="levels_per_block"):
+            make_backbone(kind, levels_per_block=[2, 1] + [3] * (backbone.num_blocks - 2))
+        with pytest.raises(ValueError, match="num_heads"):
+            make_backbone(kind, num_heads=3)
+        with pytest.raises(ValueError, match="preset"):
+            BACKBONES[kind].from_preset("huge", pyramid=SPEC)
+
+
+class BackboneSavingTest(TestCase):
+    def test_config_and_keras_save_load(self):
+        for cls in BACKBONES.values():
+            backbone = cls.from_preset("tiny", pyramid=SPEC, num_classes=5)
+            inputs = make_inputs()
+            backbone(inputs)
+            randomize_fusions(backbone)
+            self.run_serialization_test(backbone)
+            restored = self.run_model_saving_test(backbone, inputs, atol=1e-6)
+            self.assertEqual(restored.pyramid, SPEC)
+            self.assertEqual(restored.levels_per_block, backbone.levels_per_block)
+
+    def test_mixed_precision_float32_islands(self):
+        for policy, cls in (("mixed_bfloat16", RINBackbone), ("mixed_float16", UNet3DBackbone)):
+            if True:
+                backbone = cls.from_preset("tiny", pyramid=SPEC, num_classes=5, dtype=policy)
+                out = backbone(make_inputs())
+                self.assertEqual(str(out.dtype).split(".")[-1], "float32")
+                self.assertAllFinite(out)
+                islands = 0
+                for layer in backbone._flatten_layers(include_self=False):
+                    if isinstance(layer, (keras.layers.LayerNormalization,
+                                          keras.layers.GroupNormalization)) or getattr(
+                            layer, "float32_island", False):
+                        self.assertEqual(layer.compute_dtype, "float32", layer.name)
+                        islands += 1
+                self.assertGreater(islands, 2)
+
+
+def test_levels_schedule_validation():
+    assert linear_levels_per_block(6, 3) == (1, 1, 2, 2, 3, 3)
+    assert resolve_levels_per_block(None, 4, 3) == (3, 3, 3, 3)
+    for bad in ([1, 2], [0, 3], [2, 1, 3], [1, 2, 2], [1, 2, 4], "cubic", [1, 2.5, 3]):
+        with pytest.raises(ValueError, match="levels_per_block"):
+            resolve_levels_per_block(bad, 3, 3)
+
+
+@pytest.mark.skipif(keras.config.backend() != "tensorflow",
+                    reason="backend-independent; initialising 170M weights once is enough")
+def test_paper_presets_parameter_counts():
+    """HPDM-S RIN within 25% of the paper's 178M parameters (counted without running it)."""
+    spec = PyramidSpec((16, 64, 64), 3)
+    backbone = RINBackbone.from_preset("hpdm_s", pyramid=spec, num_classes=101)
+    params = backbone_param_count(backbone, spec)
+    assert abs(params / 178e6 - 1) < 0.25, params
+
+
+def backbone_param_count(backbone, spec):
+    backbone.build()  # symbolic: no forward pass on data
+    return sum(int(np.prod(w.shape)) for w in backbone.weights)
+
+
+@pytest.mark.skipif(keras.config.backend() != "jax", reason="XLA cost analysis is JAX's")
+def test_adaptive_computation_flops():
+    """Compiled forward FLOPs are linear in the block-level units AC runs: all-levels
+    (3+3) vs (1+3) vs (2+3) pin the per-unit cost, and (1, 1, 2, 2, 3, 3) saves 6 units."""
+    import jax
+
+    def flops(schedule, blocks):
+        spec = SPEC
+        backbone = RINBackbone.from_preset("tiny", pyramid=spec, num_blocks=blocks,
+                                           levels_per_block=schedule)
+        inputs = make_inputs(label=False)
+        backbone(inputs)
+        fn = jax.jit(lambda values, x: backbone.stateless_call(values, [], x)[0])
+        values = [v.value for v in backbone.trainable_variables]
+        cost = fn.lower(values, inputs).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        return cost["flops"]
+
+    f33, f13, f23 = flops(None, 2), flops((1, 3), 2), flops((2, 3), 2)
+    unit = f33 - f23
+    assert unit > 0
+    np.testing.assert_allclose(f33 - f13, 2 * unit, rtol=0.05)
+    f_all, f_ac = flops(None, 6), flops((1, 1, 2, 2, 3, 3), 6)
+    fixed = f33 - 6 * unit
+    expected = (fixed + 12 * unit) / (fixed + 18 * unit)
+    print(f"\nforward FLOPs all-levels {f_all:.3e}, AC {f_ac:.3e}, ratio {f_ac / f_all:.3f} "
+          f"(expected {expected:.3f})")
+    np.testing.assert_allclose(f_ac / f_all, expected, rtol=0.05)
+    assert f_ac / f_all < 0.8
+
+
+PARITY_CODE = """
+import keras
+from keras import ops
+import keras_hpdm
+from keras_hpdm.backbones import RINBackbone, UNet3DBackbone
+import json
+outs = {}
+for kind, cls in (("rin", RINBackbone), ("unet", UNet3DBackbone)):
+    config = json.loads(str(INPUTS[kind + "_config"]))
+    backbone = keras.saving.deserialize_keras_object(config)
+    inputs = {k: INPUTS[k] for k in ("patches", "sigma", "coords", "label")}
+    backbone(inputs)
+    backbone.load_weights(str(INPUTS[kind + "_weights"]))
+    outs[kind] = ops.convert_to_numpy(backbone(inputs))
+OUTPUTS = outs
+"""
+
+
+@pytest.mark.skipif(keras.config.backend() != "jax", reason="runs the other backends itself")
+def test_cross_backend_parity(tmp_path):
+    inputs = make_inputs()
+    payload = dict(inputs)
+    for kind, cls in BACKBONES.items():
+        backbone = cls.from_preset("tiny", pyramid=SPEC, num_classes=5)
+        backbone(inputs)
+        randomize_fusions(backbone)
+        path = os.path.join(tmp_path, f"{kind}.weights.h5")
+        backbone.save_weights(path)
+        payload[f"{kind}_weights"] = np.array(path)
+        payload[f"{kind}_config"] = np.array(json.dumps(
+            keras.saving.serialize_keras_object(backbone)))
+    results = run_in_backends(PARITY_CODE, ["jax", "tensorflow", "torch"], inputs=payload)
+    diffs = {}
+    for kind in BACKBONES:
+        ref = results["jax"][kind]
+        for backend in ("tensorflow", "torch"):
+            diffs[(kind, backend)] = float(np.abs(results[backend][kind] - ref).max())
+            np.testing.assert_allclose(results[backend][kind], ref, atol=1e-4, rtol=1e-4)
+    print("\ncross-backend max abs diff:", diffs)
