@@ -1,0 +1,118 @@
+"""Writing videos (MP4 with PyAV, GIF with Pillow) and PNG contact sheets."""
+
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def _check_video(video, name="video"):
+    video = np.asarray(video)
+    if video.ndim != 4 or video.shape[-1] not in (1, 3) or video.dtype != np.uint8:
+        raise ValueError(
+            f"`{name}` must be a uint8 array (frames, height, width, 1 or 3), got "
+            f"{video.dtype} {video.shape}."
+        )
+    return np.repeat(video, 3, -1) if video.shape[-1] == 1 else video
+
+
+def write_mp4(path, video, fps=8):
+    """Writes a uint8 `(T, H, W, 3)` video as H.264 MP4 (even sizes are padded)."""
+    import av
+
+    video = _check_video(video)
+    t, h, w, _ = video.shape
+    pad = ((0, 0), (0, h % 2), (0, w % 2), (0, 0))  # yuv420p needs even sizes
+    video = np.pad(video, pad, mode="edge")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream("libx264", rate=int(fps))
+        stream.width, stream.height = video.shape[2], video.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18"}
+        for frame in video:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def write_gif(path, video, fps=8, scale=1):
+    """Writes a uint8 `(T, H, W, 3)` video as a looping GIF (optionally upscaled)."""
+    video = _check_video(video)
+    frames = [Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale),
+                                        Image.NEAREST) for f in video]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], loop=0,
+                   duration=max(1, int(1000 / fps)))
+    return path
+
+
+def contact_sheet(videos, max_frames=8, pad=2, scale=1):
+    """Tiles videos `(N, T, H, W, 3)` (rows) by frames (columns) into one uint8 image."""
+    videos = np.asarray(videos)
+    if videos.ndim == 4:
+        videos = videos[None]
+    videos = np.stack([_check_video(v, "videos") for v in videos])
+    n, t, h, w, _ = videos.shape
+    step = max(1, t // max_frames)
+    columns = videos[:, ::step][:, :max_frames]
+    cols = columns.shape[1]
+    sheet = np.full((n * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
+    for i in range(n):
+        for j in range(cols):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            sheet[y:y + h, x:x + w] = columns[i, j]
+    if scale > 1:
+        sheet = np.repeat(np.repeat(sheet, scale, 0), scale, 1)
+    return sheet
+
+
+def save_png(path, image):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(np.asarray(image, np.uint8)).save(path)
+    return path
+
+
+LEVEL_COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48)]
+
+
+def pyramid_sheet(video, pyramid, offsets, frame=None, scale=None):
+    """A picture of a patch pyramid: the video's middle frame with every level's box drawn,
+    and beside it each level's patch (first frame), upscaled to a common height.
+
+    Args:
+        video: uint8 `(F, H, W, 3)` at `pyramid.target_size`.
+        pyramid: `PyramidSpec`.
+        offsets: `(L, 3)` level offsets (from `pyramid.sample_offsets`).
+        frame: which full-resolution frame to show (default: inside the finest patch).
+    """
+    video = _check_video(np.asarray(video))
+    spec = pyramid
+    patches = spec.extract(video, offsets)
+    full = np.asarray(offsets[-1]) * np.asarray(spec.level_factor(spec.num_levels - 1))
+    frame = int(full[0]) if frame is None else frame
+    canvas = Image.fromarray(video[frame])
+    draw = ImageDraw.Draw(canvas)
+    for level in range(spec.num_levels):
+        k = np.asarray(spec.level_factor(level))
+        start = np.asarray(offsets[level]) * k
+        size = np.asarray(spec.patch_size) * k
+        box = [start[2], start[1], start[2] + size[2] - 1, start[1] + size[1] - 1]
+        for inset in range(max(1, video.shape[1] // 128)):
+            draw.rectangle([box[0] + inset, box[1] + inset, box[2] - inset, box[3] - inset],
+                           outline=LEVEL_COLORS[level % len(LEVEL_COLORS)])
+    height = video.shape[1]
+    tiles = [np.asarray(canvas)]
+    for level in range(spec.num_levels):
+        patch = np.clip(np.round(patches[level, 0]), 0, 255).astype(np.uint8)
+        img = Image.fromarray(patch).resize(
+            (int(patch.shape[1] * height / patch.shape[0]), height), Image.NEAREST)
+        bordered = Image.new("RGB", (img.width + 8, img.height + 8),
+                             LEVEL_COLORS[level % len(LEVEL_COLORS)])
+        bordered.paste(img, (4, 4))
+        tiles.append(np.asarray(bordered.resize((img.width, height))))
+    gap = np.full((height, 6, 3), 255, np.uint8)
+    row = [tiles[0]]
+    for tile in tiles[1:]:
+        row += [gap, tile]
+    return np.concatenate(row, axis=1)
