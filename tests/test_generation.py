@@ -1,0 +1,134 @@
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_hpdm
+from keras_hpdm.backbones import RINBackbone
+from keras_hpdm.diffusion import edm_sigmas, per_sample_normal, sample
+from keras_hpdm.diffusion.seeding import derive_seed
+from keras_hpdm.models.generation import context_offsets
+
+SPEC = keras_hpdm.PyramidSpec((2, 8, 8), 2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    backbone = RINBackbone.from_preset("tiny", pyramid=SPEC, num_classes=3)
+    m = keras_hpdm.PatchDiffusionModel(backbone, seed=0)
+    rng = np.random.default_rng(0)
+    for fusion in backbone.fusions:  # non-trivial context flow
+        fusion.context_kernel.assign(rng.normal(scale=0.2, size=fusion.context_kernel.shape))
+    return m
+
+
+def pixelwise_denoise(x, sigma, coords, conditions=None, context=None):
+    """The ideal denoiser of N(0.2, 0.3^2) pixels: output at a pixel depends on it alone."""
+    s2 = ops.reshape(ops.square(ops.cast(sigma, "float32")), (-1, x.shape[1], 1, 1, 1, 1))
+    return 0.2 + 0.09 / (0.09 + s2) * (ops.cast(x, "float32") - 0.2)
+
+
+def test_output_shape_dtype_and_determinism(model):
+    video = model.generate([0, 2], num_steps=3, seed=1, verbose=0)
+    assert video.shape == (2,) + SPEC.target_size + (3,) and video.dtype == np.uint8
+    again = model.generate([0, 2], num_steps=3, seed=1, verbose=0)
+    np.testing.assert_array_equal(video, again)
+    other = model.generate([0, 2], num_steps=3, seed=2, verbose=0)
+    assert np.abs(other.astype(int) - video.astype(int)).max() > 0
+
+
+def test_per_sample_results_independent_of_batch_and_tiles(model):
+    a = model.generate([0, 1, 2], num_steps=3, seed=5, verbose=0, tile_batch_size=16,
+                       return_pyramid=True)[1][-1]
+    b = model.generate([0, 1], num_steps=3, seed=5, verbose=0, tile_batch_size=3,
+                       return_pyramid=True)[1][-1]
+    np.testing.assert_allclose(a[:2], b, atol=2e-5)
+
+
+def test_cached_context_equals_recomputed(model):
+    kw = dict(conditions=[1], num_steps=3, seed=3, verbose=0, return_pyramid=True)
+    cached = model.generate(cache_context=True, **kw)[1][-1]
+    fresh = model.generate(cache_context=False, **kw)[1][-1]
+    np.testing.assert_allclose(cached, fresh, atol=2e-5)
+
+
+def test_tiled_generation_is_exact_for_a_pixelwise_denoiser(model, monkeypatch):
+    """Tiling adds nothing for a pixel-wise denoiser: every overlap / tile batch size gives
+    the untiled result (one `sample` call on the whole canvas with the same noise)."""
+    monkeypatch.setattr(model, "denoise", pixelwise_denoise)
+    monkeypatch.setattr(model, "encode_context", lambda *a, **k: None)
+    results = []
+    for overlap, tbs in ((0.0, 1), (0.5, 3), ((0.5, 0.75, 0.25), 16)):
+        _, canvases = model.generate([1, 2], num_steps=4, seed=9, overlap=overlap,
+                                     tile_batch_size=tbs, sampler="euler", verbose=0,
+                                     return_pyramid=True)
+        results.append(canvases[-1])
+    level = SPEC.num_levels - 1
+    sigmas = edm_sigmas(4)
+    x = per_sample_normal((2,) + SPEC.level_size(level) + (3,), derive_seed(9, level)) * float(
+        sigmas[0])
+
+    def whole(x, sigma):
+        return pixelwise_denoise(x[:, None], sigma[:, None], None)[:, 0]
+
+    untiled = np.asarray(ops.convert_to_numpy(sample(whole, x, sigmas, method="euler")))
+    for tiled in results:
+        np.testing.assert_allclose(tiled, untiled, atol=1e-5)
+
+
+def test_guidance_and_ema(model):
+    live = [np.array(ops.convert_to_numpy(v)) for v in model.backbone.trainable_weights]
+    for ema in model.ema_weights:  # make EMA differ from the live weights
+        ema.assign(ops.convert_to_numpy(ema) * 0.5)
+    with_ema = model.generate([1], num_steps=2, seed=0, verbose=0, guidance_scale=2.0)
+    without = model.generate([1], num_steps=2, seed=0, verbose=0, guidance_scale=2.0,
+                             use_ema=False)
+    assert np.abs(with_ema.astype(int) - without.astype(int)).max() > 0
+    for before, v in zip(live, model.backbone.trainable_weights, strict=True):
+        np.testing.assert_array_equal(before, ops.convert_to_numpy(v))
+
+
+def test_callbacks_see_steps_and_stop_early(model):
+    seen = []
+
+    def stop_after_one(info):
+        seen.append((info["level"], info["step"]))
+        return info["step"] >= 1
+
+    model.generate([0], num_steps=4, seed=0, verbose=0, callbacks=[stop_after_one],
+                   sampler="euler")
+    assert seen == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_context_chain_nests_tiles_in_parents():
+    spec = keras_hpdm.PyramidSpec((2, 8, 8), 3)
+    for offset in ([0, 0, 0], [6, 24, 12], [3, 17, 24], [1, 9, 5]):
+        chain = context_offsets(spec, 2, np.array(offset))
+        np.testing.assert_array_equal(chain[-1], offset)
+        spec.check_offsets(chain)  # raises unless every level lies inside its parent
+
+
+def test_bad_arguments(model):
+    with pytest.raises(ValueError, match="num_steps"):
+        model.generate([0], num_steps=0, verbose=0)
+    with pytest.raises(ValueError, match="num_steps"):
+        model.generate([0], num_steps=(4,), verbose=0)
+    with pytest.raises(ValueError, match="overlap"):
+        model.generate([0], overlap=1.0, verbose=0)
+    with pytest.raises(ValueError, match="tile_batch_size"):
+        model.generate([0], tile_batch_size=0, verbose=0)
+    with pytest.raises(ValueError, match="text-conditional"):
+        model.generate("a prompt", verbose=0)
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        model.generate([5], verbose=0)
+    with pytest.raises(ValueError, match="sampler"):
+        model.generate([0], sampler="ddim", verbose=0)
+    with pytest.raises(ValueError, match="seed"):
+        model.generate([0], seed=-1, verbose=0)
+    unconditional = keras_hpdm.PatchDiffusionModel(
+        RINBackbone.from_preset("tiny", pyramid=SPEC))
+    with pytest.raises(ValueError, match="guidance_scale"):
+        unconditional.generate(guidance_scale=3.0, verbose=0)
+    with pytest.raises(ValueError, match="Class ids"):
+        unconditional.generate([1], verbose=0)
+    assert keras.config.backend() in ("jax", "tensorflow", "torch")
