@@ -1,7 +1,8 @@
 """Validation of training batches, and text encoding before they reach the backend.
 
-Shapes and keys are checked where the batch enters the loss (static, so a clear
-`ValueError` at trace time). Values (NaN/Inf, label range) cannot raise from inside a
+Keys and static shapes are checked before `fit` hands the data to Keras (dicts and
+`tf.data` element specs) and again where the batch enters the loss (a clear `ValueError` at
+trace time, e.g. for generators). Values (NaN/Inf, label range) cannot raise from inside a
 compiled JAX / XLA step, so they are checked on the data side instead: in the `tf.data`
 graph (which runs outside the compiled step under every backend) or on numpy arrays.
 """
@@ -16,10 +17,30 @@ def _expected(model):
     return (spec.num_levels,) + spec.patch_size + (bb.channels,)
 
 
-def check_training_batch(model, batch):
-    """Returns `(patches, coords, conditions)` or raises a `ValueError` naming the key."""
-    from keras import ops
+def _shape(value):
+    """Static shape as a tuple (None for unknown dims), or None when the rank is unknown."""
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        shape = np.shape(value)
+    try:
+        return tuple(None if d is None else int(d) for d in shape)
+    except (TypeError, ValueError):  # a TensorShape of unknown rank
+        return None
 
+
+def _matches(shape, expected):
+    return shape is None or (
+        len(shape) == len(expected)
+        and all(d is None or e is None or d == e for d, e in zip(shape, expected, strict=True))
+    )
+
+
+def check_batch_structure(model, batch):
+    """Keys and static shapes of a batch (dict of arrays, tensors or `tf.TensorSpec`s).
+
+    Runs before `fit` hands the data to Keras (a failed first step would leave a JAX model's
+    variables detached) and again where the batch enters the loss.
+    """
     if not isinstance(batch, dict):
         raise TypeError(
             "Training batches must be dicts with 'patches' (B, L, f, h, w, C) and 'coords' "
@@ -31,43 +52,61 @@ def check_training_batch(model, batch):
     unknown = [k for k in batch if k not in ALLOWED_KEYS]
     if unknown:
         raise ValueError(f"Unknown batch keys {unknown}; allowed: {list(ALLOWED_KEYS)}.")
-    patches, coords = batch["patches"], batch["coords"]
     expected = _expected(model)
-    if tuple(patches.shape[1:]) != expected:
+    shape = _shape(batch["patches"])
+    if not _matches(shape, (None,) + expected):
         raise ValueError(
-            f"`patches` must have shape (B,) + {expected} for this pyramid, got "
-            f"{tuple(patches.shape)}."
+            f"`patches` must have shape (B,) + {expected} for this pyramid, got {shape}."
         )
-    if tuple(coords.shape[1:]) != (model.pyramid.num_levels, 6):
+    shape = _shape(batch["coords"])
+    if not _matches(shape, (None, model.pyramid.num_levels, 6)):
         raise ValueError(
-            f"`coords` must have shape (B, {model.pyramid.num_levels}, 6), got "
-            f"{tuple(coords.shape)}."
+            f"`coords` must have shape (B, {model.pyramid.num_levels}, 6), got {shape}."
         )
     bb = model.backbone
-    conditions = {}
+    if "text" in batch and not bb.text_dim:
+        raise ValueError(_not_text_conditional(bb))
+    if bb.num_classes:
+        if "label" not in batch:
+            raise ValueError("This model is class-conditional: batches need a 'label' key.")
+        shape = _shape(batch["label"])
+        if not _matches(shape, (None,)):
+            raise ValueError(f"`label` must have shape (B,), got {shape}.")
+    elif "label" in batch:
+        raise ValueError("Batch has 'label' but the model is not class-conditional "
+                         "(backbone `num_classes=None`).")
+    if bb.text_dim:
+        if "text_embeddings" not in batch and "text" not in batch:
+            raise ValueError("This model is text-conditional: batches need 'text' prompts.")
+    elif "text_embeddings" in batch:
+        raise ValueError("Batch has text but the model is not text-conditional "
+                         "(backbone `text_dim=None`).")
+
+
+def check_training_batch(model, batch):
+    """Returns `(patches, coords, conditions)` or raises a `ValueError` naming the key."""
+    from keras import ops
+
+    check_batch_structure(model, batch)
     if "text" in batch:
         raise ValueError(
             "Raw `text` reached the loss: pass batches through `model.fit` (which encodes "
             "prompts) or give precomputed `text_embeddings`."
         )
-    if bb.num_classes:
-        if "label" not in batch:
-            raise ValueError("This model is class-conditional: batches need a 'label' key.")
-        label = batch["label"]
-        if len(label.shape) != 1:
-            raise ValueError(f"`label` must have shape (B,), got {tuple(label.shape)}.")
-        conditions["label"] = ops.cast(label, "int32")
-    elif "label" in batch:
-        raise ValueError("Batch has 'label' but the model is not class-conditional "
-                         "(backbone `num_classes=None`).")
-    if bb.text_dim:
-        if "text_embeddings" not in batch:
-            raise ValueError("This model is text-conditional: batches need 'text' prompts.")
+    conditions = {}
+    if model.backbone.num_classes:
+        conditions["label"] = ops.cast(batch["label"], "int32")
+    if model.backbone.text_dim:
         conditions["text_embeddings"] = batch["text_embeddings"]
-    elif "text_embeddings" in batch:
-        raise ValueError("Batch has text but the model is not text-conditional "
-                         "(backbone `text_dim=None`).")
-    return ops.cast(patches, "float32"), ops.cast(coords, "float32"), conditions
+    return (ops.cast(batch["patches"], "float32"), ops.cast(batch["coords"], "float32"),
+            conditions)
+
+
+def _not_text_conditional(backbone):
+    kind = (f"class-conditional: give 'label' ints in [0, {backbone.num_classes - 1}]"
+            if backbone.num_classes else "unconditional: give no conditions")
+    return (f"Batch has 'text' prompts, but the model is not text-conditional (backbone "
+            f"`text_dim=None`); it is {kind}.")
 
 
 def _numpy_checks(model, batch):
@@ -94,13 +133,17 @@ def prepare_inputs(model, x):
 
     if isinstance(x, dict):
         x = dict(x)
-        if "patches" in x:
-            _numpy_checks(model, x)
-        if "text" in x and model.backbone.text_dim:
+        check_batch_structure(model, x)
+        _numpy_checks(model, x)
+        if "text" in x:
             x["text_embeddings"] = _encode_text(model, x.pop("text"))
         return x
+    if isinstance(x, (np.ndarray, list, tuple)) or hasattr(x, "__array__"):
+        check_batch_structure(model, x)  # raises: batches must be dicts
     if not isinstance(x, tf.data.Dataset):
-        return x  # generators / PyDatasets: shape checks still apply in the loss
+        return x  # generators / PyDatasets: the checks run where the batch enters the loss
+    if isinstance(x.element_spec, dict):
+        check_batch_structure(model, x.element_spec)
     num_classes = model.backbone.num_classes
 
     def validate(batch):

@@ -1,5 +1,7 @@
 """The HPDM task: trains with `fit` on patch pyramids, samples with tiled `generate`."""
 
+import contextlib
+
 import keras
 import numpy as np
 from keras import ops
@@ -24,6 +26,20 @@ DEFAULT_SAMPLING = {
     "S_noise": 1.003,
     "context_sigma": 0.002,
 }
+
+_RNG_STATE_KEY = "training_noise_state"
+
+
+def _check_distribution():
+    # Keras has no torch distribution backend: a distribution set there would be ignored.
+    if keras.config.backend() == "torch" and keras.distribution.distribution() is not None:
+        raise ValueError(
+            "A keras.distribution is set, but Keras has no distribution backend for torch, "
+            "so training would silently run on one device. Use the JAX backend "
+            "(keras.distribution.DataParallel / ModelParallel) or TensorFlow "
+            "(tf.distribute strategies), or call "
+            "`keras.distribution.set_distribution(None)`."
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_hpdm")
@@ -116,7 +132,8 @@ class PatchDiffusionModel(keras.Model):
     # --------------------------------------------------------------- building
     def _build_now(self):
         """Creates every weight up front, so saving, loading and EMA need no data."""
-        self.backbone.build()
+        if not self.backbone.built:  # a deserialized backbone comes built already
+            self.backbone.build()
         self.ema_weights = []
         if self.ema_decay is not None or self.ema_half_life is not None:
             self.ema_weights = [
@@ -214,7 +231,11 @@ class PatchDiffusionModel(keras.Model):
             conditions = {k: inputs[k] for k in ("label", "text_embeddings") if k in inputs}
             return self.denoise(inputs["patches"], inputs["sigma"], inputs["coords"],
                                 conditions)
-        return inputs["patches"] if isinstance(inputs, dict) else inputs
+        if isinstance(inputs, dict):
+            # Keras calls the model on the batch before `compute_loss`: validate it here so
+            # a bad batch fails with an error naming the key, not a KeyError from Keras.
+            return batch_checks.check_training_batch(self, inputs)[0]
+        return inputs
 
     # -------------------------------------------------------------- training
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -222,16 +243,37 @@ class PatchDiffusionModel(keras.Model):
         batch_size, num_levels = ops.shape(patches)[0], patches.shape[1]
         sigma = self.noise_distribution.sample((batch_size, num_levels), seed=self.seed_generator)
         noise = keras.random.normal(ops.shape(patches), seed=self.seed_generator)
-        noisy = patches + noise * ops.reshape(sigma, (batch_size, num_levels, 1, 1, 1, 1))
         if training:
             conditions = self._drop_conditions(conditions, batch_size)
-        denoised = self.denoise(noisy, sigma, coords, conditions)
-        total, per_level = self.loss_fn(patches, denoised, sigma, sample_weight)
+        total, per_level = self.pyramid_loss(patches, coords, conditions, sigma, noise,
+                                             sample_weight)
         for level, tracker in enumerate(self.level_loss_trackers):
             tracker.update_state(per_level[level])
         if training:
             self._update_ema()
         return total
+
+    def pyramid_loss(self, patches, coords, conditions, sigma, noise, sample_weight=None):
+        """The EDM pyramid loss for given noise levels and noise (what `fit` minimises).
+
+        `compute_loss` draws `sigma` and `noise` from the model's seed generator and calls
+        this; call it directly for a fixed, reproducible evaluation.
+
+        Args:
+            patches: clean pyramids `(B, L, f, h, w, C)`.
+            coords: `(B, L, 6)` level coordinates.
+            conditions: None or a dict with `label` `(B,)` / `text_embeddings` `(B, S, D)`.
+            sigma: `(B, L)` noise levels.
+            noise: standard normal noise shaped like `patches`.
+            sample_weight: optional `(B,)` weights.
+
+        Returns:
+            `(total, per_level)`: float32 scalar and `(L,)`.
+        """
+        patches = ops.cast(patches, "float32")
+        noisy = patches + ops.cast(noise, "float32") * expand_sigma(sigma, patches)
+        denoised = self.denoise(noisy, sigma, coords, conditions)
+        return self.loss_fn(patches, denoised, sigma, sample_weight)
 
     def ema_decay_at(self, step):
         """EMA decay at a step, with the usual warm-up `(1 + t) / (10 + t)` cap."""
@@ -252,7 +294,15 @@ class PatchDiffusionModel(keras.Model):
 
     def fit(self, x=None, y=None, **kwargs):
         """`keras.Model.fit`, after validating batches and encoding text prompts."""
-        return super().fit(batch_checks.prepare_inputs(self, x), y, **kwargs)
+        _check_distribution()
+        x = batch_checks.prepare_inputs(self, x)
+        if getattr(self, "optimizer", None) is not None and not self.optimizer.built:
+            # Every weight exists since `__init__`: building the optimizer here spares
+            # TensorFlow a second trace of the train step (variables created in a tf.function).
+            strategy = getattr(self, "distribute_strategy", None)
+            with strategy.scope() if strategy is not None else contextlib.nullcontext():
+                self.optimizer.build(self.trainable_variables)
+        return super().fit(x, y, **kwargs)
 
     def evaluate(self, x=None, y=None, **kwargs):
         return super().evaluate(batch_checks.prepare_inputs(self, x), y, **kwargs)
@@ -271,7 +321,7 @@ class PatchDiffusionModel(keras.Model):
     def generate(self, conditions=None, num_samples=None, num_steps=None, guidance_scale=1.0,
                  overlap=(0.5, 0.5, 0.0), tile_batch_size=16, seed=None, sampler=None,
                  blend="uniform", cache_context=True, use_ema=True, callbacks=None,
-                 verbose="auto", return_pyramid=False):
+                 verbose="auto", return_pyramid=False, num_levels=None):
         """Generates videos at `pyramid.target_size`, level by level, tile by tile.
 
         Args:
@@ -294,6 +344,8 @@ class PatchDiffusionModel(keras.Model):
                 denoised. Returning True stops the current level early.
             verbose: progress bar per level ("auto", 0, 1).
             return_pyramid: also return the generated canvas of every level.
+            num_levels: stop after this many levels (a coarser output:
+                `pyramid.level_size(num_levels - 1)`); default all.
 
         Returns:
             uint8 numpy array `(N, T, H, W, 3)` (and the list of level canvases in [-1, 1]
@@ -309,11 +361,25 @@ class PatchDiffusionModel(keras.Model):
                 guidance_scale=guidance_scale, overlap=overlap,
                 tile_batch_size=tile_batch_size, seed=seed, sampler=sampler, blend=blend,
                 cache_context=cache_context, callbacks=callbacks, verbose=verbose,
-                return_pyramid=return_pyramid,
+                return_pyramid=return_pyramid, num_levels=num_levels,
             )
         finally:
             if swap:
                 self.swap_ema_weights()
+
+    # ---------------------------------------------------------------- saving
+    def save_own_variables(self, store):
+        # Keras saves layer weights but not SeedGenerator states: keep the training-noise
+        # state, so a resumed run (BackupAndRestore) draws the noise an uninterrupted one would.
+        super().save_own_variables(store)
+        store[_RNG_STATE_KEY] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        if _RNG_STATE_KEY in keys:  # absent from files written before it was saved
+            self.seed_generator.state.assign(store[_RNG_STATE_KEY])
+            store = {k: store[k] for k in keys if k != _RNG_STATE_KEY}
+        super().load_own_variables(store)
 
     # ---------------------------------------------------------------- config
     def get_config(self):
