@@ -76,7 +76,7 @@ def save_png(path, image):
 LEVEL_COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48)]
 
 
-def pyramid_sheet(video, pyramid, offsets, frame=None, scale=None):
+def pyramid_sheet(video, pyramid, offsets, frame=None):
     """A picture of a patch pyramid: the video's middle frame with every level's box drawn,
     and beside it each level's patch (first frame), upscaled to a common height.
 
@@ -112,6 +112,73 @@ def pyramid_sheet(video, pyramid, offsets, frame=None, scale=None):
         bordered.paste(img, (4, 4))
         tiles.append(np.asarray(bordered.resize((img.width, height))))
     gap = np.full((height, 6, 3), 255, np.uint8)
+    row = [tiles[0]]
+    for tile in tiles[1:]:
+        row += [gap, tile]
+    return np.concatenate(row, axis=1)
+
+
+VIDEO_FORMATS = ("mp4", "gif", "png")
+
+
+def video_row(videos, pad=2):
+    """Videos `(N, T, H, W, C)` side by side into one video `(T, H, N * (W + pad) - pad, 3)`."""
+    videos = np.stack([_check_video(v, "videos") for v in np.asarray(videos)])
+    n, t, h, w, _ = videos.shape
+    row = np.full((t, h, n * (w + pad) - pad, 3), 255, np.uint8)
+    for i in range(n):
+        row[:, :, i * (w + pad):i * (w + pad) + w] = videos[i]
+    return row
+
+
+def save_videos(stem, videos, formats=VIDEO_FORMATS, fps=8, scale=None):
+    """Writes a batch of uint8 videos `(N, T, H, W, C)` as `stem.mp4` / `stem.gif` (all
+    samples side by side) and `stem.png` (a contact sheet: one row per sample).
+
+    Small videos are upscaled (nearest) to at least 128 pixels high unless `scale` is given.
+    Returns `{format: path}`.
+    """
+    unknown = set(formats) - set(VIDEO_FORMATS)
+    if unknown:
+        raise ValueError(f"`formats` must be among {VIDEO_FORMATS}, got {sorted(unknown)}.")
+    videos = np.asarray(videos)
+    if videos.ndim == 4:
+        videos = videos[None]
+    if scale is None:
+        scale = max(1, -(-128 // videos.shape[2]))
+    row = video_row(videos)
+    big = np.repeat(np.repeat(row, scale, 1), scale, 2) if scale > 1 else row
+    written = {}
+    if "mp4" in formats:
+        written["mp4"] = write_mp4(f"{stem}.mp4", big, fps=fps)
+    if "gif" in formats:
+        written["gif"] = write_gif(f"{stem}.gif", row, fps=fps, scale=scale)
+    if "png" in formats:
+        written["png"] = save_png(f"{stem}.png", contact_sheet(videos, scale=scale))
+    return written
+
+
+def levels_sheet(canvases, sample=0, frame=None, height=None):
+    """The generated pyramid of one sample: each level's canvas (middle frame) upscaled to
+    the finest level's height, left to right, coarse to fine, framed in its level colour.
+
+    Args:
+        canvases: list of per-level float arrays `(N, T_l, H_l, W_l, C)` in [-1, 1]
+            (`generate(..., return_pyramid=True)`).
+    """
+    tiles = []
+    height = height or max(c.shape[2] for c in canvases)
+    for level, canvas in enumerate(canvases):
+        video = np.clip(np.round((np.asarray(canvas[sample]) + 1.0) * 127.5), 0, 255)
+        video = _check_video(video.astype(np.uint8))
+        f = video.shape[0] // 2 if frame is None else min(frame, video.shape[0] - 1)
+        img = Image.fromarray(video[f]).resize(
+            (int(video.shape[2] * height / video.shape[1]), height), Image.NEAREST)
+        bordered = Image.new("RGB", (img.width + 8, img.height + 8),
+                             LEVEL_COLORS[level % len(LEVEL_COLORS)])
+        bordered.paste(img, (4, 4))
+        tiles.append(np.asarray(bordered))
+    gap = np.full((height + 8, 6, 3), 255, np.uint8)
     row = [tiles[0]]
     for tile in tiles[1:]:
         row += [gap, tile]

@@ -15,7 +15,7 @@ declare -A took
 for backend in $BACKENDS; do
   echo "=================== KERAS_BACKEND=$backend ==================="
   start=$(date +%s)
-  KERAS_BACKEND=$backend "$PY" -m pytest -q -p no:cacheprovider "$@"
+  KERAS_BACKEND=$backend "$PY" -m pytest -q -p no:cacheprovider --durations=10 "$@"
   rc=$?
   took[$backend]=$(( $(date +%s) - start ))
   if [ $rc -ne 0 ]; then status=1; fi

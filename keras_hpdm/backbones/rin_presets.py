@@ -26,6 +26,15 @@ rin_presets = {
             "levels_per_block": "linear", "cond_dim": 32,
         },
     },
+    "mini": {
+        "description": "About half a million parameters: the bundled Moving MNIST model "
+                       "(half an hour of CPU training).",
+        "config": {
+            "tokenizer_patch": [1, 4, 4], "data_dim": 64, "latent_dim": 96, "num_latents": 16,
+            "num_blocks": 3, "num_latent_layers": 2, "num_heads": 4, "mlp_ratio": 2,
+            "levels_per_block": "linear", "cond_dim": 96,
+        },
+    },
     "small": {
         "description": "A few M parameters: CPU training for minutes to hours.",
         "config": {

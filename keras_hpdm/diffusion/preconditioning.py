@@ -7,7 +7,9 @@ from keras import ops
 def expand_sigma(sigma, x):
     """Broadcasts `sigma` of shape `x.shape[:sigma.ndim]` over `x`'s trailing axes."""
     sigma = ops.cast(sigma, "float32")
-    return ops.reshape(sigma, tuple(sigma.shape) + (1,) * (len(x.shape) - len(sigma.shape)))
+    for _ in range(len(x.shape) - len(sigma.shape)):  # works with unknown (traced) dims
+        sigma = ops.expand_dims(sigma, -1)
+    return sigma
 
 
 @keras.saving.register_keras_serializable(package="keras_hpdm")

@@ -84,6 +84,10 @@ class DeepContextFusion(keras.layers.Layer):
         dim = features_shape[-1]
         self.grid_size = tuple(features_shape[2:5])
         self.resample = CropResample(self.grid_size, dtype=self.dtype_policy, name="resample")
+        # Weightless, but never called in a block that only runs level 0 (adaptive
+        # computation): mark it built, or Keras sees an unbuilt model (predict_on_batch then
+        # re-runs the model eagerly on every call).
+        self.resample.build(None)
         self.feature_kernel = self.add_weight(
             name="feature_kernel", shape=(dim, dim), initializer="identity"
         )

@@ -2,6 +2,7 @@
 
 import math
 import numbers
+import weakref
 
 import keras
 import numpy as np
@@ -44,6 +45,36 @@ def to_uint8(video):
     return np.repeat(video, 3, axis=-1) if video.shape[-1] == 1 else video
 
 
+class CompiledNetwork:
+    """Calls the model's network through Keras' compiled predict function (`jax.jit`,
+    `tf.function`; torch runs it without autograd), one function per input signature.
+
+    Keeping a function per signature (mode, levels, tile batch) matters on TensorFlow: one
+    `tf.function` seeing a second shape relaxes every axis to unknown, including the level
+    axis that adaptive computation slices statically.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.functions = {}
+
+    def __call__(self, inputs):
+        key = (tuple(sorted(inputs)),
+               tuple(tuple(np.shape(x)) for x in keras.tree.flatten(inputs)))
+        model = self.model
+        saved = model.predict_function
+        model.predict_function = self.functions.get(key)
+        try:
+            out = model.predict_on_batch(inputs)
+            self.functions[key] = model.predict_function
+        finally:
+            model.predict_function = saved
+        return out
+
+
+_NETWORKS = weakref.WeakKeyDictionary()
+
+
 class PyramidGenerator:
     """Generates the pyramid of a `PatchDiffusionModel` level by level.
 
@@ -57,6 +88,9 @@ class PyramidGenerator:
         self.model = model
         self.spec = model.pyramid
         self.settings = model.sampling
+        if model not in _NETWORKS:  # compiled functions live as long as the model
+            _NETWORKS[model] = CompiledNetwork(model)
+        self.network = _NETWORKS[model]
 
     # ------------------------------------------------------------ arguments
     def resolve_conditions(self, conditions, num_samples, guidance_scale):
@@ -230,7 +264,8 @@ class PyramidGenerator:
                 patches = np.concatenate([patches, patches])
                 ctx_coords = np.concatenate([ctx_coords, ctx_coords])
             sigma = np.full(patches.shape[:2], context_sigma, "float32")
-            context = model.encode_context(patches, sigma, ctx_coords, cond)
+            context = self.network(
+                {"context_patches": patches, "sigma": sigma, "coords": ctx_coords, **cond})
             if cache_context:
                 cache[key] = context
             return context
@@ -238,14 +273,17 @@ class PyramidGenerator:
         def denoise_tiles(tiles, sigma, sample_index, tile_index):
             cond = conditions_for(sample_index)
             new_coords = coords[tile_index, level:]
-            x, sig = tiles[:, None], ops.reshape(sigma, (-1, 1))
+            x = np.asarray(ops.convert_to_numpy(tiles), np.float32)[:, None]
+            sig = np.asarray(ops.convert_to_numpy(sigma), np.float32).reshape(-1, 1)
             if null is not None:
-                x, sig = ops.concatenate([x, x]), ops.concatenate([sig, sig])
+                x, sig = np.concatenate([x, x]), np.concatenate([sig, sig])
                 new_coords = np.concatenate([new_coords, new_coords])
-            context = context_for(sample_index, tile_index, cond) if level > 0 else None
-            out = model.denoise(x, sig, new_coords, cond, context=context)[:, 0]
+            inputs = {"patches": x, "sigma": sig, "coords": new_coords, **cond}
+            if level > 0:
+                inputs["context"] = context_for(sample_index, tile_index, cond)
+            out = self.network(inputs)[:, 0]
             if null is not None:
-                cond_out, uncond_out = ops.split(out, 2)
+                cond_out, uncond_out = np.split(out, 2)
                 out = uncond_out + guidance_scale * (cond_out - uncond_out)
             return out
 

@@ -222,15 +222,21 @@ class PatchDiffusionModel(keras.Model):
         return self.backbone.encode_context(inputs)
 
     def call(self, inputs, training=None):
-        """With `sigma` in `inputs`: the denoiser. Without: returns `patches` unchanged.
+        """With `sigma` in `inputs`: the denoiser (`patches`, optional cached `context`), or
+        with `context_patches` instead of `patches`, `encode_context`; generation calls
+        these through `predict_on_batch`, Keras' compiled predict function. Without `sigma`:
+        returns `patches` unchanged.
 
         Keras' train step calls the model before `compute_loss`; the diffusion forward pass
         needs its own noise and runs inside `compute_loss`, so that first call is a no-op.
         """
         if isinstance(inputs, dict) and "sigma" in inputs:
             conditions = {k: inputs[k] for k in ("label", "text_embeddings") if k in inputs}
+            if "context_patches" in inputs:
+                return self.encode_context(inputs["context_patches"], inputs["sigma"],
+                                           inputs["coords"], conditions)
             return self.denoise(inputs["patches"], inputs["sigma"], inputs["coords"],
-                                conditions)
+                                conditions, context=inputs.get("context"))
         if isinstance(inputs, dict):
             # Keras calls the model on the batch before `compute_loss`: validate it here so
             # a bad batch fails with an error naming the key, not a KeyError from Keras.

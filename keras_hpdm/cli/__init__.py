@@ -1,0 +1,44 @@
+"""`keras-hpdm` command line: demo, train, generate, prepare, export, pyramid,
+info.
+
+Each subcommand lives in its own module with `add_parser(subparsers)` and `run(args)`.
+"""
+
+import argparse
+import os
+import sys
+
+from keras_hpdm.cli import demo, export, generate, info, prepare, pyramid, train
+from keras_hpdm.cli.common import BACKENDS, CommandError, set_backend
+
+SUBCOMMANDS = (demo, train, generate, prepare, export, pyramid, info)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="keras-hpdm",
+        description="Hierarchical Patch Diffusion Models in Keras 3: train on patch pyramids "
+        "and generate videos tile by tile, under JAX, TensorFlow or PyTorch.",
+        epilog="Run `keras-hpdm COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="Keras backend (default: $KERAS_BACKEND, else jax)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    args.argv = argv  # recorded by `train` in the checkpoint's state
+    # JAX compiles the sampler's network calls and is the fastest backend here on CPU.
+    set_backend(args.backend or os.environ.get("KERAS_BACKEND") or "jax", argv)
+    try:
+        return args.func(args)
+    except (CommandError, ValueError, TypeError, FileNotFoundError, ImportError) as e:
+        parser.exit(2, f"keras-hpdm {args.command}: error: {e}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"keras-hpdm {args.command}: interrupted\n")

@@ -1,0 +1,89 @@
+"""`keras-hpdm export`: a small sampling-only copy of a checkpoint, with a model card."""
+
+import datetime
+import json
+import os
+import platform
+
+from keras_hpdm.cli.common import CommandError, print_outputs
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "export", help="write a sampling-only model (EMA weights, no optimizer state)",
+        description="Write a sampling-only copy of a checkpoint: the EMA weights become the "
+        "model's weights and the optimizer state and EMA copy are dropped (about a quarter "
+        "of a training checkpoint's size). Beside it, OUT.json records how the run was "
+        "trained (command, steps, time, final loss) when the checkpoint folder has a "
+        "training_state.json.",
+        epilog="example:\n  keras-hpdm export runs/mnist mnist_sampler.keras "
+        "--description 'Moving MNIST, class-conditional'",
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+    )
+    p.add_argument("checkpoint", help="a .keras file or a `keras-hpdm train` run folder")
+    p.add_argument("output", help="output .keras file")
+    p.add_argument("--live-weights", action="store_true",
+                   help="export the live weights instead of the EMA weights")
+    p.add_argument("--description", default="", help="one line for the model card")
+    p.set_defaults(func=run)
+    return p
+
+
+def sampling_copy(model, use_ema=True):
+    """A new `PatchDiffusionModel` with `model`'s (EMA) weights and no EMA of its own."""
+    from keras_hpdm.models import PatchDiffusionModel
+
+    config = {**model.get_config(), "ema_decay": None, "ema_half_life": None}
+    copy = PatchDiffusionModel.from_config(config)
+    swap = use_ema and bool(model.ema_weights)
+    if swap:
+        model.swap_ema_weights()
+    try:
+        for target, source in zip(copy.backbone.weights, model.backbone.weights, strict=True):
+            target.assign(source)
+    finally:
+        if swap:
+            model.swap_ema_weights()
+    return copy
+
+
+def model_card(checkpoint, description):
+    from keras_hpdm.callbacks.training_checkpoint import read_training_state
+
+    folder = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
+    state = read_training_state(folder or ".")
+    if state is None:
+        return None
+    history = state.get("history") or [{}]
+    return {
+        "description": description,
+        "command": state.get("command"),
+        "steps": state.get("step"),
+        "minutes": round(state.get("seconds", 0.0) / 60, 1),
+        "final_loss": history[-1].get("loss"),
+        "backend": state.get("backend"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "exported": datetime.date.today().isoformat(),
+        "history": [{k: round(v, 4) for k, v in h.items()} for h in history],
+    }
+
+
+def run(args):
+    from keras_hpdm.cli.generate import load_checkpoint
+
+    if not args.output.endswith(".keras"):
+        raise CommandError(f"output must end in .keras, got {args.output!r}.")
+    model = load_checkpoint(args.checkpoint)
+    copy = sampling_copy(model, use_ema=not args.live_weights)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    copy.save(args.output)
+    outputs = {"model": args.output}
+    card = model_card(args.checkpoint, args.description)
+    if card is not None:
+        outputs["model card"] = os.path.splitext(args.output)[0] + ".json"
+        with open(outputs["model card"], "w") as f:
+            json.dump(card, f, indent=1)
+    size = os.path.getsize(args.output) / 1e6
+    print(f"{copy.backbone.count_params():,} parameters, {size:.1f} MB")
+    print_outputs(outputs)
+    return 0

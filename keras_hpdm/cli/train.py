@@ -1,0 +1,244 @@
+"""`keras-hpdm train`: train an HPDM on a folder of videos or built-in data, with
+checkpoints, resume and sample videos."""
+
+import json
+import math
+import os
+import shlex
+import time
+
+from keras_hpdm.cli.common import (
+    CommandError,
+    fraction,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+
+BACKBONES = ("rin", "unet")
+OPTIMIZERS = ("adam", "lamb")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# Settings a resumed run takes from the command line; all others come from the checkpoint.
+RESUME_OVERRIDES = ("steps", "save_every", "sample_every", "sample_steps", "verbose")
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "train", help="train a model on videos, images, shards or built-in data",
+        description=__doc__.split("\n\n")[0].replace("\n", " ") + ". Every --save-every "
+        "steps the whole model (weights, EMA, optimizer state) is written atomically to "
+        "OUT/model.keras with OUT/training_state.json; --resume continues from there.",
+        epilog="examples:\n"
+        "  keras-hpdm train builtin:moving_mnist --labels auto --channels 1 --out runs/mnist\n"
+        "  keras-hpdm train videos/ --patch-size 4 32 32 --levels 3 --preset small "
+        "--out runs/mine\n"
+        "  keras-hpdm train videos/ --labels captions.csv --out runs/t2v   # text-conditional\n"
+        "  keras-hpdm train --resume --out runs/mine --steps 20000",
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+    )
+    p.add_argument("data", nargs="?",
+                   help="video/image folder, media file, shard folder (`keras-hpdm prepare`) "
+                        "or builtin:NAME (moving_mnist, mnist, bikes, bigbuckbunny, carphone, "
+                        "clips, images; options as a query: builtin:moving_mnist?num_digits=2)")
+    p.add_argument("--out", required=True, help="checkpoint / run folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (its saved settings are reused; --steps "
+                        "is the new total)")
+    g = p.add_argument_group("pyramid and model")
+    g.add_argument("--patch-size", type=positive_int, nargs=3, default=[4, 16, 16],
+                   metavar=("F", "H", "W"), help="patch size (default: 4 16 16)")
+    g.add_argument("--levels", type=positive_int, default=3,
+                   help="pyramid levels; target = patch * 2**(levels-1) (default: 3)")
+    g.add_argument("--no-pyramid-time", action="store_true",
+                   help="pyramid over space only (the time axis stays at the patch length)")
+    g.add_argument("--backbone", choices=BACKBONES, default="rin", help="default: rin")
+    g.add_argument("--preset", default="tiny",
+                   help="architecture preset (tiny, small, hpdm_s, hpdm_m, hpdm_l, t2v; "
+                        "default: tiny)")
+    g.add_argument("--channels", type=int, choices=(1, 3), default=3,
+                   help="1 = grayscale, 3 = RGB (default: 3)")
+    g.add_argument("--labels", default="none",
+                   help="none, auto (the data's own: sub-folders, digit classes, labels in "
+                        "shards) or a CSV/JSON file of class labels or captions (default: none)")
+    g.add_argument("--text-encoder", default="minilm",
+                   help="for captions: minilm (offline) or a keras-hub preset (default: minilm)")
+    g.add_argument("--condition-dropout", type=fraction, default=0.1,
+                   help="condition dropout for classifier-free guidance (default: 0.1)")
+    g.add_argument("--ema-half-life", type=positive_float, default=500.0,
+                   help="EMA half-life in steps (default: 500)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=positive_int, default=2000, help="total steps (default: 2000)")
+    g.add_argument("--batch-size", type=positive_int, default=8, help="default: 8")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                   help="adam (AdamW, constant LR) or lamb (the paper's LAMB + warm-up + "
+                        "cosine; default: adam)")
+    g.add_argument("--lr", type=positive_float, default=2e-3,
+                   help="(peak) learning rate (default: 2e-3)")
+    g.add_argument("--warmup", type=non_negative_int, default=200,
+                   help="warm-up steps for lamb (default: 200)")
+    g.add_argument("--precision", choices=PRECISIONS, default="float32", help="default: float32")
+    g.add_argument("--seed", type=non_negative_int, default=0, help="default: 0")
+    g = p.add_argument_group("data")
+    g.add_argument("--frame-stride", type=positive_int, default=1,
+                   help="take every n-th source frame (default: 1)")
+    g.add_argument("--flip", action="store_true", help="random horizontal flips")
+    g.add_argument("--cache", action="store_true",
+                   help="decode every video once and keep it in memory")
+    g = p.add_argument_group("checkpoints and samples")
+    g.add_argument("--log-every", type=positive_int, default=100,
+                   help="steps per progress bar / history entry (default: 100)")
+    g.add_argument("--save-every", type=positive_int, default=500,
+                   help="checkpoint every N steps, a multiple of --log-every (default: 500)")
+    g.add_argument("--sample-every", type=non_negative_int, default=0,
+                   help="write sample videos to OUT/samples every N steps (0: never; "
+                        "default: 0)")
+    g.add_argument("--sample-steps", type=positive_int, default=16,
+                   help="sampling steps at level 0 for those samples (default: 16)")
+    g.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                   help="0 silent, 1 progress bars, 2 one line per --log-every (default: 1)")
+    p.set_defaults(func=run)
+    return p
+
+
+def _check_args(args):
+    if not args.resume and not args.data:
+        raise CommandError("give the training data (a folder, file or builtin:NAME), or "
+                           "--resume a run.")
+    log_every = min(args.log_every, args.steps)
+    for name in ("save_every", "sample_every"):
+        value = getattr(args, name)
+        if value and value % log_every:
+            raise CommandError(f"--{name.replace('_', '-')} ({value}) must be a multiple of "
+                               f"--log-every ({log_every}).")
+    return log_every
+
+
+def _restore_args(args):
+    """`--resume`: the checkpoint's saved settings, with `RESUME_OVERRIDES` from `args`."""
+    from keras_hpdm.callbacks.training_checkpoint import read_training_state
+
+    state = read_training_state(args.out)
+    if state is None:
+        raise CommandError(f"--resume: {args.out} holds no checkpoint (model.keras + "
+                           "training_state.json).")
+    saved = dict(state["args"])
+    if args.data and args.data != saved["data"]:
+        raise CommandError(f"--resume: the run was trained on {saved['data']!r}, not "
+                           f"{args.data!r}.")
+    for name in RESUME_OVERRIDES:
+        saved[name] = getattr(args, name)
+    saved.update(out=args.out, resume=True, func=args.func, argv=args.argv)
+    return type(args)(**saved), state
+
+
+def build_model(args, num_classes, captions):
+    import keras
+
+    import keras_hpdm
+    from keras_hpdm.backbones import RINBackbone, UNet3DBackbone
+
+    spec = keras_hpdm.PyramidSpec(tuple(args.patch_size), args.levels,
+                                  pyramid_time=not args.no_pyramid_time)
+    cls = {"rin": RINBackbone, "unet": UNet3DBackbone}[args.backbone]
+    text_encoder, overrides = None, {"channels": args.channels}
+    if num_classes:
+        overrides["num_classes"] = num_classes
+    if captions:
+        text_encoder = keras_hpdm.conditioning.get_text_encoder(args.text_encoder)
+        overrides["text_dim"] = text_encoder.embedding_dim
+    backbone = cls.from_preset(args.preset, pyramid=spec, **overrides)
+    model = keras_hpdm.PatchDiffusionModel(
+        backbone, condition_dropout=args.condition_dropout, text_encoder=text_encoder,
+        ema_half_life=args.ema_half_life, seed=args.seed)
+    if args.optimizer == "lamb":
+        optimizer = keras_hpdm.hpdm_optimizer(args.steps, learning_rate=args.lr,
+                                              warmup_steps=args.warmup)
+    else:
+        optimizer = keras.optimizers.AdamW(args.lr, weight_decay=0.01)
+    model.compile(optimizer=optimizer)
+    return model
+
+
+def _sample_conditions(ds, captions, model):
+    if model.backbone.num_classes:
+        return list(range(min(4, model.backbone.num_classes))), None
+    if captions:
+        batch = next(iter(ds.take(1)))
+        prompts = [t.decode() for t in batch["text"].numpy()[:2]]
+        return prompts, None
+    return None, 2
+
+
+def run(args):
+    import keras
+
+    import keras_hpdm
+    from keras_hpdm.callbacks import SampleVideos, TrainingCheckpoint
+    from keras_hpdm.callbacks.training_checkpoint import read_training_state
+
+    state = None
+    if args.resume:
+        args, state = _restore_args(args)
+    elif read_training_state(args.out) is not None:
+        step = read_training_state(args.out)["step"]
+        raise CommandError(f"{args.out} already holds a checkpoint (step {step}): pass "
+                           "--resume to continue it, or choose another --out.")
+    log_every = _check_args(args)
+    keras.utils.set_random_seed(args.seed)
+    keras.config.set_dtype_policy(args.precision)
+
+    initial_epoch = state["epoch"] if state else 0
+    epochs = math.ceil(args.steps / log_every)
+    if initial_epoch >= epochs:
+        print(f"{args.out} is at step {state['step']} >= --steps {args.steps}: nothing to do.")
+        return 0
+    spec = keras_hpdm.PyramidSpec(tuple(args.patch_size), args.levels,
+                                  pyramid_time=not args.no_pyramid_time)
+    labels = {"none": None, "auto": True}.get(args.labels, args.labels)
+    # A resumed run draws new clips: a different data seed per starting epoch.
+    ds = keras_hpdm.data.pyramid_dataset(
+        args.data, spec, args.batch_size, frame_stride=args.frame_stride, flip=args.flip,
+        labels=labels, seed=args.seed + initial_epoch, cache=args.cache,
+        channels=args.channels)
+    captions = "text" in ds.element_spec
+    num_classes = len(ds.class_names) if "label" in ds.element_spec else 0
+    if state:
+        model = keras.saving.load_model(os.path.join(args.out, "model.keras"))
+    else:
+        model = build_model(args, num_classes, captions)
+    backbone = model.backbone
+    print(f"{type(backbone).__name__} '{args.preset}', {backbone.count_params():,} parameters, "
+          f"{spec}, backend {keras.config.backend()}")
+    print(f"data: {args.data} ({ds.num_examples} examples"
+          + (f", {num_classes} classes" if num_classes else "")
+          + (", captions" if captions else "") + ")")
+
+    command = "keras-hpdm " + shlex.join(args.argv)
+    metadata = {"args": {k: v for k, v in vars(args).items() if k not in ("func", "argv")},
+                "command": state["command"] if state else command,
+                "resumed": (state.get("resumed", []) + [command]) if state else [],
+                "backend": keras.config.backend(), "version": keras_hpdm.__version__,
+                "seconds": state["seconds"] if state else 0.0}
+    callbacks = [TrainingCheckpoint(args.out, every_n_epochs=args.save_every // log_every,
+                                    metadata=metadata,
+                                    history=state["history"] if state else None)]
+    if args.sample_every:
+        conditions, num_samples = _sample_conditions(ds, captions, model)
+        callbacks.append(SampleVideos(os.path.join(args.out, "samples"),
+                                      every_n_epochs=args.sample_every // log_every,
+                                      conditions=conditions, num_samples=num_samples,
+                                      num_steps=args.sample_steps, seed=args.seed))
+    start = time.time()
+    history = model.fit(ds, steps_per_epoch=log_every, epochs=epochs,
+                        initial_epoch=initial_epoch, callbacks=callbacks,
+                        verbose=args.verbose, shuffle=False)  # the dataset shuffles
+    losses = history.history.get("loss", [])
+    final = read_training_state(args.out)
+    print(f"trained steps {initial_epoch * log_every}..{final['step']} in "
+          f"{time.time() - start:.0f} s" + (f", final loss {losses[-1]:.4f}" if losses else ""))
+    print(f"checkpoint: {os.path.abspath(callbacks[0].model_path)}")
+    if args.sample_every:
+        print(f"samples: {os.path.abspath(os.path.join(args.out, 'samples'))}")
+    with open(os.path.join(args.out, "history.json"), "w") as f:
+        json.dump(final["history"], f, indent=1)
+    return 0
