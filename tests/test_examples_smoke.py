@@ -1,7 +1,9 @@
 """Smoke tests: every example runs end to end in its quick mode."""
 
 import importlib.util
+import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -60,3 +62,114 @@ def test_train_on_clip_pil_plot_without_matplotlib(tmp_path):
     rows, cols = np.nonzero(blue[:, 60:560])  # left of the legend
     assert rows.size > 50
     assert rows[cols < 100].mean() < rows[cols > 400].mean()  # falling loss: y grows down
+
+
+# --------------------------------------------------------- train_on_folder.py
+def test_train_on_folder_quick(tmp_path, single_thread_torch):
+    example = load_example("train_on_folder")
+    result = example.main(["--quick", "--output", str(tmp_path)])
+    losses = result["history"]["loss"]
+    assert len(losses) == 2 and np.all(np.isfinite(losses)), losses
+    # The default folder: the three built-in clips plus one corrupt file, skipped.
+    assert result["num_examples"] == 3
+    assert [os.path.basename(p) for p in result["skipped"]] == ["broken.mp4"]
+    state = json.loads((tmp_path / "training_state.json").read_text())
+    assert state["epoch"] == 2 and state["step"] == 2 and len(state["history"]) == 2
+    assert (tmp_path / "model.keras").stat().st_size > 100_000
+    assert not list(tmp_path.glob(".*tmp*"))  # the atomic save left no temporary file
+    assert result["sample"] is None  # quick mode samples nothing (the other examples do)
+
+
+# ------------------------------------------------ moving_mnist_class_conditional.py
+def test_moving_mnist_class_conditional_quick(tmp_path, single_thread_torch):
+    example = load_example("moving_mnist_class_conditional")
+    result = example.main(["--quick", "--output", str(tmp_path)])
+    losses = result["history"]["loss"]
+    assert len(losses) == 3 and np.all(np.isfinite(losses)), losses
+    assert result["class_names"] == [str(d) for d in range(10)]
+    assert result["model"].backbone.num_classes == 10 and result["model"].backbone.channels == 1
+    videos = result["videos"]  # one per digit, grayscale shown as RGB
+    assert videos.shape == (10, 4, 32, 32, 3) and videos.dtype == np.uint8
+    assert np.array_equal(videos[..., 0], videos[..., 2])
+    with Image.open(result["sheet"]) as sheet:
+        pixels = np.asarray(sheet.convert("RGB"))
+    # One row per digit: 10 rows of 32x32 frames, scaled 2x, below a title line.
+    assert pixels.shape[0] >= 10 * 64 and pixels.shape[0] < 10 * 80
+    with Image.open(tmp_path / "digits.gif") as gif:
+        assert gif.n_frames == 4
+    assert (tmp_path / "digits.mp4").stat().st_size > 0
+    assert (tmp_path / "model.keras").stat().st_size > 100_000
+
+
+# ------------------------------------------------ text_conditional_captions.py
+def test_text_conditional_captions_quick(tmp_path, single_thread_torch):
+    example = load_example("text_conditional_captions")
+    result = example.main(["--quick", "--output", str(tmp_path)])
+    losses = result["history"]["loss"]
+    assert len(losses) == 3 and np.all(np.isfinite(losses)), losses
+    captions = result["captions"]
+    assert len(captions) == 16
+    assert all(re.fullmatch(r"the digit \d moving (horizontally|vertically|diagonally|still)", c)
+               for c in captions), captions[:4]
+    # Every caption was encoded once up front: training and sampling hit the cache.
+    assert result["cache"]["misses"] == len(set(captions) | set(result["prompts"]))
+    videos = result["videos"]
+    assert videos.shape == (len(result["prompts"]), 4, 32, 32, 3) and videos.dtype == np.uint8
+    assert len(result["measured_motion"]) == len(result["prompts"])
+    with Image.open(result["sheet"]) as sheet:
+        assert sheet.size[1] >= len(result["prompts"]) * 64
+    counts = (tmp_path / "captions.txt").read_text().splitlines()
+    assert sum(int(line.split("\t")[0]) for line in counts) == 16
+    assert (tmp_path / "model.keras").stat().st_size > 100_000
+
+
+def test_text_conditional_motion_axis():
+    example = load_example("text_conditional_captions")
+    frames = np.zeros((6, 40, 40, 1), np.uint8)
+
+    def square(dy, dx):
+        video = frames.copy()
+        for t in range(len(video)):
+            y, x = 4 + dy * t, 4 + dx * t
+            video[t, y:y + 8, x:x + 8] = 255
+        return video
+
+    assert example.motion_axis(square(0, 3)) == "horizontally"
+    assert example.motion_axis(square(-3, 0)[::-1]) == "vertically"
+    assert example.motion_axis(square(3, 3)) == "diagonally"
+    assert example.motion_axis(square(0, 0)) == "still"
+    assert example.caption(7, square(3, 0)) == "the digit 7 moving vertically"
+
+
+# ------------------------------------------------ generate_high_resolution.py
+def test_generate_high_resolution_quick(tmp_path, single_thread_torch):
+    from keras_hpdm import pretrained
+
+    example = load_example("generate_high_resolution")
+    bundled = os.path.isfile(os.path.join(os.path.dirname(pretrained.__file__),
+                                          "moving_mnist.keras"))
+    result = example.main(["--quick", "--output", str(tmp_path)])
+    assert result["untrained"] is (not bundled)
+    spec = result["model"].pyramid
+    assert result["num_levels"] == 2
+    # Level l's canvas is the patch size times 2**l on every axis.
+    for level, canvas in enumerate(result["canvases"]):
+        expected = tuple(r * 2**level for r in spec.patch_size)
+        assert canvas.shape == (1,) + expected + (1,)
+        assert result["levels"][level]["size"] == list(expected)
+        with Image.open(tmp_path / f"level_{level}.gif") as gif:
+            assert gif.n_frames == expected[0]
+    videos = result["videos"]
+    assert videos.shape == (1,) + spec.level_size(1) + (3,) and videos.dtype == np.uint8
+    assert [lv["tiles"] for lv in result["levels"]] == [1, 18]  # 2x3x3 tiles at 50% overlap
+    assert result["levels"][1]["area_ratio"] == 4
+    assert result["early_stop"] == [{"num_levels": 1, "shape": [1, *spec.patch_size, 3],
+                                      "max_abs_diff": 0}]
+    # No overlap: 2x2x2 tiles; another tile batch size: the same videos.
+    assert result["comparison"]["overlap"]["0.0"]["tiles"] == 8
+    assert result["no_overlap"].shape == videos.shape
+    assert result["comparison"]["tile_batch_size"]["max_abs_diff"] <= 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["levels"] == result["levels"]
+    with Image.open(tmp_path / "levels.png") as sheet:
+        assert sheet.size[0] > 2 * sheet.size[1]  # two canvases side by side

@@ -76,7 +76,10 @@ def run(args):
     model = load_checkpoint(args.checkpoint)
     copy = sampling_copy(model, use_ema=not args.live_weights)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    copy.save(args.output)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(args.output)),
+                       f".{os.path.basename(args.output)}.tmp.keras")
+    copy.save(tmp)
+    os.replace(tmp, args.output)  # a reader never sees a half-written file
     outputs = {"model": args.output}
     card = model_card(args.checkpoint, args.description)
     if card is not None:

@@ -157,7 +157,8 @@ def pyramid_dataset(source, pyramid, batch_size, *, frames=None, frame_stride=1,
         tokenizer: optional callable run in the graph on each batch's captions (tf.string
             `(B,)`), e.g. a keras-hub tokenizer with a fixed sequence length. A tensor result
             replaces `"text"`; a dict result is merged into the batch instead of `"text"`.
-            JAX and PyTorch cannot take string tensors, so captions need this there.
+            Not needed for `PatchDiffusionModel.fit`, which encodes `"text"` captions with
+            the model's text encoder in the pipeline on every backend.
 
     Returns:
         `tf.data.Dataset` of dicts `{"patches": float32 (B, L, f, h, w, C) in [-1, 1],

@@ -167,7 +167,9 @@ def prepare_inputs(model, x):
         if "text" in batch and batch["text"].dtype == tf.string and model.backbone.text_dim:
             texts = batch.pop("text")
             emb = tf.numpy_function(lambda t: _encode_text(model, t), [texts], tf.float32)
-            emb.set_shape([None, None, model.backbone.text_dim])
+            # Static token count: the backbones fold levels into the batch with reshapes
+            # that need every non-batch axis known when TensorFlow traces the step.
+            emb.set_shape([None, model.text_encoder.sequence_length, model.backbone.text_dim])
             batch["text_embeddings"] = emb
         return batch
 

@@ -173,7 +173,9 @@ class PatchDiffusionModel(keras.Model):
         if self.backbone.num_classes:
             out["label"] = ops.full((batch_size,), self.backbone.null_label, "int32")
         if self.backbone.text_dim:
-            out["text_embeddings"] = ops.zeros((batch_size, 1, self.backbone.text_dim))
+            # As condition dropout in training: zero embeddings of the encoder's full length.
+            length = self.text_encoder.sequence_length if self.text_encoder else 1
+            out["text_embeddings"] = ops.zeros((batch_size, length, self.backbone.text_dim))
         return out
 
     def _drop_conditions(self, conditions, batch_size):
