@@ -28,3 +28,18 @@ def _numerics():
 
 def backend():
     return keras.config.backend()
+
+
+@pytest.fixture(scope="module")
+def single_thread_torch():
+    """Tiny tensors: torch's intra-op threads cost more than they save, and on busy shared
+    cores their spin-waits made training steps ~10x slower."""
+    if keras.config.backend() != "torch":
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -5,9 +5,7 @@ import json
 import os
 import re
 
-import keras
 import numpy as np
-import pytest
 from PIL import Image
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
@@ -23,20 +21,6 @@ def load_example(name):
 
 
 # ----------------------------------------------------------- train_on_clip.py
-@pytest.fixture
-def single_thread_torch():
-    # Tiny tensors: torch's intra-op threads cost more than they save on busy shared cores.
-    if keras.config.backend() != "torch":
-        yield
-        return
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_train_on_clip_quick(tmp_path, single_thread_torch):
     example = load_example("train_on_clip")
     result = example.main(["--quick", "--output", str(tmp_path)])

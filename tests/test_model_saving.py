@@ -19,18 +19,7 @@ SETTINGS = dict(p_mean=-1.0, p_std=1.1, level_noise_scale=1.5, condition_dropout
 EPOCHS = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread_torch():
-    # Tiny tensors: torch's intra-op threads cost more than they save on busy shared cores.
-    if keras.config.backend() != "torch":
-        yield
-        return
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
 def numpy_state(variables):

@@ -26,19 +26,7 @@ OVERFIT_STEPS = 120
 LEARNING_RATE = 5e-3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread_torch():
-    # Tiny tensors: torch's intra-op threads cost more than they save, and on busy shared
-    # cores their spin-waits made each step ~10x slower.
-    if keras.config.backend() != "torch":
-        yield
-        return
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
 def bikes_clip(spec=SPEC, start=60, stride=3):
