@@ -1,55 +1,38 @@
-"""Generation time and peak memory at growing output sizes, with and without cached context.
+"""Generation time and memory at growing output sizes, with and without cached context.
 
-Each configuration runs in its own process (peak RSS is per process), after a warm-up
-generation at the same size; the median of `--repeats` runs is reported. Output sizes grow
-4x and 16x in pixels (time is not pyramided, so each level doubles height and width).
+Output sizes grow 4x and 16x in pixels (`num_levels=1, 2, 3`; time is not pyramided, so each
+level doubles height and width). Each (size, cache) configuration runs in its own process;
+after a warm-up generation at the same size the timed generations are interleaved over all
+configurations, and the median of `--repeats` is reported, also per output pixel.
 
-    python benchmarks/generation_scaling.py [--backend jax] [--size small] [--repeats 3]
+Memory, per configuration (RSS = resident host memory of the process):
 
-Prints a table and writes `benchmarks/results/generation_scaling_<backend>.json`.
+  - `warm-up MB`: RSS growth from the built model to after the warm-up generation: one-off
+    costs, mostly JAX's per-shape compiled-op caches (generation runs the backbone eagerly),
+  - `timed MB`: peak RSS growth over the post-warm-up baseline during the timed generations,
+  - `beyond canvas MB`: `timed MB` minus the output canvas (float32, host),
+  - `host MB`: numpy peak during one generation (tracemalloc: canvases, tile stacks, sums),
+  - `context MB`: the context cache of the finest level with `cache_context=True` (every tile
+    batch's `encode_context` features are kept for the whole level; estimated as tile batches
+    x tile batch size x one tile's context bytes; recomputed per step without caching),
+  - `after clear MB` (JAX): RSS after `jax.clear_caches()` + `malloc_trim`, which shows how
+    much of the resident memory was compilation caches.
+
+    python benchmarks/generation_scaling.py [--backend jax] [--size small] [--repeats 5]
+
+Prints a table and writes `benchmarks/results/generation_scaling_<backend>.json` and a PNG.
 """
 
 import argparse
-import json
 import os
-import platform
-import subprocess
-import sys
+import time
+
+import common
 
 SIZES = {  # patch size, levels, steps at level 0
     "small": ((2, 16, 16), 3, 4),
     "large": ((8, 64, 64), 3, 16),
 }
-
-CHILD = r"""
-import json, os, resource, statistics, sys, time
-import numpy as np
-import keras_hpdm
-from keras_hpdm.backbones import RINBackbone
-
-patch, levels, steps, out_levels, cache, repeats = json.loads(sys.argv[1])
-spec = keras_hpdm.PyramidSpec(tuple(patch), levels, pyramid_time=False)
-model = keras_hpdm.PatchDiffusionModel(RINBackbone.from_preset("tiny", pyramid=spec))
-kw = dict(num_samples=1, num_steps=steps, seed=0, verbose=0, cache_context=cache,
-          num_levels=out_levels, sampler="euler")
-model.generate(**kw)  # warm-up: compilation and caches
-times = []
-for _ in range(repeats):
-    t = time.perf_counter()
-    video = model.generate(**kw)
-    times.append(time.perf_counter() - t)
-print(json.dumps({"seconds": statistics.median(times), "shape": list(video.shape),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
-
-
-def run(backend, args):
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], env=env,
-                          capture_output=True, text=True, check=False)
-    if proc.returncode:
-        raise RuntimeError(proc.stderr[-3000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -57,41 +40,123 @@ def main():
     parser.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "jax"),
                         choices=("jax", "tensorflow", "torch"))
     parser.add_argument("--size", default="small", choices=sorted(SIZES))
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--preset", default="tiny", help="RIN preset (untrained)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--tile-batch-size", type=int, default=16)
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's; 1 on a busy machine)")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", default=common.RESULTS)
     args = parser.parse_args()
     patch, levels, steps = SIZES[args.size]
-    rows = []
+    machine = common.machine_info()
+    t0 = time.perf_counter()
+
+    specs = []
     for out_levels in range(1, levels + 1):
         for cache in (True, False):
-            r = run(args.backend, [list(patch), levels, steps, out_levels, cache, args.repeats])
-            _, t, h, w, _ = r["shape"]
-            pixels = t * h * w
-            rows.append({"levels": out_levels, "cache_context": cache, "output": r["shape"][1:4],
-                         "pixels": pixels, "seconds": r["seconds"],
-                         "us_per_pixel": 1e6 * r["seconds"] / pixels,
-                         "peak_rss_mb": r["peak_rss_mb"]})
-    base = rows[0]["pixels"]
-    print(f"generation scaling, backend={args.backend}, size={args.size}, "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
-    print(f"{'output':>16} {'pixels':>7} {'cache':>5} {'s':>8} {'us/px':>8} {'RSS MB':>8}")
+            cfg = {"backbone": "rin", "preset": args.preset,
+                   "spec": {"patch_size": list(patch), "num_levels": levels,
+                            "pyramid_time": False},
+                   "generate": {"num_steps": steps, "cache_context": cache,
+                                "num_levels": out_levels, "sampler": "euler",
+                                "tile_batch_size": args.tile_batch_size},
+                   "clear_caches": True, "torch_threads": args.torch_threads}
+            specs.append((f"L{out_levels}/{'cached' if cache else 'fresh'}", cfg, args.backend))
+    print(f"generation scaling: setting up {len(specs)} workers (backend {args.backend})",
+          flush=True)
+    workers = common.start_workers(specs, jobs=args.jobs)
+    live = [w for w in workers if not w.error]
+    replies = common.interleave(live, args.repeats, ("generate", {}))
+    memory = {w.name: w.call("memory") or {} for w in live}  # before the probe's allocations
+    probes = {w.name: w.call("probe") or {} for w in live}  # untimed, after the timed runs
+    finals = common.finish_all(live)
+
+    rows = []
+    for w, (_, cfg, _) in zip(workers, specs, strict=True):
+        g = cfg["generate"]
+        if w.error:
+            rows.append({"levels": g["num_levels"], "cache_context": g["cache_context"],
+                         "error": w.error[-2000:]})
+            continue
+        info, fin, probe = w.info, dict(finals[w.name], **memory[w.name]), probes[w.name]
+        _, t, h, wd, _ = info["output_shape"]
+        pixels = t * h * wd
+        seconds = common.median([r["seconds"] for r in replies[w.name]["generate"]])
+        ctx = probe.get("context_mb_by_level") or {}
+        finest = ctx.get(str(g["num_levels"] - 1))
+        timed = fin.get("step_rss_growth_mb")
+        canvas = probe.get("canvas_mb")
+        rows.append({
+            "levels": g["num_levels"], "cache_context": g["cache_context"],
+            "output": info["output_shape"][1:4], "pixels": pixels, "seconds": seconds,
+            "us_per_pixel": 1e6 * seconds / pixels if seconds else None,
+            "first_generate_s": info.get("first_generate_s"),
+            "rss_built_mb": info["rss_built_mb"],
+            "rss_after_warmup_mb": info["rss_after_warmup_mb"],
+            "warmup_growth_mb": info["rss_after_warmup_mb"] - info["rss_built_mb"],
+            "peak_rss_setup_mb": info["peak_rss_setup_mb"],
+            "timed_growth_mb": timed, "canvas_mb": canvas,
+            "beyond_canvas_mb": None if timed is None or canvas is None else timed - canvas,
+            "host_numpy_peak_mb": probe.get("host_numpy_peak_mb"),
+            "all_canvases_mb": probe.get("all_canvases_mb"),
+            "context_mb_finest_level": finest if g["cache_context"] else None,
+            "context_mb_by_level": ctx,
+            "peak_rss_mb": max(info["peak_rss_setup_mb"], fin.get("peak_rss_mb") or 0.0),
+            "rss_end_mb": fin.get("rss_end_mb"),
+            "rss_after_clear_caches_mb": fin.get("rss_after_clear_caches_mb"),
+            "device_peak_mb": fin.get("device_peak_mb"),
+        })
+
+    ok = [r for r in rows if "error" not in r]
+    base = min((r["pixels"] for r in ok), default=1)
+    print(f"\ngeneration scaling, backend={args.backend}, size={args.size}, RIN "
+          f"'{args.preset}' (untrained), euler {steps} steps/level, tile batch "
+          f"{args.tile_batch_size}; {machine['cpu']}, {machine['cpu_count']} cores")
+    print(common.text_table(table(base), ok))
     for r in rows:
-        print(f"{'x'.join(map(str, r['output'])):>16} {r['pixels'] // base:>6}x "
-              f"{str(r['cache_context']):>5} {r['seconds']:8.2f} {r['us_per_pixel']:8.2f} "
-              f"{r['peak_rss_mb']:8.0f}")
+        if "error" in r:
+            print(f"L{r['levels']} cache={r['cache_context']} FAILED: "
+                  f"{r['error'].splitlines()[-1]}")
     speedups = {}
-    for out_levels in range(2, levels + 1):
-        cached, fresh = (next(r for r in rows if r["levels"] == out_levels
-                              and r["cache_context"] is c) for c in (True, False))
-        speedups[out_levels] = fresh["seconds"] / cached["seconds"]
-        print(f"cached-context speedup at {out_levels} levels: {speedups[out_levels]:.2f}x")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"generation_scaling_{args.backend}.json")
-    with open(path, "w") as f:
-        json.dump({"backend": args.backend, "size": args.size, "rows": rows,
-                   "cached_speedup": speedups, "machine": platform.platform(),
-                   "cpus": os.cpu_count()}, f, indent=2)
-    print(f"wrote {path}")
+    for lv in range(2, levels + 1):
+        pair = {r["cache_context"]: r for r in ok if r["levels"] == lv}
+        if True in pair and False in pair:
+            speedups[lv] = common.ratio(pair[False]["seconds"], pair[True]["seconds"])
+            print(f"cached-context speedup at {lv} levels: {speedups[lv]:.2f}x")
+    common.write_json(os.path.join(args.out, f"generation_scaling_{args.backend}.json"), {
+        "benchmark": "generation_scaling", "backend": args.backend, "size": args.size,
+        "preset": args.preset, "patch_size": list(patch), "num_levels": levels,
+        "steps": steps, "tile_batch_size": args.tile_batch_size, "repeats": args.repeats,
+        "torch_threads": args.torch_threads,
+        "rows": rows, "cached_speedup": speedups, "machine": machine,
+        "load_avg_end": round(os.getloadavg()[0], 2), "wall_s": time.perf_counter() - t0,
+    })
+    cached = [r for r in ok if r["cache_context"]]
+    if cached:
+        common.bar_chart(
+            os.path.join(args.out, f"generation_scaling_{args.backend}.png"),
+            f"Generation per output pixel and memory ({args.backend}, cached context)",
+            [f"{'x'.join(map(str, r['output']))} ({r['pixels'] // base}x pixels)"
+             for r in cached],
+            {"us per output pixel": [r["us_per_pixel"] for r in cached],
+             "warm-up RSS growth (MB)": [r["warmup_growth_mb"] for r in cached],
+             "timed peak over baseline (MB)": [r["timed_growth_mb"] for r in cached]},
+            note=f"{machine['cpu']}, {machine['cpu_count']} cores; median of {args.repeats}",
+        )
+
+
+def table(base):
+    return [
+        ("output", lambda r: "x".join(map(str, r["output"])), None),
+        ("pixels", lambda r: f"{r['pixels'] // base}x", None),
+        ("cache", lambda r: str(r["cache_context"]), None), ("s", "seconds", ".3f"),
+        ("us/px", "us_per_pixel", ".1f"), ("warm-up MB", "warmup_growth_mb", ".0f"),
+        ("timed MB", "timed_growth_mb", ".1f"), ("canvas MB", "canvas_mb", ".3f"),
+        ("beyond canvas MB", "beyond_canvas_mb", ".1f"), ("host MB", "host_numpy_peak_mb", ".2f"),
+        ("context MB", "context_mb_finest_level", ".2f"), ("peak RSS MB", "peak_rss_mb", ".0f"),
+        ("after clear MB", "rss_after_clear_caches_mb", ".0f"),
+    ]
 
 
 if __name__ == "__main__":
