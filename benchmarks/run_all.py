@@ -35,7 +35,8 @@ def script_args(name, args):
         return ["--size", args.size, "--backends", *args.backends]
     if name == "data_pipeline":
         return []
-    return ["--size", args.size, "--backend", args.backend]
+    threads = ["--torch-threads", str(args.torch_threads)] if args.torch_threads else []
+    return ["--size", args.size, "--backend", args.backend, *threads]
 
 
 def result_path(name, backend):
@@ -72,8 +73,11 @@ def section_patch_vs_full(d):
     cols = [("backbone", "backbone", None), ("config", "mode", None),
             ("input per video", "input", None), ("step s", "step_s", ".3f"),
             ("videos/s", "videos_per_s", ".2f"), ("peak MB", "peak_mb", ".0f"),
+            ("from", "peak_source", None),
             ("throughput vs full", "throughput_vs_full", ".2f"),
-            ("memory vs full", "memory_vs_full", ".3f"), ("FLOPs vs full", "flops_vs_full", ".3f")]
+            ("memory vs full", "memory_vs_full", ".3f"),
+            ("RSS memory vs full", "rss_memory_vs_full", ".3f"),
+            ("FLOPs vs full", "flops_vs_full", ".3f")]
     rows = []
     for r in d["rows"]:
         if "error" in r:
@@ -94,7 +98,9 @@ def section_patch_vs_full(d):
             f"Target {'x'.join(str(s * 2 ** (d['num_levels'] - 1)) for s in d['patch_size'])}, "
             f"batch {d['batch_size']}, RIN `{d['rin_preset']}`, UNet `{d['unet_preset']}`; "
             f"medians of {d['repeats']} interleaved rounds. `peak MB` = variables + optimizer "
-            f"state + the step's peak RSS growth (device peak on a GPU).\n")
+            f"state + the train step's temporaries (from: `xla` = XLA's buffer assignment of "
+            f"the compiled step, `rss` = peak RSS growth during timed steps, `device` = GPU "
+            f"peak statistics); `RSS memory` is the ratio from RSS alone.\n")
     return head + "\n" + common.markdown_table(cols, rows)
 
 
@@ -162,15 +168,50 @@ def section_generation(d):
     return head + "\n" + common.markdown_table(cols, ok)
 
 
-def section_data(d):
+def section_data(d, rerun):
     if not d:
         return None
     cols = [("source", "case", None), ("pyramids/s", "pyramids_per_s", ".1f"),
             ("first batches s", "warmup_seconds", ".2f")]
     head = (f"## Data pipeline\n\n`PyramidSpec{tuple(d['spec']['patch_size'])}`, "
             f"{d['spec']['num_levels']} levels, batch {d['batch_size']}, source "
-            f"`{d['source']}`.\n")
+            f"`{d['source']}`"
+            + ("." if rerun else "; from an earlier `data_pipeline.py` run (not re-run: pass "
+               "`--data-pipeline`).") + "\n")
     return head + "\n" + common.markdown_table(cols, d["results"])
+
+
+def section_other_backends(backend):
+    """Ratios from patch_vs_full / adaptive_computation results of the other backends."""
+    rows = []
+    for other in ("jax", "tensorflow", "torch"):
+        if other == backend:
+            continue
+        pvf = load(result_path("patch_vs_full", other)) or {}
+        ac = load(result_path("adaptive_computation", other)) or {}
+        for backbone in ("rin", "unet"):
+            r = (pvf.get("ratios") or {}).get(f"{backbone}/hpdm_ac") or {}
+            s = (ac.get("speedups") or {}).get(backbone) or {}
+            if not (r or s):
+                continue
+            threads = pvf.get("torch_threads") or ac.get("torch_threads")
+            rows.append({
+                "backend": other + (f" ({threads} thread)" if threads else ""),
+                "backbone": backbone, "thru": r.get("throughput_vs_full"),
+                "mem": r.get("memory_vs_full"), "ac": s.get("train_speedup"),
+                "gen": s.get("generate_speedup"),
+                "rounds": f"{pvf.get('repeats', '-')} / {ac.get('repeats', '-')}",
+                "date": (pvf.get("machine") or ac.get("machine") or {}).get("date"),
+            })
+    if not rows:
+        return None
+    cols = [("backend", "backend", None), ("backbone", "backbone", None),
+            ("HPDM+AC vs full: throughput", "thru", ".2f"), ("memory", "mem", ".3f"),
+            ("AC train speedup", "ac", ".2f"), ("AC generation speedup", "gen", ".2f"),
+            ("rounds (pvf / AC)", "rounds", None), ("run", "date", None)]
+    head = ("## Other backends (shorter runs of patch_vs_full.py / adaptive_computation.py)\n\n"
+            "Same sizes; fewer interleaved rounds, so noisier; separate runs (dates).\n")
+    return head + "\n" + common.markdown_table(cols, rows)
 
 
 def write_summary(args, timings, wall_s):
@@ -205,9 +246,10 @@ def write_summary(args, timings, wall_s):
     ]
     for section in (section_patch_vs_full(results["patch_vs_full"]),
                     section_ac(results["adaptive_computation"]),
+                    section_other_backends(args.backend),
                     section_backends(results["backends"]),
                     section_generation(results["generation_scaling"]),
-                    section_data(results["data_pipeline"])):
+                    section_data(results["data_pipeline"], "data_pipeline" in timings)):
         if section:
             lines += ["", section]
     path = os.path.join(common.RESULTS, "summary.md")
@@ -260,6 +302,8 @@ def main():
                         help="backend of patch_vs_full, adaptive_computation, generation")
     parser.add_argument("--backends", nargs="+", default=["jax", "tensorflow", "torch"],
                         choices=["jax", "tensorflow", "torch"], help="backends.py's backends")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="with --backend torch: torch intra-op threads (1 on a busy machine)")
     parser.add_argument("--data-pipeline", action="store_true")
     parser.add_argument("--only", nargs="+", choices=SCRIPTS + ("data_pipeline",))
     parser.add_argument("--summary-only", action="store_true",
