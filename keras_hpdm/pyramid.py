@@ -127,17 +127,46 @@ class PyramidSpec:
     def sample_offsets(self, seed=None):
         """Random nested integer offsets, shape `(L, 3)` in level-canvas pixels.
 
-        Level 0 is at 0; each finer level is drawn uniformly among the positions that keep it
-        inside its parent: `o_l = 2 * o_(l-1) + u`, `u ~ U{0, ..., r}` per pyramided axis.
+        Drawn bottom-up so that every level covers its whole canvas, borders and first/last
+        frames included (the paper's `delta_l ~ U[0, 1 - s_l]`): the finest offset is
+        uniform over its canvas, then each parent is uniform among the offsets that contain
+        its child. (Drawing top-down, each child uniform inside its parent, starves the
+        borders: at r=64, 3 levels, a finest patch touches a border 20x less often than a
+        uniform one, while generation tiles touch borders all the time.)
         """
         rng = np.random.default_rng(check_seed(seed))
-        offsets = np.zeros((self.num_levels, 3), dtype=np.int64)
-        r = np.asarray(self.patch_size)
-        mask = np.asarray(self.pyramided)
-        for level in range(1, self.num_levels):
-            step = rng.integers(0, r + 1)
-            offsets[level] = np.where(mask, 2 * offsets[level - 1] + step, 0)
+        return self.offsets_from_uniform(rng.random((self.num_levels, 3)))
+
+    def offsets_from_uniform(self, u):
+        """Nested offsets `(..., L, 3)` from uniforms `u` `(..., L, 3)` in [0, 1) (see
+        `sample_offsets`).
+
+        Row `l` of `u` picks level `l`'s offset among its choices; the arithmetic runs in
+        float32, exactly as `tf_offsets_from_uniform`, so the twins agree draw for draw.
+        """
+        u = np.asarray(u, np.float32)
+        if u.shape[-2:] != (self.num_levels, 3):
+            raise ValueError(f"`u` must have shape (..., {self.num_levels}, 3), got {u.shape}.")
+        offsets = np.zeros(u.shape, np.int64)
+        hi = np.asarray(self.max_offset(self.num_levels - 1), np.int64)
+        offsets[..., -1, :] = self._pick(u[..., -1, :], 0, hi)
+        for level in range(self.num_levels - 1, 0, -1):
+            lo, hi = self._parent_range(level, offsets[..., level, :])
+            offsets[..., level - 1, :] = self._pick(u[..., level - 1, :], lo, hi)
         return offsets
+
+    def _parent_range(self, level, offset):
+        """`[lo, hi]` of the level `level - 1` offsets whose patch contains `offset`."""
+        r = np.asarray(self.patch_size, np.int64)
+        lo = np.maximum(-((r - offset) // 2), 0)  # ceil((offset - r) / 2), at least 0
+        hi = np.minimum(offset // 2, np.asarray(self.max_offset(level - 1), np.int64))
+        return lo, hi
+
+    @staticmethod
+    def _pick(u, lo, hi):
+        """`lo + floor(u * (hi - lo + 1))` in float32, at most `hi`."""
+        count = (np.asarray(hi) - lo + 1).astype(np.float32)
+        return np.minimum(lo + np.floor(u * count).astype(np.int64), hi)
 
     def check_offsets(self, offsets):
         """Validates nested integer offsets `(L, 3)`; returns them as an int64 array."""
@@ -240,15 +269,27 @@ class PyramidSpec:
         """`sample_offsets` as TF ops. `seed`: int tensor of shape `(2,)` (stateless RNG)."""
         import tensorflow as tf
 
-        r = tf.constant(self.patch_size, tf.float32)
-        mask = tf.constant(self.pyramided)
-        # Per-axis ranges differ, so draw u in [0, 1) and scale: floor(u * (r + 1)).
-        u = tf.random.stateless_uniform((max(self.num_levels - 1, 0), 3), seed=seed)
-        steps = tf.minimum(tf.cast(tf.floor(u * (r + 1.0)), tf.int32), tf.cast(r, tf.int32))
-        offsets = [tf.zeros((3,), tf.int32)]
-        for level in range(1, self.num_levels):
-            offsets.append(tf.where(mask, 2 * offsets[-1] + steps[level - 1], 0))
-        return tf.stack(offsets)
+        return self.tf_offsets_from_uniform(
+            tf.random.stateless_uniform((self.num_levels, 3), seed=seed))
+
+    def tf_offsets_from_uniform(self, u):
+        """`offsets_from_uniform` as TF ops: int32 `(L, 3)`, equal draw for draw."""
+        import tensorflow as tf
+
+        def pick(u_row, lo, hi):
+            count = tf.cast(hi - lo + 1, tf.float32)
+            return tf.minimum(lo + tf.cast(tf.floor(u_row * count), tf.int32), hi)
+
+        u = tf.cast(u, tf.float32)
+        r = tf.constant(self.patch_size, tf.int32)
+        offsets = [pick(u[-1], 0, tf.constant(self.max_offset(self.num_levels - 1), tf.int32))]
+        for level in range(self.num_levels - 1, 0, -1):
+            child = offsets[-1]
+            lo = tf.maximum(-tf.math.floordiv(r - child, 2), 0)
+            hi = tf.minimum(tf.math.floordiv(child, 2),
+                            tf.constant(self.max_offset(level - 1), tf.int32))
+            offsets.append(pick(u[level - 1], lo, hi))
+        return tf.stack(offsets[::-1])
 
     def tf_coords_from_offsets(self, offsets):
         """`coords_from_offsets` as TF ops."""

@@ -43,7 +43,7 @@ def gif_frames(path):
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
     assert run_cli(*TRAIN, "--steps", 4, "--sample-every", 4, "--sample-steps", 2,
-                   "--out", out) == 0
+                   "--p-mean", -0.8, "--p-std", 1.4, "--out", out) == 0
     return out
 
 
@@ -106,6 +106,49 @@ def test_generate_from_checkpoint(run_dir, tmp_path):
     assert mp4_frames(tmp_path / "coarse.mp4").shape == (2, 128, 128, 3)
 
 
+def test_generate_obeys_class_and_seed(run_dir, tmp_path):
+    """`--class` and `--seed` reach the model: the same pair gives the same video, another
+    class (same seed) or another seed (same class) a different one. The new `--p-mean`
+    training option is in the checkpoint."""
+    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    assert model.noise_distribution.p_mean == -0.8 and model.noise_distribution.p_std == 1.4
+
+    def video(digit, seed, name):
+        stem = tmp_path / name
+        assert run_cli("generate", run_dir, "--class", digit, "--seed", seed, "--out", stem,
+                       "--resolution", "2x8x8", *FAST[:2], "--verbose", "0") == 0
+        return mp4_frames(f"{stem}.mp4").astype(np.float32)
+
+    base = video(1, 3, "a")
+    np.testing.assert_array_equal(video(1, 3, "again"), base)
+    assert np.abs(video(7, 3, "class") - base).mean() > 1.0
+    assert np.abs(video(1, 4, "seed") - base).mean() > 1.0
+
+
+def test_evaluate_scores_a_digit_model_and_updates_its_card(run_dir, tmp_path, capsys):
+    # The reader needs digit-sized frames (28x28 and up): the 16x16 model is refused.
+    assert run_cli("evaluate", run_dir, "--per-class", 1) == 2
+    assert "at least 28x28" in capsys.readouterr().err
+    digits_run = tmp_path / "digits_run"
+    train = [a if a != "8" else "16" for a in TRAIN]  # patches 2x16x16: 4x32x32 videos
+    assert run_cli(*train, "--steps", 2, "--out", digits_run) == 0
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({"description": "test"}))
+    assert run_cli("evaluate", digits_run, "--per-class", 2, "--steps", 2, 2, "--json",
+                   tmp_path / "scores.json", "--card", card) == 0
+    printed = capsys.readouterr().out
+    scores = json.loads((tmp_path / "scores.json").read_text())["scores"]
+    assert scores["num_videos"] == 20 and len(scores["per_class_accuracy"]) == 10
+    for name in ("class_accuracy", "frame_accuracy", "persistence"):
+        assert 0.0 <= scores[name] <= 1.0 and f"{name:<16} {scores[name]:.4f}" in printed
+    assert scores["class_effect"] > 0 and scores["noise_effect"] > 0  # an untrained model
+    updated = json.loads(card.read_text())
+    assert updated["description"] == "test"
+    assert updated["evaluation"]["scores"]["num_videos"] == 20
+    assert updated["evaluation"]["command"].startswith("keras-hpdm evaluate")
+    assert run_cli("evaluate", digits_run, "--fvd", 1) == 2
+
+
 def test_export_keeps_the_ema_samples(run_dir, tmp_path):
     out = tmp_path / "sampler.keras"
     assert run_cli("export", run_dir, out, "--description", "test") == 0
@@ -145,6 +188,13 @@ def test_demo_generates_digits_with_the_bundled_model(tmp_path):
     frames = video.astype(np.float32)
     assert frames.std() > 10.0  # not a constant picture
     assert np.abs(np.diff(frames, axis=0)).mean() > 0.5  # the frames change over time
+    # Moving MNIST's look: a dark background with bright content (uniform noise has a
+    # median of ~128 and fails), and `--class` reaches the model (same seed, another digit).
+    assert np.median(frames) < 30 and np.percentile(frames, 99.5) > 100
+    other = tmp_path / "other"
+    assert run_cli("demo", "--class", 5, "--steps", 4, 2, 2, "--out", other,
+                   "--verbose", "0") == 0
+    assert np.abs(mp4_frames(other / "samples.mp4").astype(np.float32) - frames).mean() > 0.2
     for name in ("samples.gif", "samples.png", "levels.png", "pyramid.png"):
         assert (out / name).stat().st_size > 1000
 

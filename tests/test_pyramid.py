@@ -95,24 +95,67 @@ def test_sample_is_deterministic_by_seed():
                    for s in range(5))
 
 
-def test_offsets_cover_uniformly():
-    """Each step inside the parent is uniform over {0..r}; every position is reachable."""
-    spec = PyramidSpec((1, 3, 5), 3)
-    n = 3000
-    offsets = np.stack([spec.sample_offsets(s) for s in range(n)])
-    for lv in (1, 2):
-        steps = offsets[:, lv] - 2 * offsets[:, lv - 1]
-        for axis in (1, 2):
-            r = spec.patch_size[axis]
-            counts = np.bincount(steps[:, axis], minlength=r + 1)
-            assert len(counts) == r + 1
-            assert stats.chisquare(counts).pvalue > 1e-3
-    # Coverage: every finest-level offset is hit.
+def top_down_offsets(spec, u):
+    """The old scheme, as a reference the coverage test must reject: each level uniform
+    inside its parent (`o_l = 2 o_(l-1) + U{0..r}`)."""
+    r = np.asarray(spec.patch_size)
+    offsets = np.zeros(u.shape, np.int64)
+    for level in range(1, spec.num_levels):
+        step = np.minimum(np.floor(u[:, level] * (r + 1)).astype(np.int64), r)
+        offsets[:, level] = np.where(spec.pyramided, 2 * offsets[:, level - 1] + step, 0)
+    return offsets
+
+
+def border_ratios(spec, offsets):
+    """Per level > 0 and pyramided axis: P(patch touches a border) / what uniform offsets
+    give (1 / number of valid offsets, per border), the worse of the two borders."""
+    ratios = {}
+    for level in range(1, spec.num_levels):
+        for axis in range(3):
+            top = spec.max_offset(level)[axis]
+            if not spec.pyramided[axis] or top == 0:
+                continue
+            uniform = 1.0 / (top + 1)
+            low = np.mean(offsets[:, level, axis] == 0)
+            high = np.mean(offsets[:, level, axis] == top)
+            ratios[(level, axis)] = min(low, high) / uniform
+    return ratios
+
+
+@pytest.mark.parametrize("patch_size, levels", [((16, 64, 64), 3), ((2, 4, 8), 4)])
+def test_patches_cover_borders_and_end_frames(patch_size, levels):
+    """Every level's patches reach its canvas borders (first/last frames included) at least
+    2/3 as often as uniform offsets would; the old top-down draw fails by 10x or more at
+    the paper's geometry (r=64, 3 levels)."""
+    spec = PyramidSpec(patch_size, levels)
+    u = np.random.default_rng(0).random((60_000, levels, 3))
+    offsets = spec.offsets_from_uniform(u)
+    for o in offsets[:200]:
+        spec.check_offsets(o)
+    for key, ratio in border_ratios(spec, offsets).items():
+        assert ratio >= 2 / 3, (key, ratio)
+    old = border_ratios(spec, top_down_offsets(spec, u))
+    if patch_size == (16, 64, 64):
+        assert old[(2, 1)] < 0.1 and old[(2, 2)] < 0.1, old
+    # The finest level is uniform over its whole canvas.
     for axis in (1, 2):
-        hit = np.unique(offsets[:, 2, axis])
-        np.testing.assert_array_equal(hit, np.arange(spec.max_offset(2)[axis] + 1))
-    # Time is not pyramided when r_f == 1 and pyramid_time=True? it is: canvas 4 frames.
-    assert spec.max_offset(2)[0] == 3
+        counts = np.bincount(offsets[:, -1, axis], minlength=spec.max_offset(levels - 1)[axis] + 1)
+        assert stats.chisquare(counts).pvalue > 1e-3
+
+
+def test_batched_offsets_match_single_draws():
+    spec = PyramidSpec((2, 3, 5), 3)
+    u = np.random.default_rng(1).random((50, 3, 3))
+    batched = spec.offsets_from_uniform(u)
+    for i in range(50):
+        np.testing.assert_array_equal(batched[i], spec.offsets_from_uniform(u[i]))
+    # Deterministic by seed, and a seed draws from the same scheme.
+    np.testing.assert_array_equal(spec.sample_offsets(3), spec.sample_offsets(3))
+    np.testing.assert_array_equal(
+        spec.sample_offsets(3),
+        spec.offsets_from_uniform(np.random.default_rng(3).random((3, 3))))
+    with pytest.raises(ValueError, match="`u` must have shape"):
+        spec.offsets_from_uniform(np.zeros((2, 3)))
 
 
 def test_unpyramided_time_keeps_all_frames():
@@ -139,6 +182,12 @@ def test_tf_twin_matches_numpy():
             spec.tf_coords_from_offsets(tf.constant(offsets)).numpy(),
             spec.coords_from_offsets(offsets),
         )
+    # The TF offset draw equals the numpy one for the same uniforms (float32 arithmetic).
+    u = np.random.default_rng(0).random((300, 3, 3)).astype(np.float32)
+    twin = tf.function(spec.tf_offsets_from_uniform)
+    for row in u:
+        np.testing.assert_array_equal(twin(tf.constant(row)).numpy(),
+                                      spec.offsets_from_uniform(row))
     # The TF offset sampler respects containment and is deterministic by seed.
     fn = tf.function(lambda s: spec.tf_sample(tf.constant(video), s))
     for seed in range(20):

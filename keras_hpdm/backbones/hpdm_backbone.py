@@ -60,14 +60,22 @@ class HPDMBackbone(keras.Model):
         self.num_classes = num_classes
         self.text_dim = text_dim
         self.cond_dim = int(cond_dim)
+        # Every condition joins the noise features before the shared MLP (EDM/ADM), at
+        # their unit scale; see `SigmaEmbedding`.
         self.sigma_embedding = SigmaEmbedding(self.cond_dim, name="sigma_embedding")
+        features = self.sigma_embedding.frequency_dim
         self.class_embedding = (
-            ClassEmbedding(num_classes, self.cond_dim, dtype=self.dtype_policy,
+            ClassEmbedding(num_classes, features, dtype=self.dtype_policy,
                            name="class_embedding")
             if num_classes else None
         )
-        self.text_projection = (
-            keras.layers.Dense(self.cond_dim, dtype=self.dtype_policy, name="text_projection")
+        # Pooled text -> the same feature space, at unit scale (the pooled embedding is
+        # RMS-normalised, the kernel starts with unit gain); backbones may also read the
+        # tokens.
+        self.text_pooling = (
+            keras.layers.Dense(
+                features, dtype="float32", name="text_pooling",
+                kernel_initializer=keras.initializers.RandomNormal(stddev=text_dim**-0.5))
             if text_dim else None
         )
 
@@ -146,15 +154,19 @@ class HPDMBackbone(keras.Model):
         return patches, sigma, coords, label, text
 
     def condition_vectors(self, sigma, label, text):
-        """Per (sample, level) conditioning: `(B, L, cond_dim)` and text tokens `(B, S, d)`."""
-        cond = ops.cast(self.sigma_embedding(sigma), self.compute_dtype)
+        """Per (sample, level) conditioning `(B, L, cond_dim)`: noise level, class and
+        pooled text embedded together (see `SigmaEmbedding`)."""
+        condition = None
         if self.class_embedding is not None:
-            cond = cond + self.class_embedding(label)[:, None, :]
-        text_tokens = None
-        if self.text_projection is not None:
-            text_tokens = self.text_projection(ops.cast(text, self.compute_dtype))
-            cond = cond + ops.mean(text_tokens, axis=1)[:, None, :]
-        return cond, text_tokens
+            condition = ops.cast(self.class_embedding(label), "float32")[:, None, :]
+        if self.text_pooling is not None:
+            pooled = ops.mean(ops.cast(text, "float32"), axis=1)
+            # Zero text (the null condition) stays zero.
+            pooled = pooled * ops.rsqrt(ops.mean(ops.square(pooled), -1, keepdims=True) + 1e-12)
+            pooled = self.text_pooling(pooled)[:, None, :]
+            condition = pooled if condition is None else condition + pooled
+        cond = self.sigma_embedding(sigma, condition=condition)
+        return ops.cast(cond, self.compute_dtype)
 
     # --------------------------------------------------- adaptive computation
     def active_levels(self, block, num_levels, num_context_levels=0):

@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_hpdm.backbones.hpdm_backbone import HPDMBackbone, fold_levels, unfold_levels
 from keras_hpdm.backbones.rin_presets import rin_presets
+from keras_hpdm.layers.class_embedding import ClassEmbedding
 from keras_hpdm.layers.deep_context_fusion import DeepContextFusion
 from keras_hpdm.layers.patch_tokenizer import PatchDetokenizer, PatchTokenizer
 from keras_hpdm.layers.rin_block import RINBlock
@@ -15,7 +16,10 @@ class RINBackbone(HPDMBackbone):
     """Recurrent Interface Network over a patch pyramid (paper §4.2-4.3, Fig. 11).
 
     Each level's patch is tokenised (3-D patchify + learned positions) and owns a set of
-    latents; conditioning (noise level, class, text) enters as extra latent tokens. Block
+    latents; conditioning enters as extra latent tokens: the noise-level vector (which also
+    carries class and pooled text), the class on a token of its own, and the text tokens.
+    Each is layer-normalised before attention, so a class weighs as much as the noise level
+    however large the noise embedding grows in training. Block
     `b` runs the first `levels_per_block[b]` levels (levels folded into the batch) after a
     deep context fusion of their data tokens; levels never attend to each other, so
     information flows coarse -> fine only, through DCF.
@@ -112,6 +116,10 @@ class RINBackbone(HPDMBackbone):
         self.cond_to_latent = keras.layers.Dense(
             self.latent_dim, dtype=policy, name="cond_to_latent"
         )
+        self.class_token = (
+            ClassEmbedding(num_classes, self.latent_dim, dtype=policy, name="class_token")
+            if num_classes else None
+        )
         self.text_to_latent = (
             keras.layers.Dense(self.latent_dim, dtype=policy, name="text_to_latent")
             if text_dim
@@ -148,17 +156,21 @@ class RINBackbone(HPDMBackbone):
         num_levels = patches.shape[1]
         recorder = [] if return_context else None
 
-        cond, text_tokens = self.condition_vectors(sigma, label, text)
+        cond = self.condition_vectors(sigma, label, text)
         tokens = self.tokenizer(fold_levels(ops.cast(patches, self.compute_dtype)))
         tokens = unfold_levels(tokens, num_levels)  # (B, L, f', h', w', d)
         latent_tokens = [self.cond_to_latent(cond)[:, :, None, :]]
+        if self.class_token is not None:
+            class_token = self.class_token(label)[:, None, None, :]  # (B, 1, 1, dz)
+            latent_tokens.append(class_token + ops.zeros_like(latent_tokens[0]))
         if self.text_to_latent is not None:
+            text_tokens = ops.cast(text, self.compute_dtype)
             text_latents = self.text_to_latent(text_tokens)[:, None]  # (B, 1, S, dz)
             latent_tokens.append(text_latents + ops.zeros_like(latent_tokens[0][:, :, :1, :1]))
         init = ops.cast(self.initial_latents, self.compute_dtype)[None, None]
         latents = ops.concatenate(
             [init + ops.zeros_like(latent_tokens[0][:, :, :1, :1])] + latent_tokens, axis=2
-        )  # (B, L, M + 1 (+ S), dz)
+        )  # (B, L, M + 1 (+ 1) (+ S), dz)
 
         for b in range(self.num_blocks):
             n = self.active_levels(b, num_levels, num_context)

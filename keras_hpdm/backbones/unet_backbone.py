@@ -143,7 +143,7 @@ class UNet3DBackbone(HPDMBackbone):
             coords = ops.concatenate([ops.cast(context["coords"], coords.dtype), coords], 1)
         num_levels = patches.shape[1]
         recorder = [] if return_context else None
-        cond, _ = self.condition_vectors(sigma, label, text)
+        cond = self.condition_vectors(sigma, label, text)
         cond = self.cond_mlp(cond)
         run = lambda b, h: self._run_block(  # noqa: E731
             b, h, cond, coords, num_levels, num_context, context, recorder)

@@ -1,4 +1,4 @@
-"""`keras-hpdm` command line: demo, train, generate, prepare, export, pyramid,
+"""`keras-hpdm` command line: demo, train, generate, evaluate, prepare, export, pyramid,
 info.
 
 Each subcommand lives in its own module with `add_parser(subparsers)` and `run(args)`.
@@ -8,10 +8,10 @@ import argparse
 import os
 import sys
 
-from keras_hpdm.cli import demo, export, generate, info, prepare, pyramid, train
+from keras_hpdm.cli import demo, evaluate, export, generate, info, prepare, pyramid, train
 from keras_hpdm.cli.common import BACKENDS, CommandError, set_backend
 
-SUBCOMMANDS = (demo, train, generate, prepare, export, pyramid, info)
+SUBCOMMANDS = (demo, train, generate, evaluate, prepare, export, pyramid, info)
 
 
 def build_parser():

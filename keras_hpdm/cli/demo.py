@@ -39,6 +39,11 @@ def run(args):
     print(f"bundled model: {card['description']}\n  trained with: {card['command']} "
           f"({card['steps']} steps, {card['minutes']:.0f} min, final loss "
           f"{card['final_loss']:.3f})")
+    if "evaluation" in card:
+        scores = card["evaluation"]["scores"]
+        print(f"  judged by `keras-hpdm evaluate` (digit reader): requested "
+              f"digit drawn in {scores['class_accuracy']:.0%} of videos, a digit visible in "
+              f"{scores['persistence']:.0%} of frames")
     options = argparse.Namespace(
         steps=args.steps, sampler=None, guidance=args.guidance, num_samples=None,
         overlap=[0.5, 0.5, 0.0], tile_batch_size=32, seed=args.seed, no_ema=False,

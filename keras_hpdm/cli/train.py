@@ -66,6 +66,13 @@ def add_parser(sub):
                    help="condition dropout for classifier-free guidance (default: 0.1)")
     g.add_argument("--ema-half-life", type=positive_float, default=500.0,
                    help="EMA half-life in steps (default: 500)")
+    g.add_argument("--p-mean", type=float, default=-1.2,
+                   help="mean of log(sigma) at level 0 in training (EDM: -1.2; higher trains "
+                        "more at the high noise that decides the layout; default: -1.2)")
+    g.add_argument("--p-std", type=positive_float, default=1.2,
+                   help="std of log(sigma) in training (default: 1.2)")
+    g.add_argument("--level-noise-scale", type=positive_float, default=2.0,
+                   help="sigma multiplier per finer level (default: 2)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=positive_int, default=2000, help="total steps (default: 2000)")
     g.add_argument("--batch-size", type=positive_int, default=8, help="default: 8")
@@ -149,7 +156,8 @@ def build_model(args, num_classes, captions):
     backbone = cls.from_preset(args.preset, pyramid=spec, **overrides)
     model = keras_hpdm.PatchDiffusionModel(
         backbone, condition_dropout=args.condition_dropout, text_encoder=text_encoder,
-        ema_half_life=args.ema_half_life, seed=args.seed)
+        ema_half_life=args.ema_half_life, seed=args.seed, p_mean=args.p_mean,
+        p_std=args.p_std, level_noise_scale=args.level_noise_scale)
     if args.optimizer == "lamb":
         optimizer = keras_hpdm.hpdm_optimizer(args.steps, learning_rate=args.lr,
                                               warmup_steps=args.warmup)

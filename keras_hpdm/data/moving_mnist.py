@@ -42,7 +42,7 @@ def _check_int(name, value, minimum):
 
 
 def moving_mnist(num_videos, num_frames=16, size=64, num_digits=1, seed=0,
-                 return_all_labels=False):
+                 return_all_labels=False, digit_indices=None):
     """Generates Moving MNIST videos: real digits bouncing inside a square canvas.
 
     Each digit starts at a uniform position with a uniform direction and moves
@@ -57,6 +57,8 @@ def moving_mnist(num_videos, num_frames=16, size=64, num_digits=1, seed=0,
         seed: non-negative int; the same seed gives the same videos.
         return_all_labels: return every digit's class `(N, num_digits)` instead of the
             first digit's `(N,)`.
+        digit_indices: indices of the digits (among the 5000) to draw from; default all
+            (e.g. a held-out split, to judge a digit reader on digits it never saw).
 
     Returns:
         `(videos, labels)`: uint8 `(N, T, size, size, 1)` and int64 `(N,)` (first digit's
@@ -77,8 +79,14 @@ def moving_mnist(num_videos, num_frames=16, size=64, num_digits=1, seed=0,
     k = _check_int("num_digits", num_digits, 1)
     seed = check_seed(seed, allow_none=False)
     digits, classes = _load_mnist()
+    pool = np.arange(len(digits)) if digit_indices is None else np.asarray(digit_indices)
+    if pool.ndim != 1 or pool.size == 0 or not np.issubdtype(pool.dtype, np.integer) or (
+        pool.min() < 0 or pool.max() >= len(digits)
+    ):
+        raise ValueError(f"`digit_indices` must be a non-empty 1-D array of ints in "
+                         f"[0, {len(digits) - 1}], got {digit_indices!r}.")
     rng = np.random.default_rng(seed)
-    choice = rng.integers(0, len(digits), (n, k))
+    choice = pool[rng.integers(0, len(pool), (n, k))]
     room = size - DIGIT
     pos = rng.uniform(0, room, (n, k, 2))
     theta = rng.uniform(0, 2 * np.pi, (n, k))

@@ -9,6 +9,10 @@ class ClassEmbedding(keras.layers.Layer):
     """Embeds labels in `[0, num_classes)`; label `num_classes` (== `null_label`) is the
     learned "no condition" embedding used for condition dropout and guidance.
 
+    Entries start as unit normals: the embedding is added to the unit-scale sinusoidal
+    noise features (`SigmaEmbedding(..., condition=...)`), where it must weigh as much as
+    the noise level does.
+
     Args:
         num_classes: number of real classes.
         dim: embedding width.
@@ -29,7 +33,7 @@ class ClassEmbedding(keras.layers.Layer):
         self.dim = int(dim)
         self.embedding = keras.layers.Embedding(
             num_classes + 1, self.dim, dtype=self.dtype_policy, name="embedding",
-            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02),
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
         )
 
     @property

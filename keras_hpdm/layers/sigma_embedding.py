@@ -1,4 +1,4 @@
-"""Continuous noise-level embedding (float32 island)."""
+"""Continuous noise-level embedding, the entry point of every condition (float32 island)."""
 
 import math
 
@@ -11,6 +11,11 @@ class SigmaEmbedding(keras.layers.Layer):
     """Embeds a continuous noise level `sigma` as EDM does: `c_noise = ln(sigma) / 4`,
     sinusoidal features, then a 2-layer MLP.
 
+    Other conditions (class, pooled text) are added to the sinusoidal features *before* the
+    MLP, as EDM and ADM do: the features have unit-scale entries, so a condition embedded
+    at that scale moves the output as much as the noise level does. (Added after the MLP,
+    a class embedding is drowned: trained sigma embeddings grow to norms of ~150.)
+
     Always computes in float32 (whatever the dtype policy): log-sigma spans ~[-2, 1.5] and
     its sinusoids need full precision to keep nearby noise levels apart.
 
@@ -21,6 +26,8 @@ class SigmaEmbedding(keras.layers.Layer):
 
     Call arguments:
         sigma: `(...)` positive noise levels.
+        condition: optional `(..., frequency_dim)` embedding (broadcast against `sigma`'s
+            shape) added to the noise features before the MLP.
 
     Returns:
         `(..., dim)` float32.
@@ -28,6 +35,7 @@ class SigmaEmbedding(keras.layers.Layer):
     Example:
     ```python
     emb = SigmaEmbedding(256)(sigma)  # sigma (B, L) -> (B, L, 256)
+    emb = SigmaEmbedding(256)(sigma, condition=class_emb[:, None, :])  # class_emb (B, 256)
     ```
 
     References:
@@ -51,13 +59,19 @@ class SigmaEmbedding(keras.layers.Layer):
         self.hidden.build(tuple(input_shape) + (self.frequency_dim,))
         self.out.build(tuple(input_shape) + (self.dim,))
 
-    def call(self, sigma):
+    def features(self, sigma):
+        """The sinusoidal noise features `(..., frequency_dim)`, before the MLP."""
         c_noise = ops.log(ops.maximum(ops.cast(sigma, "float32"), 1e-20)) / 4.0
         half = self.frequency_dim // 2
         freqs = ops.exp(-math.log(self.max_period) * ops.arange(half, dtype="float32") / half)
         # Scale so that c_noise's range (a few units) spans many periods of the fast features.
         angles = (c_noise[..., None] * 1000.0) * freqs
-        features = ops.concatenate([ops.cos(angles), ops.sin(angles)], axis=-1)
+        return ops.concatenate([ops.cos(angles), ops.sin(angles)], axis=-1)
+
+    def call(self, sigma, condition=None):
+        features = self.features(sigma)
+        if condition is not None:
+            features = features + ops.cast(condition, "float32")
         return self.out(self.hidden(features))
 
     def compute_output_shape(self, input_shape):

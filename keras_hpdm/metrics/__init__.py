@@ -1,5 +1,8 @@
-"""Evaluation: FVD/KVD with the Kinetics-400 I3D, image metrics, and an FVD callback."""
+"""Evaluation: FVD/KVD with the Kinetics-400 I3D, image metrics, an FVD callback, and the
+Moving MNIST judge (a digit reader: class accuracy and persistence of generated digits)."""
 
+from keras_hpdm.metrics.digit_reader import DigitReader, centre_digits
+from keras_hpdm.metrics.digit_scores import digit_video_scores, read_videos
 from keras_hpdm.metrics.features import extract_video_features, pretrained_i3d
 from keras_hpdm.metrics.frechet_video_distance import (
     FrechetVideoDistance,
@@ -12,11 +15,16 @@ from keras_hpdm.metrics.i3d import I3D, kinetics400_labels, preprocess_videos
 from keras_hpdm.metrics.i3d_weights import load_i3d_checkpoint, locate_i3d_checkpoint
 from keras_hpdm.metrics.image_metrics import fid, image_kid_proxy, inception_score, psnr, ssim
 from keras_hpdm.metrics.kernel_video_distance import KernelVideoDistance, kernel_distance
+from keras_hpdm.metrics.moving_mnist_evaluation import evaluate_moving_mnist, moving_mnist_fvd
 
 __all__ = [
+    "DigitReader",
     "FVDCallback",
     "FrechetVideoDistance",
     "I3D",
+    "centre_digits",
+    "digit_video_scores",
+    "evaluate_moving_mnist",
     "KernelVideoDistance",
     "evaluate_videos",
     "extract_video_features",
@@ -31,8 +39,10 @@ __all__ = [
     "kvd",
     "load_i3d_checkpoint",
     "locate_i3d_checkpoint",
+    "moving_mnist_fvd",
     "preprocess_videos",
     "pretrained_i3d",
     "psnr",
+    "read_videos",
     "ssim",
 ]

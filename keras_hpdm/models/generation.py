@@ -15,6 +15,8 @@ from keras_hpdm.diffusion.tiling import tile_grid, tiled_denoiser
 from keras_hpdm.pyramid import check_seed
 
 SAMPLERS = ("euler", "heun", "stochastic")
+# EDM's ImageNet-64 setting (S_churn 40 at 256 steps) as churn per step: gamma = 0.156.
+EDM_CHURN_PER_STEP = 40.0 / 256.0
 
 
 def parent_offset(spec, level, offset):
@@ -302,6 +304,8 @@ class PyramidGenerator:
         options = {}
         if method == "stochastic":
             options = {k: s[k] for k in ("S_churn", "S_min", "S_max", "S_noise")}
+            if options["S_churn"] == "auto":
+                options["S_churn"] = EDM_CHURN_PER_STEP * num_steps
 
         def on_step(step, total, x_t, denoised):
             info = {"level": level, "step": step, "num_steps": total, "x": x_t,

@@ -14,13 +14,16 @@ from keras_hpdm.models import batch_checks
 from keras_hpdm.models.generation import PyramidGenerator
 
 DEFAULT_SAMPLING = {
-    # Paper App. C: stochastic Heun at level 0, deterministic Euler above; steps halve.
-    "num_steps": 32,
+    # Paper App. C: 128 steps at level 0, halved per level (128/64/32); stochastic Heun at
+    # level 0, deterministic Euler above.
+    "num_steps": 128,
     "methods": ["stochastic", "euler"],
     "sigma_min": 0.002,
     "sigma_max": 80.0,
     "rho": 7.0,
-    "S_churn": 40.0,
+    # "auto": EDM's churn per step (S_churn 40 over 256 steps), whatever the step count;
+    # a fixed 40 saturates the churn at every sigma below ~100 steps.
+    "S_churn": "auto",
     "S_min": 0.05,
     "S_max": 50.0,
     "S_noise": 1.003,
@@ -115,6 +118,11 @@ class PatchDiffusionModel(keras.Model):
         self.ema_decay, self.ema_half_life = ema_decay, ema_half_life
         self.seed = seed
         self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
+        churn = self.sampling["S_churn"]
+        if churn != "auto" and (isinstance(churn, bool) or not isinstance(churn, (int, float))
+                                or not churn >= 0):
+            raise ValueError(f'`sampling["S_churn"]` must be "auto" or a number >= 0, '
+                             f"got {churn!r}.")
         self.seed_generator = keras.random.SeedGenerator(seed, name="training_noise")
         self.level_loss_trackers = [
             keras.metrics.Mean(name=f"loss_level_{level}")

