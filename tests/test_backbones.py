@@ -50,6 +50,15 @@ def numpy(x):
     return np.asarray(ops.convert_to_numpy(x))
 
 
+def fill_zero_weights(backbone, seed=0):
+    """Zero-initialised kernels (identity residual branches, DCF context) get values, so
+    every path computes something."""
+    rng = np.random.default_rng(seed)
+    for v in backbone.weights:
+        if not np.any(numpy(v)):
+            v.assign(rng.normal(scale=0.2, size=v.shape).astype("float32"))
+
+
 @pytest.mark.parametrize("kind", list(BACKBONES))
 class TestBackbones:
     def test_causality_coarse_levels_never_see_finer(self, kind):
@@ -145,20 +154,65 @@ class BackboneSavingTest(TestCase):
             self.assertEqual(restored.levels_per_block, backbone.levels_per_block)
 
     def test_mixed_precision_float32_islands(self):
-        for policy, cls in (("mixed_bfloat16", RINBackbone), ("mixed_float16", UNet3DBackbone)):
-            if True:
-                backbone = cls.from_preset("tiny", pyramid=SPEC, num_classes=5, dtype=policy)
-                out = backbone(make_inputs())
-                self.assertEqual(keras.backend.standardize_dtype(out.dtype), "float32")
-                self.assertAllFinite(out)
-                islands = 0
-                for layer in backbone._flatten_layers(include_self=False):
-                    if isinstance(layer, (keras.layers.LayerNormalization,
-                                          keras.layers.GroupNormalization)) or getattr(
-                            layer, "float32_island", False):
-                        self.assertEqual(layer.compute_dtype, "float32", layer.name)
-                        islands += 1
-                self.assertGreater(islands, 2)
+        """Under a mixed policy: float32 islands and output, and the float32 backbone's
+        function (same weights) to the precision of the compute dtype."""
+        inputs = make_inputs()
+        # Bounds on the relative RMS difference. Observed: bfloat16 (RIN) 0.0095-0.014,
+        # float16 (UNet) 0.0023-0.0077 (TensorFlow's CPU float16 kernels are the least
+        # precise); about 2.5x margin.
+        for policy, cls, bound in (("mixed_bfloat16", RINBackbone, 0.04),
+                                   ("mixed_float16", UNet3DBackbone, 0.02)):
+            reference = cls.from_preset("tiny", pyramid=SPEC, num_classes=5)
+            reference(inputs)
+            fill_zero_weights(reference)
+            backbone = cls.from_preset("tiny", pyramid=SPEC, num_classes=5, dtype=policy)
+            backbone(inputs)
+            backbone.set_weights(reference.get_weights())
+            out = backbone(inputs)
+            self.assertEqual(keras.backend.standardize_dtype(out.dtype), "float32")
+            self.assertAllFinite(out)
+            islands = 0
+            for layer in backbone._flatten_layers(include_self=False):
+                if isinstance(layer, (keras.layers.LayerNormalization,
+                                      keras.layers.GroupNormalization)) or getattr(
+                        layer, "float32_island", False):
+                    self.assertEqual(layer.compute_dtype, "float32", layer.name)
+                    islands += 1
+            self.assertGreater(islands, 2)
+            want = numpy(reference(inputs))
+            error = np.sqrt(np.mean((numpy(out) - want) ** 2)) / want.std()
+            print(f"\n{policy}: relative RMS difference from float32 {error:.2e}")
+            self.assertLess(error, bound)
+
+
+SIGMA_BUG = (
+    "Library bug: Keras autocasts every float input of a mixed-precision layer, the "
+    "backbone included, so `sigma` reaches the float32 SigmaEmbedding already rounded to "
+    "bfloat16/float16: noise levels up to 0.4-0.8% apart (bfloat16) get one embedding, and "
+    "the angles of its fastest features are off by up to 0.5 rad. Fix: build HPDMBackbone "
+    "with `autocast=False` (its sub-layers still cast their own inputs). Remove this mark "
+    "with the fix."
+)
+
+
+@pytest.mark.parametrize("policy, cls", [
+    ("float32", RINBackbone),
+    pytest.param("mixed_bfloat16", RINBackbone,
+                 marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=SIGMA_BUG)),
+    pytest.param("mixed_float16", UNet3DBackbone,
+                 marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=SIGMA_BUG)),
+])
+def test_nearby_noise_levels_stay_apart(policy, cls):
+    """The float32 sigma embedding exists to tell nearby noise levels apart: sigma changed
+    by 2**-13 (relative; below half precision's resolution) changes every output level."""
+    inputs = make_inputs()
+    near = {**inputs, "sigma": (inputs["sigma"] * (1 + 2.0**-13)).astype("float32")}
+    assert np.all(near["sigma"] != inputs["sigma"])
+    backbone = cls.from_preset("tiny", pyramid=SPEC, num_classes=5, dtype=policy)
+    backbone(inputs)
+    fill_zero_weights(backbone)
+    change = np.abs(numpy(backbone(near)) - numpy(backbone(inputs))).max(axis=(2, 3, 4, 5))
+    assert np.all(change > 0), change  # per (sample, level)
 
 
 def test_levels_schedule_validation():
@@ -169,19 +223,78 @@ def test_levels_schedule_validation():
             resolve_levels_per_block(bad, 3, 3)
 
 
+def rin_parameter_count(config, spec, channels=3, num_classes=None, text_dim=None,
+                        frequency_dim=256):
+    """RIN backbone parameters from the architecture (paper §4.2-4.3, RIN; DESIGN.md §5):
+    attention = q/k/v projections without bias + output projection with bias; MLP =
+    two biased Dense layers; LayerNorm = scale + offset; DCF = feature, context and
+    coordinate kernels + bias; conditions enter the sinusoidal noise features (width
+    `frequency_dim`) before the 2-layer sigma MLP, and the class and the text tokens also
+    enter as latent tokens of their own."""
+    d, dz, cond = config["data_dim"], config["latent_dim"], config["cond_dim"]
+    ratio = config["mlp_ratio"]
+    data_ratio = config.get("data_mlp_ratio") or ratio
+    pixels = int(np.prod(config["tokenizer_patch"])) * channels
+    tokens = int(np.prod([r // p for r, p in zip(spec.patch_size, config["tokenizer_patch"],
+                                                 strict=True)]))
+
+    def dense(n_in, n_out):
+        return n_in * n_out + n_out
+
+    def norm(n):
+        return 2 * n
+
+    def attention(n_query, n_context):
+        return n_query * n_query + 2 * n_context * n_query + dense(n_query, n_query)
+
+    def mlp(n, r):
+        return dense(n, r * n) + dense(r * n, n)
+
+    read = norm(dz) + norm(d) + attention(dz, d) + norm(dz) + mlp(dz, ratio)
+    latent = norm(dz) + attention(dz, dz) + norm(dz) + mlp(dz, ratio)
+    write = norm(d) + norm(dz) + attention(d, dz) + norm(d) + mlp(d, data_ratio)
+    block = read + config["num_latent_layers"] * latent + write
+    fusion = 2 * d * d + 3 * d + d
+    total = (
+        dense(pixels, d) + tokens * d  # tokenizer: patch projection, learned positions
+        + norm(d) + dense(d, pixels)  # detokenizer
+        + dense(frequency_dim, cond) + dense(cond, cond)  # sigma MLP
+        + dense(cond, dz) + config["num_latents"] * dz  # condition latent, initial latents
+        + config["num_blocks"] * (fusion + block)
+    )
+    if num_classes:  # + the null class: into the noise features and as a latent token
+        total += (num_classes + 1) * (frequency_dim + dz)
+    if text_dim:
+        total += dense(text_dim, frequency_dim) + dense(text_dim, dz)  # pooled, per token
+    return total
+
+
+def backbone_param_count(backbone):
+    backbone.build()  # symbolic: no forward pass on data
+    return sum(int(np.prod(w.shape)) for w in backbone.weights)
+
+
+def test_preset_parameter_counts():
+    """On every backend: "mini" (data and latent widths differ) with classes and text."""
+    spec = PyramidSpec((2, 16, 16), 3)
+    conditions = {"num_classes": 5, "text_dim": 12, "channels": 1}
+    backbone = RINBackbone.from_preset("mini", pyramid=spec, **conditions)
+    expected = rin_parameter_count(RINBackbone.presets["mini"]["config"], spec, **conditions)
+    assert backbone_param_count(backbone) == expected
+
+
 @pytest.mark.skipif(keras.config.backend() != "tensorflow",
                     reason="backend-independent; initialising 170M weights once is enough")
 def test_paper_presets_parameter_counts():
-    """HPDM-S RIN within 25% of the paper's 178M parameters (counted without running it)."""
+    """HPDM-S exactly as the architecture counts it, and within 15% of the paper's 178M (as
+    the preset's documentation says: the paper gives neither the latent layers per block
+    nor the MLP widths)."""
     spec = PyramidSpec((16, 64, 64), 3)
     backbone = RINBackbone.from_preset("hpdm_s", pyramid=spec, num_classes=101)
-    params = backbone_param_count(backbone, spec)
-    assert abs(params / 178e6 - 1) < 0.25, params
-
-
-def backbone_param_count(backbone, spec):
-    backbone.build()  # symbolic: no forward pass on data
-    return sum(int(np.prod(w.shape)) for w in backbone.weights)
+    params = backbone_param_count(backbone)
+    assert params == rin_parameter_count(RINBackbone.presets["hpdm_s"]["config"], spec,
+                                         num_classes=101)
+    assert abs(params / 178e6 - 1) < 0.15, params
 
 
 @pytest.mark.skipif(keras.config.backend() != "jax", reason="XLA cost analysis is JAX's")

@@ -74,10 +74,20 @@ def test_fit_with_tokenized_captions():
     keras.utils.set_random_seed(0)
     spec = PyramidSpec((2, 4, 4), 2)
     videos, labels = data.moving_mnist(8, num_frames=4, size=32, seed=0)
-    captions = [f"the digit {int(d)} moves" for d in labels]
+    captions = [f"video {i} shows {int(d)}" for i, d in enumerate(labels)]
     ds = data.pyramid_dataset((videos, captions), spec, 4, seed=0, tokenizer=hash_tokens)
     batch = next(iter(ds))
     assert "text" not in batch and tuple(batch["token_ids"].shape) == (4, 4)
+    # Each example carries its own caption's tokens (`index` names the source video).
+    with_index = data.pyramid_dataset((videos, captions), spec, 4, seed=0,
+                                      tokenizer=hash_tokens, return_offsets=True)
+    seen = set()
+    for batch in with_index.take(2):
+        index = batch["index"].numpy()
+        expected = hash_tokens(np.array([captions[i] for i in index]))["token_ids"]
+        np.testing.assert_array_equal(batch["token_ids"].numpy(), expected.numpy())
+        seen.update(index.tolist())
+    assert seen == set(range(8))  # two batches of one shuffled epoch: every video
     model = TextStandIn()
     model.compile(optimizer=keras.optimizers.Adam(0.05))
     history = model.fit(ds, epochs=2, steps_per_epoch=3, verbose=0, shuffle=False)

@@ -244,12 +244,20 @@ def test_cache_gives_the_same_pyramids(tmp_path):
     paths = [write_video(tmp_path / f"{i}.mkv", smooth_video(10, 16, 16, seed=i))
              for i in range(3)]
     plain = data.pyramid_dataset(paths, SPEC, 3, seed=2, repeat=False, return_offsets=True)
+    want = [take(plain, 1)[0] for _ in range(2)]  # the second pass has a new epoch key
     cached = data.pyramid_dataset(paths, SPEC, 3, seed=2, repeat=False, cache=True,
                                   return_offsets=True)
-    for _ in range(2):  # The second pass (new epoch key) reads the cache.
-        want, got = take(plain, 1)[0], take(cached, 1)[0]
-        order, ref = np.argsort(got["index"]), np.argsort(want["index"])
-        np.testing.assert_allclose(got["patches"][order], want["patches"][ref], atol=1e-6)
+    for path in paths:  # the cache decoded every file when the data set was built
+        os.remove(path)
+    for want_batch in want:
+        batches = take(cached, 1)
+        assert batches, f"cache=True read the (deleted) files again: {cached.skipped}"
+        got = batches[0]
+        assert sorted(got["index"]) == [0, 1, 2]
+        order, ref = np.argsort(got["index"]), np.argsort(want_batch["index"])
+        np.testing.assert_allclose(got["patches"][order], want_batch["patches"][ref],
+                                   atol=1e-6)
+    assert not cached.skipped
 
 
 def test_argument_errors():

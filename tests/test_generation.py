@@ -7,7 +7,7 @@ import keras_hpdm
 from keras_hpdm.backbones import RINBackbone
 from keras_hpdm.diffusion import edm_sigmas, per_sample_normal, sample
 from keras_hpdm.diffusion.seeding import derive_seed
-from keras_hpdm.models.generation import context_offsets
+from keras_hpdm.models.generation import PyramidGenerator, context_offsets
 
 SPEC = keras_hpdm.PyramidSpec((2, 8, 8), 2)
 
@@ -22,10 +22,11 @@ def model():
     return m
 
 
-def pixelwise_denoise(x, sigma, coords, conditions=None, context=None):
-    """The ideal denoiser of N(0.2, 0.3^2) pixels: output at a pixel depends on it alone."""
+def pixelwise_denoise(x, sigma, coords, conditions=None, context=None, mean=0.2):
+    """The ideal denoiser of N(mean, 0.3^2) pixels: output at a pixel depends on it alone."""
     s2 = ops.reshape(ops.square(ops.cast(sigma, "float32")), (-1, x.shape[1], 1, 1, 1, 1))
-    return 0.2 + 0.09 / (0.09 + s2) * (ops.cast(x, "float32") - 0.2)
+    mean = ops.cast(mean, "float32")
+    return mean + 0.09 / (0.09 + s2) * (ops.cast(x, "float32") - mean)
 
 
 def test_output_shape_dtype_and_determinism(model):
@@ -81,16 +82,84 @@ def test_tiled_generation_is_exact_for_a_pixelwise_denoiser(model, monkeypatch):
         np.testing.assert_allclose(tiled, untiled, atol=1e-5)
 
 
+def one_step_guided_reference(model, labels, guidance_scale, seed):
+    """Level 0 with one Euler step from sigma_max lands on the guided denoised estimate
+    `u + w (c - u)` of the start noise: computed here by running the model's denoiser on
+    the conditional and the null labels and combining the two explicitly. (It runs through
+    generation's compiled network function, which these inputs' shapes reuse.)"""
+    n = len(labels)
+    sigma = model.sampling["sigma_max"]
+    x = per_sample_normal((n,) + SPEC.level_size(0) + (3,), derive_seed(seed, 0)) * sigma
+    x = np.asarray(ops.convert_to_numpy(x), "float32")[:, None]  # (n, 1 level, ...)
+    coords = np.tile(np.array([[[1, 1, 1, 0, 0, 0]]], "float32"), (n, 1, 1))  # whole video
+    null = np.full(n, model.backbone.null_label, "int32")
+    out = PyramidGenerator(model).network({
+        "patches": np.concatenate([x, x]), "sigma": np.full((2 * n, 1), sigma, "float32"),
+        "coords": np.concatenate([coords, coords]),
+        "label": np.concatenate([np.asarray(labels, "int32"), null]),
+    })
+    cond, uncond = np.split(np.asarray(out, np.float64)[:, 0], 2)
+    return uncond + guidance_scale * (cond - uncond), cond, uncond
+
+
 def test_guidance_and_ema(model):
     live = [np.array(ops.convert_to_numpy(v)) for v in model.backbone.trainable_weights]
     for ema in model.ema_weights:  # make EMA differ from the live weights
         ema.assign(ops.convert_to_numpy(ema) * 0.5)
-    with_ema = model.generate([1], num_steps=2, seed=0, verbose=0, guidance_scale=2.0)
-    without = model.generate([1], num_steps=2, seed=0, verbose=0, guidance_scale=2.0,
-                             use_ema=False)
-    assert np.abs(with_ema.astype(int) - without.astype(int)).max() > 0
+    labels, w = [1, 2], 2.0
+    kw = dict(num_steps=1, num_levels=1, sampler="euler", seed=4, verbose=0,
+              guidance_scale=w, return_pyramid=True)
+    with_ema = model.generate(labels, **kw)[1][0]
+    without = model.generate(labels, use_ema=False, **kw)[1][0]
+    expected, cond, uncond = one_step_guided_reference(model, labels, w, seed=4)
+    np.testing.assert_allclose(without, expected, atol=1e-4)
+    assert np.abs(cond - uncond).max() > 1e-2  # the check can see a wrong combination
+    model.swap_ema_weights()
+    try:
+        expected_ema = one_step_guided_reference(model, labels, w, seed=4)[0]
+    finally:
+        model.swap_ema_weights()
+    np.testing.assert_allclose(with_ema, expected_ema, atol=1e-4)
+    assert np.abs(expected_ema - expected).max() > 1e-2
     for before, v in zip(live, model.backbone.trainable_weights, strict=True):
         np.testing.assert_array_equal(before, ops.convert_to_numpy(v))
+
+
+def test_guided_sampling_is_exact_for_pixelwise_denoisers(model, monkeypatch):
+    """Every level and step: the sampler integrates `u + w (c - u)` of the conditional and
+    null outputs (pixel-wise denoisers of class-dependent Gaussians, so tiling is exact)."""
+    null = model.backbone.null_label
+
+    def mean_of(label):
+        return np.where(np.asarray(label) == null, -0.3, 0.15 * np.asarray(label) + 0.2)
+
+    def denoiser(x, sigma, label):
+        mean = mean_of(label).reshape((-1,) + (1,) * (len(x.shape) - 1)).astype("float32")
+        return pixelwise_denoise(x, sigma, None, mean=mean)
+
+    def network(inputs):
+        if "context_patches" in inputs:
+            return {}
+        out = denoiser(inputs["patches"], inputs["sigma"], inputs["label"])
+        return np.asarray(ops.convert_to_numpy(out))
+
+    monkeypatch.setattr(model, "predict_on_batch", network)
+    labels, w = np.array([0, 2]), 3.0
+    _, canvases = model.generate(list(labels), num_steps=4, seed=9, overlap=0.5,
+                                 tile_batch_size=3, sampler="euler", verbose=0,
+                                 guidance_scale=w, return_pyramid=True)
+    sigmas = edm_sigmas(4)
+    for level, canvas in enumerate(canvases):
+        x = per_sample_normal((2,) + SPEC.level_size(level) + (3,), derive_seed(9, level))
+        x = x * float(sigmas[0])
+
+        def guided(x, sigma):
+            c = denoiser(x[:, None], sigma[:, None], labels)[:, 0]
+            u = denoiser(x[:, None], sigma[:, None], np.full(2, null))[:, 0]
+            return u + w * (c - u)
+
+        expected = np.asarray(ops.convert_to_numpy(sample(guided, x, sigmas, method="euler")))
+        np.testing.assert_allclose(canvas, expected, atol=1e-5)
 
 
 def test_callbacks_see_steps_and_stop_early(model):

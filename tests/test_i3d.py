@@ -201,6 +201,30 @@ def test_input_validation():
         preprocess_videos(np.zeros((2, 8, 8, 3), "uint8"))
 
 
+def bilinear_matrix(n_in, n_out):
+    """Resize along one axis as a matrix: triangle (bilinear) weights at half-pixel centres,
+    the triangle stretched by the shrink factor when shrinking (antialiasing), weights
+    renormalised where the window leaves the image."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    m = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        centre = (i + 0.5) * scale - 0.5
+        w = np.maximum(0.0, 1.0 - np.abs(np.arange(n_in) - centre) / support)
+        m[i] = w / w.sum()
+    return m
+
+
+def ramp_videos(n, frames, height, width, seed=0):
+    """Different ramps along height and width, per channel and frame, plus noise."""
+    rng = np.random.default_rng(seed)
+    f, h, w, c = np.meshgrid(np.arange(frames), np.arange(height), np.arange(width),
+                             np.arange(3), indexing="ij")
+    ramps = 20 + 150 * h / height * (c + 1) / 3 + 60 * w / width * (3 - c) / 3 + 7 * f
+    noisy = ramps[None] + rng.normal(0, 10, (n,) + ramps.shape)
+    return np.clip(np.round(noisy), 0, 255).astype("uint8")
+
+
 def test_preprocess_resizes_and_scales():
     videos = np.zeros((2, 3, 20, 30, 3), "uint8")
     videos[1] = 255
@@ -208,6 +232,16 @@ def test_preprocess_resizes_and_scales():
     assert x.shape == (2, 3, 224, 224, 3)
     np.testing.assert_allclose(x[0], -1.0, atol=1e-6)
     np.testing.assert_allclose(x[1], 1.0, atol=1e-5)
+    # Ramps, enlarged to 224x224 (bilinear) and shrunk by integer and non-integer factors
+    # (antialiased), against the resize written as one matrix per axis.
+    for shape, size in (((20, 30), (224, 224)), ((40, 36), (20, 12)), ((45, 50), (20, 14))):
+        videos = ramp_videos(2, 3, *shape)
+        expected = np.einsum("ih,jw,nfhwc->nfijc", bilinear_matrix(shape[0], size[0]),
+                             bilinear_matrix(shape[1], size[1]), videos.astype(np.float64))
+        got = keras.ops.convert_to_numpy(preprocess_videos(videos, size=size))
+        assert got.shape == (2, 3) + size + (3,)
+        # float32 interpolation of values up to 255 (scaled by 1 / 127.5): ~1e-5.
+        np.testing.assert_allclose(got, expected / 127.5 - 1.0, atol=5e-5, rtol=0)
 
 
 def test_config_round_trip_reloads_the_same_weights():

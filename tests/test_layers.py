@@ -1,7 +1,9 @@
+import itertools
+
 import numpy as np
 import pytest
 from keras import ops
-from scipy import ndimage
+from scipy import ndimage, special
 
 from keras_hpdm import PyramidSpec
 from keras_hpdm.layers import (
@@ -191,6 +193,200 @@ class DeepContextFusionTest(TestCase):
             DeepContextFusion()(self.features, self.coords[:, :2])
         with pytest.raises(ValueError, match="rank 6"):
             DeepContextFusion()(self.features[:, 0], self.coords)
+
+
+def n(v):
+    return np.asarray(ops.convert_to_numpy(v), np.float64)
+
+
+def randomize(layer, seed=0, scale=0.5):
+    """Random values in every weight (LayerNorm scales and offsets included)."""
+    rng = np.random.default_rng(seed)
+    for v in layer.weights:
+        v.assign((scale * rng.normal(size=v.shape)).astype("float32"))
+
+
+# Numpy references, written from the textbook definitions (not from the layers' code).
+def np_layer_norm(x, norm):
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + norm.epsilon) * n(norm.gamma) + n(norm.beta)
+
+
+def np_dense(x, dense):
+    return x @ n(dense.kernel) + n(dense.bias)
+
+
+def np_gelu(x):  # exact (erf) GELU
+    return 0.5 * x * (1.0 + special.erf(x / np.sqrt(2.0)))
+
+
+def np_mlp(x, mlp):
+    return np_dense(np_gelu(np_dense(x, mlp.hidden)), mlp.out)
+
+
+def np_softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def np_attention(layer, query, context=None):
+    """Multi-head attention, one sample at a time: each head h uses columns
+    [h * d_head, (h + 1) * d_head) of the concatenated q/k/v projections; the heads'
+    outputs are concatenated and projected."""
+    context = query if context is None else context
+    heads = layer.num_heads
+    wq, wk, wv = (n(p.kernel) for p in (layer.query_proj, layer.key_proj, layer.value_proj))
+    d_head = wq.shape[-1]
+    wq, wk, wv = (w.reshape(w.shape[0], heads * d_head) for w in (wq, wk, wv))
+    wo = n(layer.output_proj.kernel).reshape(heads * d_head, -1)
+    bo = n(layer.output_proj.bias)
+    out = []
+    for x, c in zip(query, context, strict=True):
+        q, k, v = x @ wq, c @ wk, c @ wv
+        merged = []
+        for h in range(heads):
+            cols = slice(h * d_head, (h + 1) * d_head)
+            p = np_softmax(q[:, cols] @ k[:, cols].T / np.sqrt(d_head))  # (Nq, Nk)
+            merged.append(p @ v[:, cols])
+        out.append(np.concatenate(merged, axis=-1) @ wo + bo)
+    return np.stack(out)
+
+
+def np_rin_block(block, tokens, latents):
+    """RIN read / K x latent self-attention / write, pre-LN residual (Jabri et al. 2023)."""
+    ln = np_layer_norm
+    x, z = tokens, latents
+    z = z + np_attention(block.read_attn, ln(z, block.read_norm_z), ln(x, block.read_norm_x))
+    z = z + np_mlp(ln(z, block.read_mlp_norm), block.read_mlp)
+    for i in range(block.num_latent_layers):
+        z = z + np_attention(block.latent_attns[i], ln(z, block.latent_attn_norms[i]))
+        z = z + np_mlp(ln(z, block.latent_mlp_norms[i]), block.latent_mlps[i])
+    x = x + np_attention(block.write_attn, ln(x, block.write_norm_x), ln(z, block.write_norm_z))
+    x = x + np_mlp(ln(x, block.write_mlp_norm), block.write_mlp)
+    return x, z
+
+
+def np_sigma_features(sigma, frequency_dim, max_period):
+    """EDM's c_noise = ln(sigma) / 4, times 1000, against geometric frequencies from 1 down
+    to (nearly) 1 / max_period: [cos, sin]."""
+    half = frequency_dim // 2
+    c_noise = np.log(np.asarray(sigma, np.float64)) / 4.0
+    out = np.empty(c_noise.shape + (frequency_dim,))
+    for i in range(half):
+        angle = 1000.0 * c_noise * max_period ** (-i / half)
+        out[..., i], out[..., half + i] = np.cos(angle), np.sin(angle)
+    return out
+
+
+def np_unpatchify(values, patch_size, channels):
+    """Token (f, h, w) writes its vector, read as (pf, ph, pw, C) in row-major order, to the
+    pixel cube starting at (f * pf, h * ph, w * pw)."""
+    b, gf, gh, gw, _ = values.shape
+    pf, ph, pw = patch_size
+    out = np.zeros((b, gf * pf, gh * ph, gw * pw, channels))
+    for f, h, w, i, j, k, c in itertools.product(range(gf), range(gh), range(gw), range(pf),
+                                                 range(ph), range(pw), range(channels)):
+        out[:, f * pf + i, h * ph + j, w * pw + k, c] = values[
+            :, f, h, w, ((i * ph + j) * pw + k) * channels + c]
+    return out
+
+
+def np_patchify(x, patch_size):
+    """The inverse reading: token (f, h, w) gets its pixel cube as a (pf, ph, pw, C) vector."""
+    b, nf, nh, nw, c = x.shape
+    pf, ph, pw = patch_size
+    out = np.zeros((b, nf // pf, nh // ph, nw // pw, pf * ph * pw * c))
+    for f, h, w in itertools.product(range(nf // pf), range(nh // ph), range(nw // pw)):
+        cube = x[:, f * pf:(f + 1) * pf, h * ph:(h + 1) * ph, w * pw:(w + 1) * pw]
+        out[:, f, h, w] = cube.reshape(b, -1)
+    return out
+
+
+class NumpyReferenceTest(TestCase):
+    """Attention, RIN block, sigma embedding and (de)tokenizer against numpy."""
+
+    def test_attention_matches_numpy(self):
+        rng = np.random.default_rng(0)
+        query = rng.normal(size=(2, 5, 8)).astype("float32")
+        context = rng.normal(size=(2, 3, 6)).astype("float32")
+        # Cross-attention with another output width; self-attention with 4 heads.
+        for kwargs, args in (({"num_heads": 2, "output_dim": 10}, (query, context)),
+                             ({"num_heads": 4}, (query,))):
+            layer = Attention(**kwargs)
+            layer(*args)
+            randomize(layer, scale=0.7)  # large enough logits for a peaked softmax
+            expected = np_attention(layer, *(a.astype(np.float64) for a in args))
+            self.assertAllClose(layer(*args), expected, atol=1e-5, rtol=1e-5)
+
+    def test_rin_block_matches_numpy(self):
+        rng = np.random.default_rng(1)
+        tokens = rng.normal(size=(2, 6, 8)).astype("float32")
+        latents = rng.normal(size=(2, 3, 4)).astype("float32")
+        block = RINBlock(num_latent_layers=2, num_heads=2, mlp_ratio=2, data_mlp_ratio=3)
+        block(tokens, latents)
+        randomize(block, seed=2, scale=0.4)
+        want_x, want_z = np_rin_block(block, tokens.astype(np.float64),
+                                      latents.astype(np.float64))
+        got_x, got_z = block(tokens, latents)
+        self.assertAllClose(got_x, want_x, atol=1e-4, rtol=1e-4)
+        self.assertAllClose(got_z, want_z, atol=1e-4, rtol=1e-4)
+
+    def test_sigma_features_and_mlp_match_numpy(self):
+        sigma = np.array([[0.002, 0.05, 0.3], [1.0, 7.0, 80.0]], "float32")
+        for frequency_dim, max_period in ((256, 10000.0), (16, 100.0)):
+            layer = SigmaEmbedding(6, frequency_dim=frequency_dim, max_period=max_period)
+            expected = np_sigma_features(sigma, frequency_dim, max_period)
+            # float32 angles reach 1000 * ln(80) / 4 ~ 1100 rad, where one float32 ulp is
+            # 1.2e-4 rad: a few ulps of error in the fastest features.
+            self.assertAllClose(layer.features(sigma), expected, atol=5e-4, rtol=0)
+            self.assertAllClose(layer.features(sigma)[1, 0], np.repeat([1.0, 0.0],
+                                frequency_dim // 2), atol=1e-7)  # sigma 1: c_noise 0
+        layer(sigma)
+        randomize(layer, seed=3)
+        features = np_sigma_features(sigma, 16, 100.0)
+
+        def mlp(f):
+            h = np_dense(f, layer.hidden)
+            return np_dense(h / (1.0 + np.exp(-h)), layer.out)  # SiLU
+
+        self.assertAllClose(layer(sigma), mlp(features), atol=1e-4, rtol=1e-4)
+        # A condition joins the features before the MLP (broadcast over the levels).
+        condition = np.random.default_rng(4).normal(size=(2, 1, 16)).astype("float32")
+        self.assertAllClose(layer(sigma, condition=condition), mlp(features + condition),
+                            atol=1e-4, rtol=1e-4)
+
+    def test_tokenizer_and_detokenizer_pixel_order(self):
+        rng = np.random.default_rng(5)
+        patch = (2, 2, 3)
+        x = rng.normal(size=(2, 4, 4, 6, 2)).astype("float32")  # token grid (2, 2, 2)
+        tokenizer = PatchTokenizer(patch, 7)
+        tokenizer(x)
+        randomize(tokenizer, seed=6)
+        expected = (np_patchify(x.astype(np.float64), patch) @ n(tokenizer.proj.kernel)
+                    + n(tokenizer.proj.bias) + n(tokenizer.position))
+        self.assertAllClose(tokenizer(x), expected, atol=1e-5, rtol=1e-5)
+
+        tokens = rng.normal(size=(2, 2, 2, 2, 7)).astype("float32")
+        detokenizer = PatchDetokenizer(patch, 2)
+        detokenizer(tokens)
+        randomize(detokenizer, seed=7)
+        values = np_dense(np_layer_norm(tokens.astype(np.float64), detokenizer.norm),
+                          detokenizer.proj)
+        self.assertAllClose(detokenizer(tokens), np_unpatchify(values, patch, 2),
+                            atol=1e-5, rtol=1e-5)
+        # A hand-set pair: identity projections, zero positions, and pixel cubes of zero
+        # mean and unit variance (so the detokenizer's LayerNorm is the identity too): the
+        # round trip gives every pixel back in place.
+        for f, h, w in itertools.product(range(2), range(2), range(2)):
+            cube = x[:, 2 * f:2 * f + 2, 2 * h:2 * h + 2, 3 * w:3 * w + 3]
+            cube -= cube.mean(axis=(1, 2, 3, 4), keepdims=True)
+            cube /= cube.std(axis=(1, 2, 3, 4), keepdims=True)
+        tokenizer, detokenizer = PatchTokenizer(patch, 24), PatchDetokenizer(patch, 2)
+        detokenizer(tokenizer(x))
+        for dense in (tokenizer.proj, detokenizer.proj):
+            dense.kernel.assign(np.eye(24, dtype="float32"))
+        tokenizer.position.assign(np.zeros(tokenizer.position.shape, "float32"))
+        self.assertAllClose(detokenizer(tokenizer(x)), x, atol=1e-5, rtol=0)
 
 
 class BuildingBlocksTest(TestCase):

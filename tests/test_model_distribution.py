@@ -17,46 +17,102 @@ BACKEND = keras.config.backend()
 # The subprocess tests run every backend themselves: once, in the JAX pass.
 subprocess_test = pytest.mark.skipif(BACKEND != "jax", reason="runs its backend itself")
 
+# Both runs of a test start from the same weights and see the same global batches, in
+# the same order, with the same noise: a data-parallel step must then equal a one-device
+# step on the global batch (the mean of the per-example losses and their gradients). Float32
+# reductions in another order differ by ~1e-7 (observed: weights 6e-8 / 1.2e-7, JAX / TF),
+# far below what summing the replicas' gradients (updates x replicas) or training on one
+# shard would change.
+LOSS_RTOL, WEIGHT_ATOL, UPDATE_RTOL = 1e-5, 1e-6, 1e-4
+
 BUILD = """
 import keras
 import numpy as np
 import keras_hpdm
 from keras_hpdm.backbones import RINBackbone
 
-def build_and_train(batch_size):
+
+class FixedNoiseModel(keras_hpdm.PatchDiffusionModel):
+    # The model's own loss, with each example's sigma and noise taken from `y`, which Keras
+    # splits across replicas with `x`. (tf.distribute replicas each draw from the same seed
+    # state, so the model's own noise cannot equal a one-device draw on the global batch.)
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        self._fixed = y
+        try:
+            return super().compute_loss(x=x, y=None, y_pred=y_pred,
+                                        sample_weight=sample_weight, training=training)
+        finally:
+            self._fixed = None
+
+    def pyramid_loss(self, patches, coords, conditions, sigma, noise, sample_weight=None):
+        if getattr(self, "_fixed", None) is not None:
+            sigma, noise = self._fixed["sigma"], self._fixed["noise"]
+        return super().pyramid_loss(patches, coords, conditions, sigma, noise, sample_weight)
+
+
+def build_and_train(batch_size, weights=None, fixed_noise=False):
     keras.utils.set_random_seed(0)
     spec = keras_hpdm.PyramidSpec((2, 16, 16), 2)
     backbone = RINBackbone.from_preset("tiny", pyramid=spec, num_classes=2)
-    model = keras_hpdm.PatchDiffusionModel(backbone, seed=0)
-    model.compile(optimizer=keras.optimizers.SGD(1e-2))
-    before = [np.array(w) for w in model.backbone.get_weights()]
-    history = model.fit(dict(INPUTS), batch_size=batch_size, epochs=2, shuffle=False,
-                        verbose=0)
-    after = model.backbone.get_weights()
-    changed = np.mean([not np.array_equal(a, b) for a, b in zip(before, after)])
-    finite = all(np.all(np.isfinite(w)) for w in after + model.get_weights())
-    return model, np.array(history.history["loss"]), changed, finite
+    cls = FixedNoiseModel if fixed_noise else keras_hpdm.PatchDiffusionModel
+    model = cls(backbone, seed=0, condition_dropout=0.0)
+    if weights is not None:
+        model.set_weights(weights)
+    initial = model.get_weights()
+    flat = lambda ws: np.concatenate([np.ravel(w) for w in ws])
+    start = flat(model.backbone.get_weights())
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    x = {k: INPUTS[k] for k in ("patches", "coords", "label")}
+    y = {k: INPUTS[k] for k in ("sigma", "noise")} if fixed_noise else None
+    history = model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+    losses = np.array([history.history[k][0] for k in ("loss", "loss_level_0", "loss_level_1")])
+    return model, initial, {"losses": losses, "start": start,
+                            "weights": flat(model.backbone.get_weights())}
+
+
+def report(prefix, result):
+    return {prefix + "_" + k: v for k, v in result.items()}
 """
 
 
 def batch(size=8):
+    """Two global batches of 4 (8 examples), with fixed per-example sigma and noise."""
     rng = np.random.default_rng(0)
+    patches = rng.uniform(-1, 1, (size, 2) + SPEC.patch_size + (3,)).astype("float32")
     return {
-        "patches": rng.uniform(-1, 1, (size, 2) + SPEC.patch_size + (3,)).astype("float32"),
+        "patches": patches,
         "coords": np.stack([SPEC.coords_from_offsets(SPEC.sample_offsets(i))
                             for i in range(size)]),
         "label": np.arange(size, dtype="int32") % 2,
+        "sigma": (np.exp(rng.normal(-1.2, 1.2, (size, 2))) * [1, 2]).astype("float32"),
+        "noise": rng.standard_normal(patches.shape).astype("float32"),
     }
+
+
+def assert_same_training(out):
+    """The distributed run's losses (total and per level) and weights equal the one-device
+    run's; its weight updates too, relative to their size."""
+    np.testing.assert_allclose(out["dist_losses"], out["single_losses"], rtol=LOSS_RTOL)
+    np.testing.assert_allclose(out["dist_weights"], out["single_weights"], atol=WEIGHT_ATOL,
+                               rtol=0)
+    np.testing.assert_array_equal(out["dist_start"], out["single_start"])
+    single, dist = (out[k + "_weights"] - out[k + "_start"] for k in ("single", "dist"))
+    assert np.linalg.norm(single) > 1e-2, "training did not update the weights"
+    assert np.linalg.norm(dist - single) < UPDATE_RTOL * np.linalg.norm(single), (
+        np.linalg.norm(dist) / np.linalg.norm(single))
 
 
 @subprocess_test
 def test_jax_data_parallel_on_4_cpu_devices():
+    """The model's own noise: one SPMD program on the global batch draws what one device
+    draws, so no noise needs fixing."""
     code = BUILD + """
+_, initial, single = build_and_train(batch_size=4)
 devices = keras.distribution.list_devices("cpu")
 keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-model, losses, changed, finite = build_and_train(batch_size=8)
+model, _, dist = build_and_train(batch_size=4, weights=initial)
 weight = model.backbone.trainable_weights[0].value
-OUTPUTS = {"losses": losses, "changed": changed, "finite": finite,
+OUTPUTS = {**report("single", single), **report("dist", dist),
            "num_devices": len(devices), "weight_devices": len(weight.sharding.device_set)}
 """
     flags = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4")
@@ -64,12 +120,17 @@ OUTPUTS = {"losses": losses, "changed": changed, "finite": finite,
         out = run_in_backends(code, ["jax"], inputs=batch())["jax"]
     assert int(out["num_devices"]) == 4
     assert int(out["weight_devices"]) == 4  # weights replicated on every device
-    assert out["losses"].shape == (2,) and np.all(np.isfinite(out["losses"])), out["losses"]
-    assert bool(out["finite"])
-    assert float(out["changed"]) > 0.5, "training did not update the weights"
+    assert_same_training(out)
 
 
 @subprocess_test
+@pytest.mark.xfail(
+    strict=True, raises=AssertionError,
+    reason="Library bug: PatchDiffusionModel.compute_loss returns the per-replica loss "
+           "unscaled (Keras' own compute_loss divides it by the replica count), so under "
+           "tf.distribute the replicas' gradients are summed (updates x2 here) and the "
+           "reported loss is multiplied by the replica count. Remove this mark with the fix.",
+)
 def test_tensorflow_mirrored_strategy_on_2_cpus():
     code = """
 import tensorflow as tf
@@ -77,9 +138,10 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 """ + BUILD + """
+_, initial, single = build_and_train(batch_size=4, fixed_noise=True)
 with strategy.scope():
-    model, losses, changed, finite = build_and_train(batch_size=4)
-OUTPUTS = {"losses": losses, "changed": changed, "finite": finite,
+    model, _, dist = build_and_train(batch_size=4, weights=initial, fixed_noise=True)
+OUTPUTS = {**report("single", single), **report("dist", dist),
            "replicas": strategy.num_replicas_in_sync,
            "mirrored": isinstance(model.backbone.trainable_weights[0].value,
                                   tf.distribute.DistributedValues)}
@@ -87,9 +149,7 @@ OUTPUTS = {"losses": losses, "changed": changed, "finite": finite,
     out = run_in_backends(code, ["tensorflow"], inputs=batch())["tensorflow"]
     assert int(out["replicas"]) == 2
     assert bool(out["mirrored"])
-    assert out["losses"].shape == (2,) and np.all(np.isfinite(out["losses"])), out["losses"]
-    assert bool(out["finite"])
-    assert float(out["changed"]) > 0.5, "training did not update the weights"
+    assert_same_training(out)
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="Keras distributes on JAX and TensorFlow")

@@ -108,6 +108,9 @@ class UNetResBlockTest(TestCase):
             input_data=(X, COND), expected_output_shape=X.shape,
             expected_num_trainable_weights=14,  # 2 norms, 2x(2+1)D convs, modulation
             expected_num_seed_generators=1,
+            # The last conv starts at zero (identity at init): the rest of the branch gets
+            # gradient from the second step on.
+            gradient_steps=2,
         )
 
     def test_matches_numpy_reference(self):
@@ -145,6 +148,9 @@ class FactorizedAttentionTest(TestCase):
             FactorizedAttention, {"num_heads": 2},
             input_data=X, expected_output_shape=X.shape,
             expected_num_trainable_weights=13,  # 2 x (norm 2 + qkv 2 + out 2) + relative bias
+            # Zero-initialised output projections (identity at init): norms, qkv and the
+            # relative bias get gradient from the second step on.
+            gradient_steps=2,
         )
 
     def test_identity_at_init(self):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import scipy.signal
+import scipy.stats
 
 from keras_hpdm.metrics import (
     FrechetVideoDistance,
@@ -22,6 +23,7 @@ from keras_hpdm.metrics import (
     fvd,
     i3d_weights,
     image_kid_proxy,
+    image_metrics,
     inception_score,
     kernel_distance,
     kvd,
@@ -320,6 +322,74 @@ def test_image_kid_proxy_separates_real_frames_from_noise(clips):
     assert close["image_kid_proxy"] < 0.5 * far["image_kid_proxy"], (close, far)
 
 
+class StubInception:
+    """Stands in for Inception-v3 in `fid` / `inception_score`: image `i` (a constant grey
+    level `10 + i`) has the pool features `features[i]` and class probabilities
+    `probs[i]`. Reading the id back from the resized, scaled batch also checks that every
+    image reaches the network once, in order."""
+
+    def __init__(self, features, probs):
+        self.features, self.probs, self.ids = features, probs, []
+
+    def predict_on_batch(self, x):
+        x = np.asarray(keras.ops.convert_to_numpy(x), np.float64)
+        assert x.shape[1:] == (299, 299, 3)
+        grey = (x.mean(axis=(1, 2, 3)) + 1.0) * 127.5
+        ids = np.round(grey).astype(int) - 10
+        np.testing.assert_allclose(grey, ids + 10, atol=1e-3)
+        self.ids.extend(ids.tolist())
+        return self.features[ids].astype("float32"), self.probs[ids].astype("float32")
+
+
+def grey_images(ids):
+    return np.broadcast_to((np.asarray(ids) + 10).astype(np.uint8)[:, None, None, None],
+                           (len(ids), 16, 16, 3))
+
+
+def _scipy_inception_score(probs, splits):
+    """exp(E_x KL(p(y|x) || p(y))) per consecutive split, with scipy's relative entropy."""
+    scores = []
+    for part in np.array_split(probs, splits):
+        marginal = part.mean(axis=0)
+        scores.append(np.exp(np.mean([scipy.stats.entropy(p, marginal) for p in part])))
+    return np.mean(scores), np.std(scores)
+
+
+def test_fid_and_inception_score_math_on_stub_network(tmp_path, monkeypatch):
+    rng = np.random.default_rng(7)
+    n_real, n_fake, classes = 14, 12, 6
+    features = np.concatenate([rng.normal(size=(n_real, 5)) @ rng.normal(size=(5, 5)),
+                               rng.normal(size=(n_fake, 5)) @ rng.normal(size=(5, 5)) + 0.7])
+    probs = rng.dirichlet(np.full(classes, 0.3), size=n_real + n_fake)
+    stub = StubInception(features.astype("float32").astype(np.float64),
+                         probs.astype("float32").astype(np.float64))
+    monkeypatch.setattr(image_metrics, "_inception", lambda path: stub)
+    weights = tmp_path / "inception.h5"
+    weights.write_bytes(b"")  # only its existence is checked before the (stubbed) load
+    real_ids, fake_ids = np.arange(n_real), n_real + np.arange(n_fake)
+
+    out = fid(grey_images(real_ids), grey_images(fake_ids), weights, batch_size=3)
+    assert stub.ids == real_ids.tolist() + fake_ids.tolist()
+    assert (out["num_real"], out["num_fake"]) == (n_real, n_fake)
+    expected = _scipy_frechet(stub.features[real_ids], stub.features[fake_ids])
+    np.testing.assert_allclose(out["fid"], expected, rtol=1e-6)
+
+    all_ids = np.arange(n_real + n_fake)
+    score = inception_score(grey_images(all_ids), weights, splits=3, batch_size=4)
+    mean, std = _scipy_inception_score(stub.probs, 3)
+    assert score["num_images"] == n_real + n_fake
+    np.testing.assert_allclose(score["inception_score"], mean, rtol=1e-6)
+    np.testing.assert_allclose(score["inception_score_std"], std, rtol=1e-5)
+    # Closed forms: confident predictions spread evenly over k classes give k; one
+    # prediction for every image gives 1.
+    stub.probs = np.tile(np.eye(classes), (2, 1))
+    one_hot = inception_score(grey_images(np.arange(12)), weights, splits=2, batch_size=5)
+    np.testing.assert_allclose(one_hot["inception_score"], classes, rtol=1e-6)
+    stub.probs = np.tile(probs[:1], (12, 1))
+    same = inception_score(grey_images(np.arange(12)), weights, splits=2, batch_size=5)
+    np.testing.assert_allclose(same["inception_score"], 1.0, rtol=1e-6)
+
+
 INCEPTION_WEIGHTS = os.environ.get("KERAS_HPDM_INCEPTION_WEIGHTS")
 
 
@@ -327,12 +397,14 @@ INCEPTION_WEIGHTS = os.environ.get("KERAS_HPDM_INCEPTION_WEIGHTS")
     not (INCEPTION_WEIGHTS and os.path.isfile(INCEPTION_WEIGHTS)),
     reason="set KERAS_HPDM_INCEPTION_WEIGHTS to an Inception-v3 .h5 weights file",
 )
-def test_inception_fid_and_is_with_user_weights():
+def test_inception_network_with_user_weights():
+    """Opt-in smoke test of the real network (the math runs in CI on a stub above)."""
     rng = np.random.default_rng(6)
     images = rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    pools, probs = image_metrics._inception_outputs(images, INCEPTION_WEIGHTS, 4, "images")
+    assert pools.shape == (4, 2048) and probs.shape == (4, 1000)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
     assert fid(images, images, INCEPTION_WEIGHTS, batch_size=4)["fid"] < 1e-3
-    score = inception_score(images, INCEPTION_WEIGHTS, splits=2, batch_size=4)
-    assert score["num_images"] == 4 and score["inception_score"] >= 1.0
 
 
 def test_inception_metrics_need_an_existing_weights_file(tmp_path):

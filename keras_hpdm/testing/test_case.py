@@ -142,10 +142,18 @@ class TestCase(unittest.TestCase):
         run_training_check=True,
         run_precision_check=True,
         call_kwargs=None,
+        gradient_steps=1,
     ):
         """Builds, calls, serialises, trains and checks precision of a layer.
 
         `input_data` is a single tensor, a tuple (positional args) or a dict (one argument).
+
+        The training check takes `gradient_steps` SGD steps on the mean squared distance of
+        *every* float output to 1 and requires *every* trainable weight to get a non-zero
+        gradient in one of them (a branch disconnected from the outputs fails). Layers whose
+        residual branches end in a zero-initialised projection (identity at init) pass no
+        gradient upstream of that projection before its first update: give them
+        `gradient_steps=2` and say so.
         """
         call_kwargs = call_kwargs or {}
 
@@ -166,14 +174,15 @@ class TestCase(unittest.TestCase):
         self.run_serialization_test(layer)
 
         if run_training_check:
-            self._run_training_check(layer, input_data, call)
+            self._run_training_check(layer, input_data, call, gradient_steps)
         if run_precision_check:
             for policy in ("mixed_float16", "mixed_bfloat16"):
                 self.run_precision_test(cls, init_kwargs, input_data, policy, call)
         return layer
 
-    def _run_training_check(self, layer, input_data, call):
-        """A few optimiser steps on the layer's output norm must change its weights."""
+    def _run_training_check(self, layer, input_data, call, gradient_steps=1):
+        """SGD steps on all float outputs: every trainable weight must get a non-zero
+        gradient (in one of `gradient_steps` steps) and the steps must change weights."""
         weights = [v for v in layer.trainable_variables]
         if not weights:
             return
@@ -182,15 +191,32 @@ class TestCase(unittest.TestCase):
         optimizer.build(weights)
 
         def loss_fn():
-            out = keras.tree.flatten(call(layer, input_data, training=True))[0]
-            return ops.mean(ops.square(ops.cast(out, "float32") - 1.0))
+            outputs = [
+                ops.cast(t, "float32")
+                for t in keras.tree.flatten(call(layer, input_data, training=True))
+                if "float" in keras.backend.standardize_dtype(t.dtype)
+            ]
+            return sum(ops.mean(ops.square(t - 1.0)) for t in outputs)
 
-        grads = self.compute_gradients(loss_fn, weights)
-        self.assertTrue(any(np.any(np.asarray(g) != 0) for g in to_numpy(grads)),
-                        "All gradients are zero: gradients do not flow.")
-        optimizer.apply(grads, weights)
+        without_gradient = set(range(len(weights)))
+        for _ in range(gradient_steps):
+            grads = self.compute_gradients(loss_fn, weights)
+            # TensorFlow returns None for a weight the loss does not depend on.
+            grads = [ops.zeros_like(w.value) if g is None else g
+                     for g, w in zip(grads, weights, strict=True)]
+            for i, g in enumerate(to_numpy(grads)):
+                if np.any(g != 0):
+                    without_gradient.discard(i)
+            optimizer.apply(grads, weights)
+        if without_gradient:
+            self.fail(
+                f"No gradient reaches {sorted(weights[i].path for i in without_gradient)} "
+                f"(of {len(weights)} trainable weights) in {gradient_steps} step(s): a "
+                "branch of the layer is disconnected from its outputs."
+            )
         after = to_numpy([v.value for v in weights])
-        self.assertTrue(any(np.any(a != b) for a, b in zip(before, after, strict=True)))
+        self.assertTrue(any(np.any(a != b) for a, b in zip(before, after, strict=True)),
+                        "The optimiser steps changed no weight.")
 
     def compute_gradients(self, loss_fn, variables):
         """Gradients of a scalar `loss_fn()` w.r.t. `variables` on the current backend."""
