@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_hpdm.pyramid import check_int, check_number
+
 
 def hpdm_optimizer(total_steps, learning_rate=5e-3, warmup_steps=10_000, weight_decay=0.01,
                    final_learning_rate_fraction=0.0, beta_1=0.9, beta_2=0.999,
@@ -26,9 +28,14 @@ def hpdm_optimizer(total_steps, learning_rate=5e-3, warmup_steps=10_000, weight_
         - [You et al., Large Batch Optimization for Deep Learning (LAMB), ICLR 2020](
           https://arxiv.org/abs/1904.00962)
     """
-    if total_steps < 1:
-        raise ValueError(f"`total_steps` must be >= 1, got {total_steps}.")
-    warmup = min(int(warmup_steps), total_steps // 2)
+    total_steps = check_int("total_steps", total_steps, low=1)
+    warmup = min(check_int("warmup_steps", warmup_steps, low=0), total_steps // 2)
+    learning_rate = check_number("learning_rate", learning_rate, low=0.0, low_open=True)
+    check_number("weight_decay", weight_decay, low=0.0)
+    check_number("final_learning_rate_fraction", final_learning_rate_fraction, low=0.0, high=1.0)
+    for name, beta in (("beta_1", beta_1), ("beta_2", beta_2)):
+        check_number(name, beta, low=0.0, high=1.0, high_open=True)
+    check_number("clipnorm", clipnorm, low=0.0, low_open=True, allow_none=True)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup else learning_rate,
         decay_steps=max(total_steps - warmup, 1),

@@ -10,6 +10,7 @@ Everything here is plain numpy, except the `tf_*` methods, which are the same ge
 TensorFlow ops for `tf.data` pipelines (no Python in the graph).
 """
 
+import math
 import numbers
 
 import keras
@@ -18,20 +19,92 @@ import numpy as np
 AXES = ("frames", "height", "width")
 
 
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+# ------------------------------------------------------------ argument checks
+# Shared by the whole library: one message format, "`name` must be <allowed>, got <value>."
+# Python bools are rejected where numbers are expected (True == 1 would slip through), and
+# NaN fails every range (comparisons with NaN are False), so it is always named.
+
+
+def _is_integer(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _interval(low, high, low_open, high_open):
+    low, high = (f"{v:g}" if isinstance(v, float) else v for v in (low, high))
+    if high is None:
+        return f"{'>' if low_open else '>='} {low}"
+    if low is None:
+        return f"{'<' if high_open else '<='} {high}"
+    return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+
+def _in_range(value, low, high, low_open=False, high_open=False):
+    return ((low is None or (value > low if low_open else value >= low))
+            and (high is None or (value < high if high_open else value <= high)))
+
+
+def check_int(name, value, low=None, high=None, allow_none=False):
+    """Returns `value` as a Python int in `[low, high]`, or raises a `ValueError` naming
+    `name` and the allowed values. Bools and floats (even `2.0`) are rejected."""
+    if value is None and allow_none:
+        return None
+    if not (_is_integer(value) and _in_range(value, low, high)):
+        allowed = "an integer" + ("" if low is None and high is None
+                                  else " " + _interval(low, high, False, False))
+        raise ValueError(f"`{name}` must be {allowed}{' or None' if allow_none else ''}, "
+                         f"got {value!r}.")
     return int(value)
+
+
+def check_number(name, value, low=None, high=None, low_open=False, high_open=False,
+                 allow_inf=False, allow_none=False):
+    """Returns `value` as a Python float in the given range, or raises a `ValueError` naming
+    `name` and the allowed values. NaN is always rejected, infinities unless `allow_inf`."""
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    ok = ok and not math.isnan(value) and (allow_inf or math.isfinite(value))
+    if not (ok and _in_range(value, low, high, low_open, high_open)):
+        allowed = "a number" if allow_inf else "a finite number"
+        if low is not None or high is not None:
+            allowed += " " + _interval(low, high, low_open, high_open)
+        raise ValueError(f"`{name}` must be {allowed}{' or None' if allow_none else ''}, "
+                         f"got {value!r}.")
+    return float(value)
+
+
+def check_int_tuple(name, value, length, low=1, labels=None):
+    """Returns `value` as a tuple of `length` ints >= `low` (entries named `name[i] (label)`)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != length:
+        shape = f" `({', '.join(labels)})`" if labels else ""
+        raise ValueError(f"`{name}` must be a tuple of {length} integers >= {low}{shape}, "
+                         f"got {value!r}.")
+    labels = labels or [None] * length
+    return tuple(
+        check_int(f"{name}[{i}]" + (f" ({label})" if label else ""), v, low=low)
+        for i, (label, v) in enumerate(zip(labels, value, strict=True))
+    )
+
+
+def _check_positive_int(name, value):
+    return check_int(name, value, low=1)
 
 
 def check_seed(seed, name="seed", allow_none=True):
     """Returns `seed` as a Python int, or raises a `ValueError` naming `name`."""
     if seed is None and allow_none:
         return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+    if not _is_integer(seed) or seed < 0:
         allowed = "a non-negative integer" + (" or None" if allow_none else "")
         raise ValueError(f"`{name}` must be {allowed}, got {seed!r}.")
     return int(seed)
+
+
+# ------------------------------------------------------------- size limits
+# Far beyond any video a diffusion model generates today, and far below sizes whose
+# allocation fails only after minutes: a too-deep pyramid fails at construction instead.
+MAX_TARGET_SIZE = 16384  # per axis (frames, height, width) of `target_size`
+MAX_TARGET_VOXELS = 2**30  # frames * height * width of `target_size` (12 GiB as RGB float32)
 
 
 @keras.saving.register_keras_serializable(package="keras_hpdm")
@@ -40,7 +113,10 @@ class PyramidSpec:
 
     Args:
         patch_size: `(f, h, w)`, the resolution `r` every patch has at every level.
-        num_levels: number of pyramid levels `L` (level 0 covers the whole video).
+        num_levels: number of pyramid levels `L` (level 0 covers the whole video). The
+            resulting `target_size` must fit `MAX_TARGET_SIZE` (16384) per axis and
+            `MAX_TARGET_VOXELS` (2**30) in all, so a pyramid too deep for any machine fails
+            here rather than in an allocation minutes later.
         pyramid_time: whether time is pyramided like height and width. When False, every
             level keeps all `f` frames (the paper's T2V-1K setting) and only space is
             refined.
@@ -77,6 +153,35 @@ class PyramidSpec:
         if not isinstance(pyramid_time, (bool, np.bool_)):
             raise ValueError(f"`pyramid_time` must be True or False, got {pyramid_time!r}.")
         self.pyramid_time = bool(pyramid_time)
+        self._check_size_limits()
+
+    def _check_size_limits(self):
+        """Rejects pyramids whose `target_size` no machine could hold (see
+        `MAX_TARGET_SIZE`, `MAX_TARGET_VOXELS`), before anything is allocated."""
+        depth = self.num_levels - 1
+        if depth > MAX_TARGET_SIZE.bit_length():  # 2**depth alone exceeds the limit
+            raise ValueError(
+                f"`num_levels`={self.num_levels} is too deep: the target size doubles per "
+                f"level, and `patch_size` * 2**{depth} exceeds the maximum of "
+                f"{MAX_TARGET_SIZE} per axis (keras_hpdm.pyramid.MAX_TARGET_SIZE)."
+            )
+        size = self.target_size
+        for axis, n in zip(AXES, size, strict=True):
+            if n > MAX_TARGET_SIZE:
+                raise ValueError(
+                    f"The pyramid's target {axis} would be {n} (`patch_size` {self.patch_size}"
+                    f" * 2**{depth} with `num_levels`={self.num_levels}); the maximum is "
+                    f"{MAX_TARGET_SIZE} per axis (keras_hpdm.pyramid.MAX_TARGET_SIZE). Use "
+                    "fewer levels or a smaller patch."
+                )
+        voxels = math.prod(size)
+        if voxels > MAX_TARGET_VOXELS:
+            raise ValueError(
+                f"The pyramid's target size {size} has {voxels} voxels (frames * height * "
+                f"width); the maximum is {MAX_TARGET_VOXELS} (keras_hpdm.pyramid."
+                "MAX_TARGET_VOXELS). Use fewer levels, a smaller patch or "
+                "`pyramid_time=False`."
+            )
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -147,6 +252,12 @@ class PyramidSpec:
         u = np.asarray(u, np.float32)
         if u.shape[-2:] != (self.num_levels, 3):
             raise ValueError(f"`u` must have shape (..., {self.num_levels}, 3), got {u.shape}.")
+        # [0, 1] in float32 (float64 draws below 1 may round up to 1: `_pick` caps them);
+        # NaN fails too: it would pick garbage offsets.
+        outside = ~((u >= 0) & (u <= 1))
+        if outside.any():
+            raise ValueError("`u` must hold uniforms in [0, 1), got "
+                             f"{int(outside.sum())} values outside, e.g. {u[outside][:3]}.")
         offsets = np.zeros(u.shape, np.int64)
         hi = np.asarray(self.max_offset(self.num_levels - 1), np.int64)
         offsets[..., -1, :] = self._pick(u[..., -1, :], 0, hi)

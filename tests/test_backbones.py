@@ -185,22 +185,10 @@ class BackboneSavingTest(TestCase):
             self.assertLess(error, bound)
 
 
-SIGMA_BUG = (
-    "Library bug: Keras autocasts every float input of a mixed-precision layer, the "
-    "backbone included, so `sigma` reaches the float32 SigmaEmbedding already rounded to "
-    "bfloat16/float16: noise levels up to 0.4-0.8% apart (bfloat16) get one embedding, and "
-    "the angles of its fastest features are off by up to 0.5 rad. Fix: build HPDMBackbone "
-    "with `autocast=False` (its sub-layers still cast their own inputs). Remove this mark "
-    "with the fix."
-)
-
-
 @pytest.mark.parametrize("policy, cls", [
     ("float32", RINBackbone),
-    pytest.param("mixed_bfloat16", RINBackbone,
-                 marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=SIGMA_BUG)),
-    pytest.param("mixed_float16", UNet3DBackbone,
-                 marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=SIGMA_BUG)),
+    ("mixed_bfloat16", RINBackbone),
+    ("mixed_float16", UNet3DBackbone),
 ])
 def test_nearby_noise_levels_stay_apart(policy, cls):
     """The float32 sigma embedding exists to tell nearby noise levels apart: sigma changed
@@ -230,7 +218,8 @@ def rin_parameter_count(config, spec, channels=3, num_classes=None, text_dim=Non
     two biased Dense layers; LayerNorm = scale + offset; DCF = feature, context and
     coordinate kernels + bias; conditions enter the sinusoidal noise features (width
     `frequency_dim`) before the 2-layer sigma MLP, and the class and the text tokens also
-    enter as latent tokens of their own."""
+    enter as latent tokens of their own; every block's norms are modulated by the
+    conditioning vector (scale and shift per norm)."""
     d, dz, cond = config["data_dim"], config["latent_dim"], config["cond_dim"]
     ratio = config["mlp_ratio"]
     data_ratio = config.get("data_mlp_ratio") or ratio
@@ -253,7 +242,10 @@ def rin_parameter_count(config, spec, channels=3, num_classes=None, text_dim=Non
     read = norm(dz) + norm(d) + attention(dz, d) + norm(dz) + mlp(dz, ratio)
     latent = norm(dz) + attention(dz, dz) + norm(dz) + mlp(dz, ratio)
     write = norm(d) + norm(dz) + attention(d, dz) + norm(d) + mlp(d, data_ratio)
-    block = read + config["num_latent_layers"] * latent + write
+    # Adaptive norms: a (scale, shift) pair per norm from the conditioning vector.
+    modulated = (2 * dz + d) + 2 * config["num_latent_layers"] * dz + (dz + 2 * d)
+    block = (read + config["num_latent_layers"] * latent + write
+             + dense(cond, 2 * modulated))
     fusion = 2 * d * d + 3 * d + d
     total = (
         dense(pixels, d) + tokens * d  # tokenizer: patch projection, learned positions

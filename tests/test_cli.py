@@ -3,8 +3,11 @@ and clear failures for bad arguments."""
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import zipfile
 
 import av
 import keras
@@ -19,6 +22,9 @@ TRAIN = ["train", DATA, "--labels", "auto", "--channels", "1", "--patch-size", "
          "--levels", "2", "--batch-size", "2", "--log-every", "2", "--save-every", "2",
          "--verbose", "0"]
 FAST = ["--steps", "2", "2", "--tile-batch-size", "64", "--verbose", "0"]
+# For what does not depend on the backend (argument checks, file checks before Keras).
+jax_pass_only = pytest.mark.skipif(keras.config.backend() != "jax",
+                                   reason="backend-independent: runs in the JAX pass")
 
 
 def run_cli(*argv):
@@ -32,6 +38,27 @@ def run_cli(*argv):
 def mp4_frames(path):
     with av.open(str(path)) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def error_line(capsys):
+    """The CLI's stderr, checked to be the one-line error a user error gives."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def as_torch_checkpoint(path):
+    """Rewrites a .keras file's optimizer as the torch backend recorded it before the fix:
+    a torch-only class that JAX and TensorFlow cannot train with."""
+    with zipfile.ZipFile(path) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(entries["config.json"])
+    config["compile_config"]["optimizer"].update(
+        module="keras.src.backend.torch.optimizers.torch_adamw", registered_name="AdamW")
+    entries["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
 
 
 def gif_frames(path):
@@ -62,30 +89,39 @@ def test_train_writes_checkpoint_state_and_samples(run_dir):
     assert size == (scale * (4 * 18 - 2), scale * 16)
 
 
-def test_resume_continues_and_refuses_to_overwrite(run_dir, tmp_path, capsys):
-    import shutil
+def test_checkpoint_records_the_public_optimizer_class(run_dir):
+    """Under torch, Keras swaps in a torch-only optimizer subclass: the file must name the
+    public class, or JAX/TensorFlow cannot resume it."""
+    with zipfile.ZipFile(run_dir / "model.keras") as archive:
+        optimizer = json.loads(archive.read("config.json"))["compile_config"]["optimizer"]
+    assert (optimizer["module"], optimizer["class_name"]) == ("keras.optimizers", "AdamW")
 
+
+def test_resume_continues_and_refuses_to_overwrite(run_dir, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(run_dir, out)
     before = keras.saving.load_model(out / "model.keras")
     assert int(before.optimizer.iterations) == 4
+    # As the torch backend saved runs: every backend resumes them.
+    as_torch_checkpoint(out / "model.keras")
     # A new run into a folder with a checkpoint is refused: nothing is overwritten.
     mtime = os.path.getmtime(out / "model.keras")
     assert run_cli(*TRAIN, "--steps", 2, "--out", out) == 2
     assert "--resume" in capsys.readouterr().err
     assert os.path.getmtime(out / "model.keras") == mtime
-    # --resume takes the saved settings and trains up to the new total.
-    assert run_cli("train", "--resume", "--out", out, "--steps", 8, "--verbose", "0") == 0
+    # --resume takes the saved settings and trains exactly up to the new total (7: the last
+    # epoch of --log-every 2 steps is cut short).
+    assert run_cli("train", "--resume", "--out", out, "--steps", 7, "--verbose", "0") == 0
     state = json.loads((out / "training_state.json").read_text())
-    assert state["step"] == 8 and [h["epoch"] for h in state["history"]] == [1, 2, 3, 4]
+    assert state["step"] == 7 and [h["epoch"] for h in state["history"]] == [1, 2, 3, 4]
     after = keras.saving.load_model(out / "model.keras")
-    assert int(after.optimizer.iterations) == 8
+    assert int(after.optimizer.iterations) == 7
     changed = [not np.array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
                for a, b in zip(before.backbone.weights, after.backbone.weights, strict=True)]
     assert any(changed)
     # Already at the total: nothing to do, checkpoint untouched.
     mtime = os.path.getmtime(out / "model.keras")
-    assert run_cli("train", "--resume", "--out", out, "--steps", 8) == 0
+    assert run_cli("train", "--resume", "--out", out, "--steps", 7) == 0
     assert os.path.getmtime(out / "model.keras") == mtime
 
 
@@ -166,6 +202,114 @@ def test_export_keeps_the_ema_samples(run_dir, tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@jax_pass_only
+def test_writers_refuse_to_replace_a_checkpoint_or_their_input(run_dir, tmp_path, capsys):
+    """`export RUN RUN/model.keras` replaced the run's checkpoint with a sampling-only copy
+    (no optimizer, no EMA): `--resume` then failed. Every writer refuses, before writing."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    names = ("model.keras", "training_state.json")
+    before = {n: (run / n).read_bytes() for n in names}
+    standalone = tmp_path / "model.keras"
+    shutil.copy(run / "model.keras", standalone)
+    for argv in (["export", run, run / "model.keras"],  # the run's checkpoint, its input
+                 ["export", standalone, standalone],  # its own input
+                 ["export", run, run / "training_state.keras"],  # its card: the run's state
+                 ["export", standalone, run / "model.keras"],  # another run's checkpoint
+                 ["evaluate", run, "--json", run / "training_state.json"],
+                 ["evaluate", run, "--card", run / "training_state.json"]):
+        assert run_cli(*argv) == 2, argv
+        assert "choose another output path" in error_line(capsys), argv
+    assert {n: (run / n).read_bytes() for n in names} == before
+
+
+def damage(path, how):
+    data = path.read_bytes()
+    middle = len(data) // 2
+    path.write_bytes({
+        "empty": b"",
+        "truncated": data[:middle],
+        "flipped": data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 64])
+        + data[middle + 64:],
+    }[how])
+
+
+@jax_pass_only
+@pytest.mark.parametrize("name, how", [("model.keras", "empty"), ("model.keras", "truncated"),
+                                       ("model.keras", "flipped"),
+                                       ("training_state.json", "truncated")])
+def test_a_damaged_checkpoint_gives_one_error_naming_the_file(run_dir, tmp_path, capsys, name,
+                                                              how):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    damage(run / name, how)
+    path = str(run / name)
+    exported = tmp_path / "sampler.keras"
+    commands = [["export", run, exported], ["train", "--resume", "--out", run, "--steps", 8]]
+    if name == "model.keras":
+        commands.append(["generate", run, "--class", 1, "--out", tmp_path / "v", *FAST])
+    for argv in commands:
+        assert run_cli(*argv) == 2, argv
+        err = error_line(capsys)
+        what = err.replace(path, "FILE")  # the tmp folder's name holds "damaged" too
+        assert "FILE" in what and re.search("empty|truncated|corrupt|damaged", what), err
+    assert not exported.exists()  # checked before anything is written
+    # The loaders raise a ValueError naming the file.
+    from keras_hpdm.callbacks import load_training_checkpoint, read_training_state
+
+    load = read_training_state if name == "training_state.json" else load_training_checkpoint
+    with pytest.raises(ValueError, match=re.escape(path)):
+        load(run)
+
+
+@jax_pass_only
+def test_diverging_training_stops_and_keeps_no_nan_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(*TRAIN, "--steps", 4, "--lr", "1e30", "--out", out) == 2
+    err = error_line(capsys)
+    assert "training diverged" in err and "try a lower --lr" in err
+    if (out / "model.keras").exists():  # only a checkpoint from before the divergence
+        model = keras.saving.load_model(out / "model.keras")
+        assert all(np.isfinite(w).all() for w in model.get_weights())
+        assert "is kept" in err
+    else:
+        assert "no checkpoint was written" in err
+
+
+@jax_pass_only
+def test_a_model_file_never_makes_generate_download(tmp_path, capsys, monkeypatch):
+    """A checkpoint naming an `hf://` text encoder made `generate` try the network for a
+    minute: downloads need --allow-download, and failing ones say what to do instead."""
+    import keras_hub
+    import requests
+
+    import keras_hpdm
+    from keras_hpdm.backbones import RINBackbone
+    from keras_hpdm.conditioning import KerasHubTextEncoder
+
+    calls = []
+
+    def offline(cls, preset, **kwargs):
+        calls.append(preset)
+        raise requests.exceptions.ProxyError("Unable to connect to proxy")
+
+    monkeypatch.setattr(keras_hub.models.Backbone, "from_preset", classmethod(offline))
+    backbone = RINBackbone.from_preset("tiny", pyramid=keras_hpdm.PyramidSpec((2, 8, 8), 2),
+                                       text_dim=8)
+    model = keras_hpdm.PatchDiffusionModel(
+        backbone, text_encoder=KerasHubTextEncoder("hf://someone/t5", sequence_length=4))
+    path = tmp_path / "t2v.keras"
+    model.save(path)
+    generate = ["generate", path, "--prompt", "a cat", "--out", tmp_path / "v", *FAST]
+    assert run_cli(*generate) == 2
+    err = error_line(capsys)
+    assert "downloads are off" in err and "--allow-download" in err and calls == []
+    assert run_cli(*generate, "--allow-download") == 2
+    err = error_line(capsys)
+    assert calls == ["hf://someone/t5"]
+    assert "could not be downloaded" in err and "local directory" in err
+
+
 def test_prepare_then_train_on_shards(tmp_path):
     shards = tmp_path / "shards"
     assert run_cli("prepare", DATA, shards, "--shards", 2, "--labels", "auto") == 0
@@ -175,8 +319,10 @@ def test_prepare_then_train_on_shards(tmp_path):
     out = tmp_path / "run"
     argv = TRAIN[:]
     argv[1] = str(shards)
-    assert run_cli(*argv, "--steps", 2, "--out", out) == 0
-    assert json.loads((out / "training_state.json").read_text())["step"] == 2
+    # 3 steps in epochs of --log-every 2: exactly 3 (the last epoch is shorter), not 4.
+    assert run_cli(*argv, "--steps", 3, "--out", out) == 0
+    state = json.loads((out / "training_state.json").read_text())
+    assert state["step"] == 3 and [h["epoch"] for h in state["history"]] == [1, 2]
 
 
 def test_demo_generates_digits_with_the_bundled_model(tmp_path):
@@ -248,3 +394,30 @@ def test_help_lists_every_command(capsys):
     text = capsys.readouterr().out
     for command in ("demo", "train", "generate", "prepare", "export", "pyramid", "info"):
         assert command in text
+
+
+@jax_pass_only
+def test_a_data_error_during_training_is_one_line(monkeypatch, capsys):
+    """The data pipeline's failure budget fires inside TensorFlow mid-run: the CLI prints
+    its message on one line (exit 2), while any other error keeps its traceback."""
+    import tensorflow as tf
+
+    from keras_hpdm.cli import info
+
+    message = ("keras_hpdm.data: 50 clips in a row failed to decode (FAILURE_BUDGET=50) in "
+               "a/b. Fix or remove these files: a/b/c.mp4: too short")
+
+    def fail(args):
+        raise tf.errors.InvalidArgumentError(None, None, f"assertion failed: [{message}]\n\t "
+                                             "[[{{node Assert}}]] [Op:IteratorGetNext]")
+
+    monkeypatch.setattr(info, "run", fail)
+    assert run_cli("info") == 2
+    assert error_line(capsys).strip() == f"keras-hpdm info: error: {message}"
+
+    def crash(args):
+        raise RuntimeError("a library bug")
+
+    monkeypatch.setattr(info, "run", crash)
+    with pytest.raises(RuntimeError, match="a library bug"):
+        run_cli("info")

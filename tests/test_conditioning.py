@@ -79,19 +79,18 @@ def two_class_toy(num, seed):
     }
 
 
-@pytest.mark.skipif(
-    keras.config.backend() != "jax",
-    reason="512 steps separate the classes from JAX's initialisation only: from TensorFlow's "
-    "and torch's, class 0 still came out dark on top (measured); a longer run is too slow "
-    "for CI on those backends (issue 13 remains open on this)")
 def test_trained_model_draws_what_its_class_asks(single_thread_torch):
     """A tiny model trained a few hundred steps on a toy whose class decides the content
-    (bright top vs bright bottom) generates the right content for each class."""
+    (bright top vs bright bottom) generates the right content for each class, on every
+    backend. The class only matters where noise hides the content, so training noise is
+    centred higher than EDM's default (`p_mean=0.5`). Measured: at the default noise the
+    classes separated only after 550-650 steps (later on torch), with or without adaptive
+    norms; at `p_mean=0.5`, by 256 steps on every backend."""
     keras.utils.set_random_seed(0)
     backbone = RINBackbone.from_preset("tiny", pyramid=SPEC, num_classes=2, channels=1)
-    model = keras_hpdm.PatchDiffusionModel(backbone, seed=0, ema_half_life=50)
+    model = keras_hpdm.PatchDiffusionModel(backbone, seed=0, ema_half_life=50, p_mean=0.5)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
-    model.fit(two_class_toy(512, seed=1), batch_size=32, epochs=32, verbose=0)  # 512 steps
+    model.fit(two_class_toy(512, seed=1), batch_size=32, epochs=20, verbose=0)  # 320 steps
     videos = model.generate([0, 0, 0, 1, 1, 1], num_steps=16, seed=0, verbose=0)
     gray = videos[..., 0].astype(np.float32)
     half = SPEC.target_size[1] // 2

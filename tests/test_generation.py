@@ -206,3 +206,27 @@ def test_bad_arguments(model):
     with pytest.raises(ValueError, match="Class ids"):
         unconditional.generate([1], verbose=0)
     assert keras.config.backend() in ("jax", "tensorflow", "torch")
+
+
+def test_bad_numeric_arguments(model):
+    """NaN / Inf / floats fail up front naming the argument (issue 14): an infinite or NaN
+    guidance weight used to return all-black videos, a float step count or class id a
+    `'float' object is not iterable`."""
+    cases = [
+        ({"guidance_scale": float("inf")}, r"`guidance_scale` must be a finite number >= 0"),
+        ({"guidance_scale": float("nan")}, r"`guidance_scale` must be a finite number >= 0"),
+        ({"num_steps": 2.5}, r"`num_steps` must be a positive int or 2 positive ints"),
+        ({"num_steps": (4, float("nan"))}, r"`num_steps\[1\]` must be an integer >= 1"),
+        ({"num_samples": 1.5}, r"`num_samples` must be an integer >= 1 or None"),
+        ({"num_levels": True}, r"`num_levels` must be an integer in \[1, 2\]"),
+        ({"tile_batch_size": 2.0}, r"`tile_batch_size` must be an integer >= 1"),
+        ({"overlap": (0.5, float("nan"), 0.0)}, r"`overlap\[1\]` must be a finite number in"),
+        ({"verbose": 3}, r"`verbose` must be one of"),
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(ValueError, match=match):
+            model.generate([0], **{"verbose": 0, "num_steps": 2, **kwargs})
+    with pytest.raises(TypeError, match="`conditions` must be None, a class id"):
+        model.generate(3.0, num_steps=2, verbose=0)
+    with pytest.raises(TypeError, match="`conditions` must be None, a class id"):
+        model.generate([1, 2.0], verbose=0)

@@ -82,6 +82,28 @@ class CropResampleTest(TestCase):
             run_training_check=False,
         )
 
+    def test_bad_boxes(self):
+        """Concrete boxes (numpy or eager tensors) outside the input, with non-positive
+        extents, NaN, or a batch size other than the features' fail naming `boxes`
+        (issue 14); they used to be clamped or propagated without a word."""
+        features = np.ones((2, 2, 4, 4, 1), "float32")
+        good = np.array([[0.0, 0.25, 0.5, 1.0, 0.5, 0.5]] * 2, "float32")
+        layer = CropResample((2, 2, 2))
+        for column, value in [(0, -0.1), (1, 0.75), (4, 0.0), (5, -0.5), (2, np.nan),
+                              (3, np.inf)]:
+            bad = good.copy()
+            bad[1, column] = value
+            for boxes in (bad, ops.convert_to_tensor(bad)):
+                with pytest.raises(ValueError, match=r"`boxes` must be finite.*box 1 is"):
+                    layer(features, boxes)
+        with pytest.raises(ValueError, match="same batch size.*got 2 and 3"):
+            layer(features, np.concatenate([good, good[:1]]))
+        # Without the check, positions clamp to the border cells (what traced calls do).
+        unchecked = CropResample((2, 2, 2), check_boxes=False)
+        out = unchecked(features, np.array([[-1.0, -1.0, 0.5, 3.0, 3.0, 1.0]] * 2, "float32"))
+        self.assertAllClose(out, np.ones((2, 2, 2, 2, 1)))
+        self.assertFalse(CropResample.from_config(unchecked.get_config()).check_boxes)
+
     def test_bad_arguments(self):
         with pytest.raises(ValueError, match="output_size"):
             CropResample((2, 2))
@@ -252,9 +274,31 @@ def np_attention(layer, query, context=None):
     return np.stack(out)
 
 
-def np_rin_block(block, tokens, latents):
-    """RIN read / K x latent self-attention / write, pre-LN residual (Jabri et al. 2023)."""
-    ln = np_layer_norm
+def np_rin_block(block, tokens, latents, cond=None):
+    """RIN read / K x latent self-attention / write, pre-LN residual (Jabri et al. 2023);
+    with `cond`, each norm's output is scaled and shifted by `Dense(SiLU(RMSNorm(cond)))` (the
+    pairs in order: read z, read x, read MLP, (attention, MLP) per latent layer, write x,
+    write z, write MLP)."""
+    pairs = []
+    if cond is not None:
+        cond = cond / np.sqrt(np.mean(cond**2, -1, keepdims=True) + 1e-6)
+        params = np_dense(cond / (1.0 + np.exp(-cond)), block.modulation)[:, None, :]
+        start = 0
+        for width in ([latents.shape[-1], tokens.shape[-1], latents.shape[-1]]
+                      + [latents.shape[-1]] * 2 * block.num_latent_layers
+                      + [tokens.shape[-1], latents.shape[-1], tokens.shape[-1]]):
+            pairs.append((params[..., start:start + width],
+                          params[..., start + width:start + 2 * width]))
+            start += 2 * width
+    mods = iter(pairs)
+
+    def ln(v, norm):
+        y = np_layer_norm(v, norm)
+        if cond is None:
+            return y
+        scale, shift = next(mods)
+        return y * (1.0 + scale) + shift
+
     x, z = tokens, latents
     z = z + np_attention(block.read_attn, ln(z, block.read_norm_z), ln(x, block.read_norm_x))
     z = z + np_mlp(ln(z, block.read_mlp_norm), block.read_mlp)
@@ -323,13 +367,23 @@ class NumpyReferenceTest(TestCase):
         tokens = rng.normal(size=(2, 6, 8)).astype("float32")
         latents = rng.normal(size=(2, 3, 4)).astype("float32")
         block = RINBlock(num_latent_layers=2, num_heads=2, mlp_ratio=2, data_mlp_ratio=3)
-        block(tokens, latents)
+        cond = rng.normal(size=(2, 5)).astype("float32")
+        # The adaptive norms start at zero: a new block ignores `cond`.
+        for got, want in zip(block(tokens, latents, cond), block(tokens, latents),
+                             strict=True):
+            self.assertAllClose(got, want, atol=0, rtol=0)
         randomize(block, seed=2, scale=0.4)
-        want_x, want_z = np_rin_block(block, tokens.astype(np.float64),
-                                      latents.astype(np.float64))
-        got_x, got_z = block(tokens, latents)
-        self.assertAllClose(got_x, want_x, atol=1e-4, rtol=1e-4)
-        self.assertAllClose(got_z, want_z, atol=1e-4, rtol=1e-4)
+        for c in (None, cond):
+            want_x, want_z = np_rin_block(
+                block, tokens.astype(np.float64), latents.astype(np.float64),
+                None if c is None else c.astype(np.float64))
+            got_x, got_z = block(tokens, latents, c)
+            self.assertAllClose(got_x, want_x, atol=1e-4, rtol=1e-4)
+            self.assertAllClose(got_z, want_z, atol=1e-4, rtol=1e-4)
+        # Randomised, the condition changes both outputs.
+        moved = [np.abs(n(a) - n(b)).mean() for a, b in
+                 zip(block(tokens, latents, cond), block(tokens, latents), strict=True)]
+        self.assertGreater(min(moved), 1e-2)
 
     def test_sigma_features_and_mlp_match_numpy(self):
         sigma = np.array([[0.002, 0.05, 0.3], [1.0, 7.0, 80.0]], "float32")

@@ -34,8 +34,9 @@ from keras_hpdm.backbones import RINBackbone
 
 class FixedNoiseModel(keras_hpdm.PatchDiffusionModel):
     # The model's own loss, with each example's sigma and noise taken from `y`, which Keras
-    # splits across replicas with `x`. (tf.distribute replicas each draw from the same seed
-    # state, so the model's own noise cannot equal a one-device draw on the global batch.)
+    # splits across replicas with `x`. (tf.distribute replicas each draw their own noise for
+    # their shard, so the model's own noise cannot equal a one-device draw on the global
+    # batch.)
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         self._fixed = y
         try:
@@ -124,13 +125,6 @@ OUTPUTS = {**report("single", single), **report("dist", dist),
 
 
 @subprocess_test
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="Library bug: PatchDiffusionModel.compute_loss returns the per-replica loss "
-           "unscaled (Keras' own compute_loss divides it by the replica count), so under "
-           "tf.distribute the replicas' gradients are summed (updates x2 here) and the "
-           "reported loss is multiplied by the replica count. Remove this mark with the fix.",
-)
 def test_tensorflow_mirrored_strategy_on_2_cpus():
     code = """
 import tensorflow as tf
@@ -141,7 +135,11 @@ strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 _, initial, single = build_and_train(batch_size=4, fixed_noise=True)
 with strategy.scope():
     model, _, dist = build_and_train(batch_size=4, weights=initial, fixed_noise=True)
+# The model's own noise: each replica draws its own (they hold different examples).
+draws = strategy.experimental_local_results(strategy.run(
+    lambda: keras.random.normal((64,), seed=model.seed_generator)))
 OUTPUTS = {**report("single", single), **report("dist", dist),
+           "replica_noise": np.stack([np.asarray(d) for d in draws]),
            "replicas": strategy.num_replicas_in_sync,
            "mirrored": isinstance(model.backbone.trainable_weights[0].value,
                                   tf.distribute.DistributedValues)}
@@ -149,6 +147,8 @@ OUTPUTS = {**report("single", single), **report("dist", dist),
     out = run_in_backends(code, ["tensorflow"], inputs=batch())["tensorflow"]
     assert int(out["replicas"]) == 2
     assert bool(out["mirrored"])
+    first, second = out["replica_noise"]
+    assert abs(np.corrcoef(first, second)[0, 1]) < 0.5, "replicas drew the same noise"
     assert_same_training(out)
 
 

@@ -1,5 +1,5 @@
 """PatchDiffusionModel saving: `.keras` round trips (across backends too) and checkpointing
-during `fit` (ModelCheckpoint, BackupAndRestore)."""
+during `fit` (ModelCheckpoint, BackupAndRestore, TrainingCheckpoint's NaN guard)."""
 
 import json
 import os
@@ -71,6 +71,32 @@ class InterruptAt(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == self.epoch:
             raise Interrupt(f"simulated crash at epoch {epoch}")
+
+
+class PoisonSecondEpoch(keras.callbacks.Callback):
+    """Puts a NaN in a weight as the second epoch of a `fit` begins: the model diverges."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs += 1
+        if self.epochs == 2:
+            weight = self.model.backbone.trainable_weights[0]
+            value = np.array(ops.convert_to_numpy(weight.value))
+            value.flat[0] = np.nan
+            weight.assign(value)
+
+
+def training_data():
+    rng = np.random.default_rng(3)
+    return {
+        "patches": rng.uniform(-1, 1, (4, 2) + SPEC.patch_size + (3,)).astype("float32"),
+        "coords": np.stack([SPEC.coords_from_offsets(SPEC.sample_offsets(i))
+                            for i in range(4)]),
+        "label": np.array([0, 1, 1, 0], "int32"),
+    }
 
 
 class WeightsAtEpochEnd(keras.callbacks.Callback):
@@ -157,15 +183,41 @@ OUTPUTS = {{"live": live, "ema": ema,
                                        err_msg=backend)
             self.assertEqual(float(out["ema_step"]), 17.0)
 
+    def test_training_checkpoint_never_saves_nan_weights(self):
+        """As TerminateOnNaN: a diverged epoch stops training, and the checkpoint on disk
+        stays the last finite one."""
+        from keras_hpdm.callbacks import TrainingCheckpoint, read_training_state
+
+        model = self.model
+        if not model.compiled:  # else reuse the train step test_checkpoint_and_resume built
+            model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+            model.optimizer.build(model.trainable_variables)
+        start = numpy_state(all_state(model))
+        first_step = int(ops.convert_to_numpy(model.optimizer.iterations))
+        directory = os.path.join(self.get_temp_dir(), "run")
+        checkpoint = TrainingCheckpoint(directory, verbose=0)
+        try:
+            # (After BackupAndRestore, the model may start at a later epoch: Keras keeps it.)
+            history = model.fit(training_data(), batch_size=2, epochs=4, shuffle=False,
+                                verbose=0, callbacks=[PoisonSecondEpoch(), checkpoint])
+            with self.assertRaisesRegex(ValueError, "NaN/Inf"):
+                checkpoint.save(2)
+        finally:
+            for v, value in zip(all_state(model), start, strict=True):
+                v.assign(value)
+        self.assertLen(history.history["loss"], 2)  # stopped after the diverged epoch
+        self.assertIn("training diverged", checkpoint.stopped_reason)
+        self.assertIn(f"the checkpoint of step {first_step + 2} is kept",
+                      checkpoint.stopped_reason)
+        state = read_training_state(directory)
+        self.assertEqual((state["epoch"], state["step"]), (history.epoch[0] + 1, first_step + 2))
+        self.assertLen(state["history"], 1)
+        restored = keras.saving.load_model(os.path.join(directory, "model.keras"))
+        self.assertAllFinite(restored.get_weights())
+
     def test_checkpoint_and_resume(self):
         model = self.model
-        rng = np.random.default_rng(3)
-        data = {
-            "patches": rng.uniform(-1, 1, (4, 2) + SPEC.patch_size + (3,)).astype("float32"),
-            "coords": np.stack([SPEC.coords_from_offsets(SPEC.sample_offsets(i))
-                                for i in range(4)]),
-            "label": np.array([0, 1, 1, 0], "int32"),
-        }
+        data = training_data()
         # Momentum: the optimizer has state of its own that a resume must restore.
         model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
         model.optimizer.build(model.trainable_variables)  # its state is part of the snapshot

@@ -318,6 +318,41 @@ def test_mixed_precision_trains(policy, float32_run):
         np.linalg.norm(update - reference) / np.linalg.norm(reference))
 
 
+def batch_generator(batches):
+    """A Python generator yielding `batches` (dicts) in `(x,)` tuples, then repeating."""
+    while True:
+        for batch in batches:
+            yield (batch,)
+
+
+class BatchPyDataset(keras.utils.PyDataset):
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        return (self.batches[index],)
+
+
+def test_fit_on_generator_and_py_dataset():
+    """`fit` on a Python generator and on a PyDataset trains on every backend (issue 14:
+    under TensorFlow their unknown batch size broke the loss's reshape)."""
+    spec = keras_hpdm.PyramidSpec((1, 4, 4), 2)  # the smallest train step: quick to compile
+    backbone = RINBackbone.from_preset("tiny", pyramid=spec, num_blocks=1, num_latent_layers=0)
+    model = keras_hpdm.PatchDiffusionModel(backbone, seed=SEED)
+    model.compile(optimizer=keras.optimizers.SGD(1e-3))
+    offsets = [spec.sample_offsets(seed) for seed in range(2)]
+    batch = {"patches": np.random.default_rng(0).uniform(-1, 1, (2, 2, 1, 4, 4, 3)),
+             "coords": np.stack([spec.coords_from_offsets(o) for o in offsets])}
+    for source in (batch_generator([batch]), BatchPyDataset([batch])):
+        history = model.fit(source, steps_per_epoch=1, epochs=1, verbose=0, shuffle=False)
+        assert np.isfinite(history.history["loss"]).all()
+    assert float(ops.convert_to_numpy(model.ema_step.value)) == 2.0
+
+
 class BadInputTest(TestCase):
     """Bad batches fail with an error that names what is wrong."""
 
@@ -386,6 +421,33 @@ class BadInputTest(TestCase):
         ds = tf.data.Dataset.from_tensor_slices({**self.batch, "patches": patches}).batch(4)
         with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "NaN or Inf"):
             list(batch_checks.prepare_inputs(self.model, ds))
+
+    def test_nan_in_coords_and_sample_weight(self):
+        coords = self.batch["coords"].copy()
+        coords[1, 1, 4] = np.nan
+        with self.assertRaisesRegex(ValueError, "`coords` contains NaN or Inf"):
+            self.fit(coords=coords)
+        with self.assertRaisesRegex(ValueError, r"`coords` .* must be in \[0, 1\]"):
+            self.fit(coords=self.batch["coords"] + 1.0)
+        with self.assertRaisesRegex(ValueError, "`sample_weight` must be finite"):
+            self.model.fit(self.batch, sample_weight=np.array([1, np.nan, 1, 1]), batch_size=4,
+                           epochs=1, verbose=0)
+        ds = tf.data.Dataset.from_tensor_slices({**self.batch, "coords": coords}).batch(4)
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "`coords` contains NaN"):
+            list(batch_checks.prepare_inputs(self.model, ds))
+
+    def test_nan_in_generator_and_py_dataset(self):
+        """Python generators and PyDatasets are checked batch by batch (issue 14): a NaN
+        patch or coordinate used to be trained on, turning every weight to NaN. (Under JAX
+        a batch rejected in the first step must not leave the variables detached, reading
+        as their initializers: tearDown reads them.)"""
+        for key, index in (("patches", (2, 1, 0, 3, 4, 1)), ("coords", (1, 1, 4))):
+            bad = {k: v.copy() for k, v in self.batch.items()}
+            bad[key][index] = np.nan
+            for source in (batch_generator([bad, self.batch]), BatchPyDataset([bad])):
+                with self.assertRaisesRegex(ValueError, f"`{key}` contains NaN or Inf"):
+                    self.model.fit(source, steps_per_epoch=1, epochs=1, verbose=0,
+                                   shuffle=False)
 
     def test_text_for_class_conditional_model(self):
         with self.assertRaisesRegex(ValueError, r"not text-conditional.*\[0, 1\]"):

@@ -272,3 +272,21 @@ def test_bad_inputs():
         spec.extract(video, np.array([[0, 0, 0], [2, 4, 4], [0, 0, 0]]))
     with pytest.raises(ValueError, match="level"):
         spec.level_size(3)
+
+
+def test_size_limits():
+    """A pyramid too deep for any machine fails at construction, naming the limit (issue 14):
+    `PyramidSpec((2, 8, 8), 200)` used to be accepted (target sizes ~1e60), and 9 levels of
+    (4, 16, 16) patches ran out of memory only after 50 s."""
+    from keras_hpdm.pyramid import MAX_TARGET_SIZE, MAX_TARGET_VOXELS
+
+    with pytest.raises(ValueError, match=f"`num_levels`=200 is too deep.*{MAX_TARGET_SIZE}"):
+        PyramidSpec((2, 8, 8), 200)
+    with pytest.raises(ValueError, match=f"target height would be 32768.*{MAX_TARGET_SIZE}"):
+        PyramidSpec((1, 32, 32), 11, pyramid_time=False)
+    with pytest.raises(ValueError, match=rf"\(1024, 4096, 4096\).*{MAX_TARGET_VOXELS}"):
+        PyramidSpec((4, 16, 16), 9)
+    # At the limits, and without time pyramiding, deep spatial pyramids stay allowed.
+    assert PyramidSpec((1, 16, 16), 11, pyramid_time=False).target_size == (1, 16384, 16384)
+    assert PyramidSpec((4, 16, 16), 9, pyramid_time=False).target_size == (4, 4096, 4096)
+    assert PyramidSpec((1, 1, 1), 11).target_size == (1024,) * 3  # exactly 2**30 voxels

@@ -187,6 +187,42 @@ def test_bad_arguments(minilm, tmp_path):
 
 # ------------------------------------------------------------------ keras-hub presets
 
+
+def test_remote_presets_download_only_when_allowed(monkeypatch):
+    """A preset that is not a local directory downloads only on request (an encoder a model
+    file names must not reach the network by itself), and a failed download says how to
+    use a local directory instead of raising the network library's error."""
+    import requests
+
+    from keras_hpdm.conditioning import set_allow_download
+
+    calls = []
+
+    def offline(cls, preset, **kwargs):
+        calls.append(preset)
+        raise requests.exceptions.ProxyError("Unable to connect to proxy")
+
+    monkeypatch.setattr(keras_hub.models.Backbone, "from_preset", classmethod(offline))
+    config = keras.saving.serialize_keras_object(KerasHubTextEncoder("t5_small_multi"))
+    from_file = keras.saving.deserialize_keras_object(config)
+    for encoder in (from_file, KerasHubTextEncoder("hf://someone/t5"),
+                    get_text_encoder("t5_small_multi")):
+        with pytest.raises(ValueError, match="downloads are off.*allow_download=True"):
+            encoder.encode("a")
+    assert calls == []
+    with pytest.raises(ValueError, match="could not be downloaded.*local directory"):
+        KerasHubTextEncoder("t5_small_multi", allow_download=True).encode("a")
+    previous = set_allow_download(True)
+    try:
+        with pytest.raises(ValueError, match="could not be downloaded"):
+            from_file.encode("a")
+    finally:
+        set_allow_download(previous)
+    assert calls == ["t5_small_multi"] * 2
+    with pytest.raises(TypeError, match="allow_download"):
+        KerasHubTextEncoder("t5_small_multi", allow_download="yes")
+
+
 WORDS = "a cat dog runs on the beach video of red car".split()
 
 

@@ -8,7 +8,7 @@ from keras import ops
 from keras_hpdm.backbones.levels_schedule import resolve_levels_per_block
 from keras_hpdm.layers.class_embedding import ClassEmbedding
 from keras_hpdm.layers.sigma_embedding import SigmaEmbedding
-from keras_hpdm.pyramid import PyramidSpec
+from keras_hpdm.pyramid import PyramidSpec, check_int
 
 
 def fold_levels(x):
@@ -40,13 +40,17 @@ class HPDMBackbone(keras.Model):
 
     def __init__(self, pyramid, num_blocks, levels_per_block="linear", channels=3,
                  num_classes=None, text_dim=None, cond_dim=256, **kwargs):
+        # Keras would cast every float input to the compute dtype, `sigma` included, before
+        # it reaches the float32 `SigmaEmbedding` (half precision merges noise levels ~0.4%
+        # apart); sub-layers still cast their own inputs.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         if isinstance(pyramid, dict):
             pyramid = keras.saving.deserialize_keras_object(pyramid)
         if not isinstance(pyramid, PyramidSpec):
             raise TypeError(f"`pyramid` must be a keras_hpdm.PyramidSpec, got {pyramid!r}.")
         self.pyramid = pyramid
-        self.num_blocks = int(num_blocks)
+        self.num_blocks = check_int("num_blocks", num_blocks, low=1)
         self.levels_per_block = resolve_levels_per_block(
             levels_per_block, self.num_blocks, pyramid.num_levels
         )
@@ -54,12 +58,10 @@ class HPDMBackbone(keras.Model):
             list(levels_per_block) if isinstance(levels_per_block, (list, tuple))
             else levels_per_block
         )
-        self.channels = int(channels)
-        if num_classes is not None and (isinstance(num_classes, bool) or num_classes < 1):
-            raise ValueError(f"`num_classes` must be None or a positive int, got {num_classes}.")
-        self.num_classes = num_classes
-        self.text_dim = text_dim
-        self.cond_dim = int(cond_dim)
+        self.channels = check_int("channels", channels, low=1)
+        self.num_classes = check_int("num_classes", num_classes, low=1, allow_none=True)
+        self.text_dim = check_int("text_dim", text_dim, low=1, allow_none=True)
+        self.cond_dim = check_int("cond_dim", cond_dim, low=1)
         # Every condition joins the noise features before the shared MLP (EDM/ADM), at
         # their unit scale; see `SigmaEmbedding`.
         self.sigma_embedding = SigmaEmbedding(self.cond_dim, name="sigma_embedding")

@@ -3,12 +3,16 @@
 import math
 import numbers
 
+from keras_hpdm.pyramid import check_int
+
 
 def linear_levels_per_block(num_blocks, num_levels):
     """The paper's allocation: levels grow linearly with block index, last block runs all.
 
     `linear_levels_per_block(6, 3) == (1, 1, 2, 2, 3, 3)`.
     """
+    num_blocks = check_int("num_blocks", num_blocks, low=1)
+    num_levels = check_int("num_levels", num_levels, low=1)
     return tuple(math.ceil((b + 1) * num_levels / num_blocks) for b in range(num_blocks))
 
 

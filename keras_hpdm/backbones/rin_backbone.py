@@ -9,6 +9,7 @@ from keras_hpdm.layers.class_embedding import ClassEmbedding
 from keras_hpdm.layers.deep_context_fusion import DeepContextFusion
 from keras_hpdm.layers.patch_tokenizer import PatchDetokenizer, PatchTokenizer
 from keras_hpdm.layers.rin_block import RINBlock
+from keras_hpdm.pyramid import AXES, check_int, check_int_tuple, check_number
 
 
 @keras.saving.register_keras_serializable(package="keras_hpdm")
@@ -19,7 +20,8 @@ class RINBackbone(HPDMBackbone):
     latents; conditioning enters as extra latent tokens: the noise-level vector (which also
     carries class and pooled text), the class on a token of its own, and the text tokens.
     Each is layer-normalised before attention, so a class weighs as much as the noise level
-    however large the noise embedding grows in training. Block
+    however large the noise embedding grows in training. The noise-level vector also
+    modulates every layer norm of every block (adaptive norms, see `RINBlock`). Block
     `b` runs the first `levels_per_block[b]` levels (levels folded into the batch) after a
     deep context fusion of their data tokens; levels never attend to each other, so
     information flows coarse -> fine only, through DCF.
@@ -41,6 +43,8 @@ class RINBackbone(HPDMBackbone):
         num_classes: number of classes for class conditioning (None: unconditional).
         text_dim: width of text-encoder embeddings for text conditioning (None: no text).
         cond_dim: width of the noise-level/class conditioning vector.
+        adaptive_norms: modulate every block's layer norms by the conditioning vector
+            (see `RINBlock`); files saved before this option existed load with False.
 
     Example:
     ```python
@@ -75,6 +79,7 @@ class RINBackbone(HPDMBackbone):
         num_classes=None,
         text_dim=None,
         cond_dim=256,
+        adaptive_norms=True,
         **kwargs,
     ):
         super().__init__(
@@ -87,12 +92,14 @@ class RINBackbone(HPDMBackbone):
             cond_dim=cond_dim,
             **kwargs,
         )
+        num_heads = check_int("num_heads", num_heads, low=1)
         for name, dim in (("data_dim", data_dim), ("latent_dim", latent_dim)):
-            if dim % num_heads:
+            if check_int(name, dim, low=1) % num_heads:
                 raise ValueError(
                     f"`{name}` ({dim}) must be divisible by `num_heads` ({num_heads})."
                 )
-        self.tokenizer_patch = tuple(tokenizer_patch)
+        self.tokenizer_patch = check_int_tuple("tokenizer_patch", tokenizer_patch, 3,
+                                               labels=AXES)
         for axis, r, p in zip("fhw", pyramid.patch_size, self.tokenizer_patch, strict=True):
             if r % p:
                 raise ValueError(
@@ -100,8 +107,15 @@ class RINBackbone(HPDMBackbone):
                     f"size {pyramid.patch_size} (axis {axis})."
                 )
         self.data_dim, self.latent_dim = int(data_dim), int(latent_dim)
-        self.num_latents, self.num_latent_layers = int(num_latents), int(num_latent_layers)
-        self.num_heads, self.mlp_ratio = int(num_heads), mlp_ratio
+        if not isinstance(adaptive_norms, bool):
+            raise TypeError(f"`adaptive_norms` must be True or False, got {adaptive_norms!r}.")
+        self.adaptive_norms = adaptive_norms
+        self.num_latents = check_int("num_latents", num_latents, low=1)
+        self.num_latent_layers = check_int("num_latent_layers", num_latent_layers, low=0)
+        positive = dict(low=0.0, low_open=True)
+        check_number("mlp_ratio", mlp_ratio, **positive)
+        check_number("data_mlp_ratio", data_mlp_ratio, allow_none=True, **positive)
+        self.num_heads, self.mlp_ratio = num_heads, mlp_ratio
         self.data_mlp_ratio = data_mlp_ratio or mlp_ratio
         self.grid_size = tuple(
             r // p for r, p in zip(pyramid.patch_size, self.tokenizer_patch, strict=True)
@@ -180,6 +194,7 @@ class RINBackbone(HPDMBackbone):
             flat, z = self.blocks[b](
                 ops.reshape(fold_levels(fused), (-1, self.num_tokens, self.data_dim)),
                 fold_levels(latents[:, :n]),
+                fold_levels(cond[:, :n]) if self.adaptive_norms else None,
             )
             flat = unfold_levels(ops.reshape(flat, (-1,) + tuple(tokens.shape[2:])), n)
             z = unfold_levels(z, n)
@@ -206,4 +221,10 @@ class RINBackbone(HPDMBackbone):
             "num_heads": self.num_heads,
             "mlp_ratio": self.mlp_ratio,
             "data_mlp_ratio": self.data_mlp_ratio,
+            "adaptive_norms": self.adaptive_norms,
         }
+
+    @classmethod
+    def from_config(cls, config):
+        # Files written before adaptive norms existed hold no weights for them.
+        return super().from_config({"adaptive_norms": False, **config})

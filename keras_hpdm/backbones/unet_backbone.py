@@ -10,6 +10,15 @@ from keras_hpdm.layers.downsample3d import Downsample3D
 from keras_hpdm.layers.factorized_attention import FactorizedAttention
 from keras_hpdm.layers.unet_res_block import UNetResBlock
 from keras_hpdm.layers.upsample3d import Upsample3D
+from keras_hpdm.pyramid import check_int, check_number
+
+
+def _check_sequence(name, value, allow_empty=False):
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or (
+            not allow_empty and not len(value)):
+        raise ValueError(f"`{name}` must be a {'' if allow_empty else 'non-empty '}sequence "
+                         f"of integers, got {value!r}.")
+    return value
 
 
 @keras.saving.register_keras_serializable(package="keras_hpdm")
@@ -51,16 +60,23 @@ class UNet3DBackbone(HPDMBackbone):
                  num_res_blocks=2, attention_stages=(2,), num_heads=4, groups=8,
                  downsample_time=True, dropout=0.0, levels_per_block="linear", channels=3,
                  num_classes=None, text_dim=None, cond_dim=256, **kwargs):
-        num_stages = len(channel_multipliers)
+        num_stages = len(_check_sequence("channel_multipliers", channel_multipliers))
         super().__init__(pyramid=pyramid, num_blocks=2 * num_stages + 1,
                          levels_per_block=levels_per_block, channels=channels,
                          num_classes=num_classes, text_dim=text_dim, cond_dim=cond_dim, **kwargs)
-        self.base_channels = int(base_channels)
-        self.channel_multipliers = tuple(int(m) for m in channel_multipliers)
-        self.num_res_blocks = int(num_res_blocks)
-        self.attention_stages = tuple(int(s) for s in attention_stages)
-        self.num_heads, self.groups = int(num_heads), int(groups)
-        self.downsample_time, self.dropout = bool(downsample_time), float(dropout)
+        self.base_channels = check_int("base_channels", base_channels, low=1)
+        self.channel_multipliers = tuple(
+            check_int(f"channel_multipliers[{i}]", m, low=1)
+            for i, m in enumerate(channel_multipliers))
+        self.num_res_blocks = check_int("num_res_blocks", num_res_blocks, low=0)
+        self.attention_stages = tuple(
+            check_int(f"attention_stages[{i}]", s, low=0, high=num_stages - 1)
+            for i, s in enumerate(_check_sequence("attention_stages", attention_stages,
+                                                  allow_empty=True)))
+        self.num_heads = check_int("num_heads", num_heads, low=1)
+        self.groups = check_int("groups", groups, low=1)
+        self.downsample_time = bool(downsample_time)
+        self.dropout = check_number("dropout", dropout, low=0.0, high=1.0, high_open=True)
         widths = [self.base_channels * m for m in self.channel_multipliers]
         for width in widths:
             if width % self.groups or width % self.num_heads:
@@ -68,9 +84,6 @@ class UNet3DBackbone(HPDMBackbone):
                     f"Stage width {width} must be divisible by `groups` ({groups}) and "
                     f"`num_heads` ({num_heads})."
                 )
-        if any(not 0 <= s < num_stages for s in self.attention_stages):
-            raise ValueError(f"`attention_stages` must be in [0, {num_stages - 1}], got "
-                             f"{self.attention_stages}.")
         f, h, w = pyramid.patch_size
         factor = 2 ** (num_stages - 1)
         if h % factor or w % factor:

@@ -1,6 +1,13 @@
-"""Training callbacks: crash-safe checkpoints with resume state, periodic sample videos."""
+"""Training callbacks: crash-safe checkpoints with resume state, periodic sample videos,
+an exact step count."""
 
 from keras_hpdm.callbacks.sample_videos import SampleVideos
-from keras_hpdm.callbacks.training_checkpoint import TrainingCheckpoint
+from keras_hpdm.callbacks.stop_at_step import StopAtStep
+from keras_hpdm.callbacks.training_checkpoint import (
+    TrainingCheckpoint,
+    load_training_checkpoint,
+    read_training_state,
+)
 
-__all__ = ["SampleVideos", "TrainingCheckpoint"]
+__all__ = ["SampleVideos", "StopAtStep", "TrainingCheckpoint", "load_training_checkpoint",
+           "read_training_state"]

@@ -1,22 +1,144 @@
-"""Saves the whole model (weights, EMA, optimizer, noise state) atomically during `fit`."""
+"""Saves the whole model (weights, EMA, optimizer, noise state) atomically during `fit`, and
+loads such checkpoints back with clear errors for damaged files."""
 
 import json
+import math
 import os
+import shutil
 import time
+import zipfile
 
 import keras
+import numpy as np
 
 MODEL_NAME = "model.keras"
 STATE_NAME = "training_state.json"
+_CONFIG_NAME = "config.json"  # inside a .keras archive
+# Optimizers that the torch backend swaps for torch-only subclasses (TorchOptimizer.__new__);
+# a file must name the public class so that every backend can resume it.
+_BACKEND_OPTIMIZERS = ("Adadelta", "Adagrad", "Adam", "Adamax", "AdamW", "Lion", "Nadam",
+                       "RMSprop", "SGD")
 
 
 def read_training_state(directory):
-    """The `training_state.json` of a checkpoint folder, or None if it has no checkpoint."""
+    """The `training_state.json` of a checkpoint folder, or None if it has no checkpoint.
+
+    Raises:
+        ValueError: naming the file, when it is not a JSON object with an integer `step`
+            and `epoch` (a damaged or hand-edited state).
+    """
     path = os.path.join(directory, STATE_NAME)
     if not os.path.isfile(os.path.join(directory, MODEL_NAME)) or not os.path.isfile(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            state = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is damaged (not valid JSON: {e}); restore it or start a new "
+                         "run in another folder.") from None
+    _check_state(state, path)
+    return state
+
+
+def _state_problem(state):
+    if not isinstance(state, dict):
+        return "not a JSON object"
+    for name in ("step", "epoch"):
+        value = state.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"`{name}` must be an integer >= 0, got {value!r}"
+    for name, kind in (("history", list), ("args", dict)):  # optional
+        if not isinstance(state.get(name, kind()), kind):
+            return f"`{name}` must be a JSON {kind.__name__}, got {state[name]!r}"
+    return None
+
+
+def _check_state(state, path):
+    problem = _state_problem(state)
+    if problem is not None:
+        raise ValueError(f"{path} is damaged ({problem}); restore it or start a new run in "
+                         "another folder.")
+
+
+def _check_keras_archive(path):
+    """Checks every entry's checksum before Keras reads it: a damaged file would otherwise
+    fail deep inside Keras (BadZipFile, "File not found") or load corrupt weights."""
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path} is empty (an interrupted copy or save?): not a .keras model.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            names = set(archive.namelist())
+    except Exception as e:  # whatever breaks reading the archive, the file is damaged
+        raise ValueError(f"{path} is truncated or corrupt, not a readable .keras model "
+                         f"({type(e).__name__}: {e}).") from None
+    if bad is not None:
+        raise ValueError(f"{path} is corrupt: its entry {bad!r} fails its checksum.")
+    if _CONFIG_NAME not in names:
+        raise ValueError(f"{path} is not a .keras model (a zip without {_CONFIG_NAME}).")
+
+
+def load_training_checkpoint(path, compile=True):
+    """Loads a `.keras` model file (or a checkpoint folder's `model.keras`), checked first.
+
+    Unlike `keras.saving.load_model`, a damaged file gives one clear error naming it, and a
+    checkpoint written under the torch backend (whose file may name a torch-only optimizer
+    class) resumes under every backend.
+
+    Args:
+        path: a `.keras` file or a folder holding `model.keras`.
+        compile: restore the optimizer (and its state) too, to continue training.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: naming the file, when it is empty, truncated, corrupt or not a model.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, MODEL_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist.")
+    _check_keras_archive(path)
+    # By name, these take precedence over the module a torch-written file records.
+    optimizers = {name: getattr(keras.optimizers, name) for name in _BACKEND_OPTIMIZERS}
+    try:
+        return keras.saving.load_model(path, compile=compile, custom_objects=optimizers)
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} could not be loaded as a model: {e}") from e
+
+
+def _public_optimizers(config):
+    """`config` with backend-specific optimizer classes replaced by the public ones."""
+    if isinstance(config, list):
+        return [_public_optimizers(v) for v in config]
+    if not isinstance(config, dict):
+        return config
+    out = {k: _public_optimizers(v) for k, v in config.items()}
+    if (str(out.get("module", "")).startswith("keras.src.backend.")
+            and out.get("class_name") in _BACKEND_OPTIMIZERS):
+        out.update(module="keras.optimizers", registered_name=None)
+    return out
+
+
+def _make_backend_neutral(path):
+    """Rewrites a just-saved `.keras` file so its optimizer is the public Keras class (the
+    torch backend saves a torch-only one that JAX/TensorFlow cannot resume)."""
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read(_CONFIG_NAME))
+    public = _public_optimizers(config)
+    if public == config:
+        return
+    tmp = f"{path}.neutral"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(tmp, "w") as target:
+        for info in source.infolist():
+            entry = zipfile.ZipInfo(info.filename, info.date_time)  # fresh: writing mutates it
+            entry.compress_type = info.compress_type
+            if info.filename == _CONFIG_NAME:
+                target.writestr(entry, json.dumps(public))
+                continue
+            with source.open(info) as src, target.open(entry, "w", force_zip64=True) as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+    os.replace(tmp, path)
 
 
 def _atomic_json(path, data):
@@ -26,15 +148,37 @@ def _atomic_json(path, data):
     os.replace(tmp, path)
 
 
+def _non_finite_logs(logs):
+    bad = [k for k, v in logs.items() if not math.isfinite(v)]
+    return f"the {bad[0]} is {logs[bad[0]]}" if bad else None
+
+
+def _non_finite_variable(model):
+    """The path of the first float variable (model or optimizer) holding NaN/Inf, or None."""
+    optimizer = getattr(model, "optimizer", None)
+    variables = list(model.weights) + list(optimizer.variables if optimizer else [])
+    for v in variables:
+        if keras.backend.is_float_dtype(v.dtype):
+            if not np.isfinite(np.asarray(keras.ops.convert_to_numpy(v.value))).all():
+                return v.path
+    return None
+
+
 class TrainingCheckpoint(keras.callbacks.Callback):
     """Writes `model.keras` + `training_state.json` every `every_n_epochs` and at the end.
 
     The `.keras` file holds everything a resumed run needs: weights, EMA weights, optimizer
     state (its step count drives the schedule) and the training-noise generator state. It is
     written to a temporary file and renamed, so an interrupted save never destroys the last
-    good checkpoint. The state file records the global step, the epoch logs so far and any
-    `metadata` (e.g. the command line that built the run), so `resume` picks up exactly
-    where the run stopped.
+    good checkpoint; its optimizer is recorded as the public Keras class, so a run saved
+    under one backend resumes under any other. The state file records the global step, the
+    epoch logs so far and any `metadata` (e.g. the command line that built the run), so
+    `resume` picks up exactly where the run stopped.
+
+    A checkpoint is never written from a diverged model: when an epoch's loss (or any
+    logged value) or a weight is NaN/Inf, training stops (as `keras.callbacks.TerminateOnNaN`
+    would), nothing is saved, and `stopped_reason` says why; the last good checkpoint on
+    disk stays as it was.
 
     Checkpoints are written at epoch ends (where every backend has synchronised its state
     with the model): use epochs of a few hundred steps.
@@ -44,17 +188,18 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         every_n_epochs: save after every n-th epoch (and always when training ends).
         metadata: JSON-serialisable dict stored in the state file.
         history: epoch logs of earlier runs of this checkpoint (continued, not replaced).
+        verbose: 1 prints a line when training is stopped for NaN/Inf values, 0 is silent.
 
     Example:
     ```python
     ckpt = TrainingCheckpoint("runs/mnist", metadata={"steps_per_epoch": 200})
     model.fit(ds, steps_per_epoch=200, epochs=50, callbacks=[ckpt])
-    # later: model = keras.saving.load_model("runs/mnist/model.keras"), then fit with
+    # later: model = load_training_checkpoint("runs/mnist"), then fit with
     # initial_epoch=read_training_state("runs/mnist")["epoch"]
     ```
     """
 
-    def __init__(self, directory, every_n_epochs=1, metadata=None, history=None):
+    def __init__(self, directory, every_n_epochs=1, metadata=None, history=None, verbose=1):
         super().__init__()
         if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise ValueError(f"`every_n_epochs` must be an int >= 1, got {every_n_epochs!r}.")
@@ -62,7 +207,9 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.every_n_epochs = every_n_epochs
         self.metadata = dict(metadata or {})
         self.history = list(history or [])
-        self.last_saved_epoch = None
+        self.verbose = verbose
+        self.last_saved_epoch = self.last_saved_step = None
+        self.stopped_reason = None
         self._epoch = None
         self._start = time.time()
 
@@ -73,28 +220,61 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         os.makedirs(self.directory, exist_ok=True)
         self._start = time.time()
+        self.stopped_reason = None
 
     def on_epoch_end(self, epoch, logs=None):
-        self._epoch = epoch + 1
-        self.history.append({"epoch": epoch + 1, **{k: float(v) for k, v in
-                                                      (logs or {}).items()}})
-        if (epoch + 1) % self.every_n_epochs == 0:
-            self.save(epoch + 1)
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        problem = _non_finite_logs(logs)
+        if problem is None:
+            self._epoch = epoch + 1
+            self.history.append({"epoch": epoch + 1, **logs})
+            if (epoch + 1) % self.every_n_epochs == 0:
+                problem = self._save_if_finite(epoch + 1)
+        if problem is not None:
+            self._stop(problem)
 
     def on_train_end(self, logs=None):
-        if self._epoch is not None and self.last_saved_epoch != self._epoch:
-            self.save(self._epoch)
+        if self.stopped_reason is None and self._epoch not in (None, self.last_saved_epoch):
+            problem = self._save_if_finite(self._epoch)
+            if problem is not None:
+                self._stop(problem)
+
+    def _save_if_finite(self, epoch):
+        bad = _non_finite_variable(self.model)
+        if bad is not None:
+            return f"the variable {bad} holds NaN/Inf values"
+        self._write(epoch)
+        return None
+
+    def _stop(self, reason):
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        kept = (f"the checkpoint of step {self.last_saved_step} is kept"
+                if self.last_saved_step is not None else "no checkpoint was written")
+        self.stopped_reason = f"training diverged by step {step} ({reason}); {kept}"
+        self.model.stop_training = True
+        if self.verbose:
+            print(f"TrainingCheckpoint: {self.stopped_reason}.")
 
     def save(self, epoch):
+        """Writes the checkpoint of `epoch` (refuses a model holding NaN/Inf values)."""
+        bad = _non_finite_variable(self.model)
+        if bad is not None:
+            raise ValueError(f"Not saving {self.model_path}: the variable {bad} holds NaN/Inf "
+                             "values (the checkpoint on disk is kept).")
+        self._write(epoch)
+
+    def _write(self, epoch):
         tmp = os.path.join(self.directory, f".{MODEL_NAME}.tmp.keras")
         self.model.save(tmp)
+        _make_backend_neutral(tmp)
         os.replace(tmp, self.model_path)
         seconds = self.metadata.get("seconds", 0.0) + time.time() - self._start
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         _atomic_json(os.path.join(self.directory, STATE_NAME), {
             **self.metadata,
             "epoch": epoch,
-            "step": int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)),
+            "step": step,
             "seconds": round(seconds, 1),
             "history": self.history,
         })
-        self.last_saved_epoch = epoch
+        self.last_saved_epoch, self.last_saved_step = epoch, step

@@ -39,6 +39,14 @@ def main(argv=None):
     try:
         return args.func(args)
     except (CommandError, ValueError, TypeError, FileNotFoundError, ImportError) as e:
-        parser.exit(2, f"keras-hpdm {args.command}: error: {e}\n")
+        message = " ".join(str(e).split())  # one line, whatever the library's message
+        parser.exit(2, f"keras-hpdm {args.command}: error: {message}\n")
     except KeyboardInterrupt:
         parser.exit(130, f"keras-hpdm {args.command}: interrupted\n")
+    except Exception as e:  # a data error raised inside TensorFlow while training
+        from keras_hpdm.data.pipeline import data_error_message
+
+        message = data_error_message(e)
+        if message is None:
+            raise
+        parser.exit(2, f"keras-hpdm {args.command}: error: {' '.join(message.split())}\n")

@@ -3,7 +3,14 @@
 import json
 import os
 
-from keras_hpdm.cli.common import CommandError, non_negative_int, positive_float, positive_int
+from keras_hpdm.cli.common import (
+    CommandError,
+    checkpoint_inputs,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    refuse_overwrite,
+)
 
 SAMPLERS = ("euler", "heun", "stochastic")
 SCORES = ("class_accuracy", "frame_accuracy", "persistence", "class_effect", "noise_effect",
@@ -48,12 +55,31 @@ def add_parser(sub):
     return p
 
 
+def read_card(path):
+    """The model card to update, read before the (long) evaluation so a bad one fails fast."""
+    if path is None:
+        return None
+    try:
+        with open(path) as f:
+            card = json.load(f)
+    except FileNotFoundError:
+        raise CommandError(f"--card {path} does not exist.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CommandError(f"--card {path} is not valid JSON ({e}).") from None
+    if not isinstance(card, dict):
+        raise CommandError(f"--card {path} must hold a JSON object (a model card).")
+    return card
+
+
 def run(args):
     from keras_hpdm.cli.generate import load_checkpoint
     from keras_hpdm.metrics import evaluate_moving_mnist
 
     if args.fvd == 1:
         raise CommandError("--fvd needs at least 2 videos (or 0 to skip).")
+    inputs = checkpoint_inputs(args.checkpoint)
+    refuse_overwrite([p for p in (args.json, args.card) if p], inputs)
+    card = read_card(args.card)
     model = load_checkpoint(args.checkpoint)
     if model.backbone.num_classes != 10 or model.backbone.channels != 1:
         raise CommandError("evaluate scores Moving MNIST models (10 classes, 1 channel); this "
@@ -83,9 +109,7 @@ def run(args):
         with open(args.json, "w") as f:
             json.dump({"checkpoint": args.checkpoint, **record}, f, indent=1)
         print(f"wrote scores: {os.path.abspath(args.json)}")
-    if args.card:
-        with open(args.card) as f:
-            card = json.load(f)
+    if card is not None:
         card["evaluation"] = record
         tmp = args.card + ".tmp"
         with open(tmp, "w") as f:

@@ -5,7 +5,12 @@ import json
 import os
 import platform
 
-from keras_hpdm.cli.common import CommandError, print_outputs
+from keras_hpdm.cli.common import (
+    CommandError,
+    checkpoint_inputs,
+    print_outputs,
+    refuse_overwrite,
+)
 
 
 def add_parser(sub):
@@ -50,6 +55,8 @@ def sampling_copy(model, use_ema=True):
 def model_card(checkpoint, description):
     from keras_hpdm.callbacks.training_checkpoint import read_training_state
 
+    if checkpoint.startswith("pretrained:"):
+        return None
     folder = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
     state = read_training_state(folder or ".")
     if state is None:
@@ -68,24 +75,39 @@ def model_card(checkpoint, description):
     }
 
 
+def _write_atomically(path, write):
+    """`write(tmp)` then a rename: a reader never sees a half-written file."""
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.tmp{os.path.splitext(name)[1]}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_card(path, card):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(card, f, indent=1)
+
+    _write_atomically(path, write)
+
+
 def run(args):
     from keras_hpdm.cli.generate import load_checkpoint
 
     if not args.output.endswith(".keras"):
         raise CommandError(f"output must end in .keras, got {args.output!r}.")
+    card_path = os.path.splitext(args.output)[0] + ".json"
+    refuse_overwrite([args.output, card_path], checkpoint_inputs(args.checkpoint))
+    # Everything is read and checked before anything is written.
+    card = model_card(args.checkpoint, args.description)
     model = load_checkpoint(args.checkpoint)
     copy = sampling_copy(model, use_ema=not args.live_weights)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(args.output)),
-                       f".{os.path.basename(args.output)}.tmp.keras")
-    copy.save(tmp)
-    os.replace(tmp, args.output)  # a reader never sees a half-written file
+    _write_atomically(args.output, copy.save)
     outputs = {"model": args.output}
-    card = model_card(args.checkpoint, args.description)
     if card is not None:
-        outputs["model card"] = os.path.splitext(args.output)[0] + ".json"
-        with open(outputs["model card"], "w") as f:
-            json.dump(card, f, indent=1)
+        outputs["model card"] = card_path
+        _write_card(card_path, card)
     size = os.path.getsize(args.output) / 1e6
     print(f"{copy.backbone.count_params():,} parameters, {size:.1f} MB")
     print_outputs(outputs)

@@ -5,11 +5,15 @@ import time
 
 from keras_hpdm.cli.common import (
     CommandError,
+    add_allow_download,
+    checkpoint_inputs,
+    download_setting,
     fraction,
     non_negative_int,
     positive_float,
     positive_int,
     print_outputs,
+    refuse_overwrite,
 )
 
 SAMPLERS = ("euler", "heun", "stochastic")
@@ -58,14 +62,15 @@ def add_parser(sub):
     p.add_argument("--save-pyramid", action="store_true",
                    help="also write OUT_levels.png: every generated level of sample 0")
     p.add_argument("--verbose", type=int, choices=(0, 1), default=1, help="progress bars")
+    add_allow_download(p)
     p.set_defaults(func=run)
     return p
 
 
 def load_checkpoint(path):
-    """A `PatchDiffusionModel` from a .keras file, a run folder or `pretrained:NAME`."""
-    import keras
-
+    """A `PatchDiffusionModel` from a .keras file, a run folder or `pretrained:NAME` (a
+    damaged file raises a ValueError naming it)."""
+    from keras_hpdm.callbacks import load_training_checkpoint
     from keras_hpdm.pretrained import load_pretrained
 
     if path.startswith("pretrained:"):
@@ -75,7 +80,7 @@ def load_checkpoint(path):
     if not os.path.isfile(path):
         raise CommandError(f"checkpoint {path!r} does not exist (give a .keras file, a run "
                            "folder with model.keras, or pretrained:moving_mnist).")
-    return keras.saving.load_model(path, compile=False)
+    return load_training_checkpoint(path, compile=False)
 
 
 def resolve_levels(spec, resolution):
@@ -114,10 +119,17 @@ def generate_and_save(model, args, conditions):
     return videos, canvases, seconds, outputs
 
 
+def output_files(args):
+    files = [f"{args.out}.{ext}" for ext in ("mp4", "gif", "png")]
+    return files + ([f"{args.out}_levels.png"] if getattr(args, "save_pyramid", False) else [])
+
+
 def run(args):
-    model = load_checkpoint(args.checkpoint)
-    conditions = args.classes if args.classes is not None else args.prompt
-    videos, _, seconds, outputs = generate_and_save(model, args, conditions)
+    refuse_overwrite(output_files(args), checkpoint_inputs(args.checkpoint))
+    with download_setting(args):
+        model = load_checkpoint(args.checkpoint)
+        conditions = args.classes if args.classes is not None else args.prompt
+        videos, _, seconds, outputs = generate_and_save(model, args, conditions)
     print(f"generated {videos.shape[0]} video(s) of {videos.shape[1:4]} in {seconds:.1f} s")
     print_outputs(outputs)
     return 0

@@ -8,7 +8,10 @@ import shlex
 import time
 
 from keras_hpdm.cli.common import (
+    RUN_FILES,
     CommandError,
+    add_allow_download,
+    download_setting,
     fraction,
     non_negative_int,
     positive_float,
@@ -19,7 +22,8 @@ BACKBONES = ("rin", "unet")
 OPTIMIZERS = ("adam", "lamb")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # Settings a resumed run takes from the command line; all others come from the checkpoint.
-RESUME_OVERRIDES = ("steps", "save_every", "sample_every", "sample_steps", "verbose")
+RESUME_OVERRIDES = ("steps", "save_every", "sample_every", "sample_steps", "verbose",
+                    "allow_download")
 
 
 def add_parser(sub):
@@ -61,7 +65,9 @@ def add_parser(sub):
                    help="none, auto (the data's own: sub-folders, digit classes, labels in "
                         "shards) or a CSV/JSON file of class labels or captions (default: none)")
     g.add_argument("--text-encoder", default="minilm",
-                   help="for captions: minilm (offline) or a keras-hub preset (default: minilm)")
+                   help="for captions: minilm (bundled), a local keras-hub preset directory, "
+                        "or a keras-hub preset name or handle (downloads: needs "
+                        "--allow-download; default: minilm)")
     g.add_argument("--condition-dropout", type=fraction, default=0.1,
                    help="condition dropout for classifier-free guidance (default: 0.1)")
     g.add_argument("--ema-half-life", type=positive_float, default=500.0,
@@ -103,6 +109,7 @@ def add_parser(sub):
                    help="sampling steps at level 0 for those samples (default: 16)")
     g.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                    help="0 silent, 1 progress bars, 2 one line per --log-every (default: 1)")
+    add_allow_download(p)
     p.set_defaults(func=run)
     return p
 
@@ -177,29 +184,54 @@ def _sample_conditions(ds, captions, model):
     return None, 2
 
 
+def _check_out(args):
+    """A new run must not write over another run's checkpoint, nor a model it did not write."""
+    from keras_hpdm.callbacks.training_checkpoint import read_training_state
+
+    state = read_training_state(args.out)
+    if state is not None:
+        raise CommandError(f"{args.out} already holds a checkpoint (step {state['step']}): "
+                           "pass --resume to continue it, or choose another --out.")
+    existing = [n for n in RUN_FILES if os.path.exists(os.path.join(args.out, n))]
+    if existing:
+        raise CommandError(f"{args.out} already holds {', '.join(existing)} (not a complete "
+                           "training checkpoint): choose another --out.")
+
+
 def run(args):
+    with download_setting(args):
+        return _train(args)
+
+
+def _train(args):
     import keras
 
     import keras_hpdm
-    from keras_hpdm.callbacks import SampleVideos, TrainingCheckpoint
-    from keras_hpdm.callbacks.training_checkpoint import read_training_state
+    from keras_hpdm.callbacks import (
+        SampleVideos,
+        StopAtStep,
+        TrainingCheckpoint,
+        load_training_checkpoint,
+        read_training_state,
+    )
 
     state = None
     if args.resume:
         args, state = _restore_args(args)
-    elif read_training_state(args.out) is not None:
-        step = read_training_state(args.out)["step"]
-        raise CommandError(f"{args.out} already holds a checkpoint (step {step}): pass "
-                           "--resume to continue it, or choose another --out.")
+    else:
+        _check_out(args)
     log_every = _check_args(args)
     keras.utils.set_random_seed(args.seed)
     keras.config.set_dtype_policy(args.precision)
 
-    initial_epoch = state["epoch"] if state else 0
-    epochs = math.ceil(args.steps / log_every)
-    if initial_epoch >= epochs:
-        print(f"{args.out} is at step {state['step']} >= --steps {args.steps}: nothing to do.")
+    done = state["step"] if state else 0
+    if done >= args.steps:
+        print(f"{args.out} is at step {done} >= --steps {args.steps}: nothing to do.")
         return 0
+    initial_epoch = state["epoch"] if state else 0
+    model = load_training_checkpoint(args.out) if state else None  # checked before the data
+    # Whole epochs of --log-every steps; StopAtStep cuts the last one short at --steps.
+    epochs = initial_epoch + math.ceil((args.steps - done) / log_every)
     spec = keras_hpdm.PyramidSpec(tuple(args.patch_size), args.levels,
                                   pyramid_time=not args.no_pyramid_time)
     labels = {"none": None, "auto": True}.get(args.labels, args.labels)
@@ -210,9 +242,7 @@ def run(args):
         channels=args.channels)
     captions = "text" in ds.element_spec
     num_classes = len(ds.class_names) if "label" in ds.element_spec else 0
-    if state:
-        model = keras.saving.load_model(os.path.join(args.out, "model.keras"))
-    else:
+    if model is None:
         model = build_model(args, num_classes, captions)
     backbone = model.backbone
     print(f"{type(backbone).__name__} '{args.preset}', {backbone.count_params():,} parameters, "
@@ -227,9 +257,10 @@ def run(args):
                 "resumed": (state.get("resumed", []) + [command]) if state else [],
                 "backend": keras.config.backend(), "version": keras_hpdm.__version__,
                 "seconds": state["seconds"] if state else 0.0}
-    callbacks = [TrainingCheckpoint(args.out, every_n_epochs=args.save_every // log_every,
-                                    metadata=metadata,
-                                    history=state["history"] if state else None)]
+    checkpoint = TrainingCheckpoint(args.out, every_n_epochs=args.save_every // log_every,
+                                    metadata=metadata, verbose=0,
+                                    history=state["history"] if state else None)
+    callbacks = [StopAtStep(args.steps, initial_step=done), checkpoint]
     if args.sample_every:
         conditions, num_samples = _sample_conditions(ds, captions, model)
         callbacks.append(SampleVideos(os.path.join(args.out, "samples"),
@@ -240,11 +271,13 @@ def run(args):
     history = model.fit(ds, steps_per_epoch=log_every, epochs=epochs,
                         initial_epoch=initial_epoch, callbacks=callbacks,
                         verbose=args.verbose, shuffle=False)  # the dataset shuffles
+    if checkpoint.stopped_reason:
+        raise CommandError(f"{checkpoint.stopped_reason} (in {args.out}); try a lower --lr.")
     losses = history.history.get("loss", [])
     final = read_training_state(args.out)
-    print(f"trained steps {initial_epoch * log_every}..{final['step']} in "
+    print(f"trained steps {done}..{final['step']} in "
           f"{time.time() - start:.0f} s" + (f", final loss {losses[-1]:.4f}" if losses else ""))
-    print(f"checkpoint: {os.path.abspath(callbacks[0].model_path)}")
+    print(f"checkpoint: {os.path.abspath(checkpoint.model_path)}")
     if args.sample_every:
         print(f"samples: {os.path.abspath(os.path.join(args.out, 'samples'))}")
     with open(os.path.join(args.out, "history.json"), "w") as f:

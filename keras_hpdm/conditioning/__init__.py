@@ -2,12 +2,15 @@
 
 import os
 
-from keras_hpdm.conditioning.keras_hub_text_encoder import KerasHubTextEncoder
+from keras_hpdm.conditioning.keras_hub_text_encoder import (
+    KerasHubTextEncoder,
+    set_allow_download,
+)
 from keras_hpdm.conditioning.minilm_text_encoder import MiniLMTextEncoder
 from keras_hpdm.conditioning.text_encoder import TextEncoder
 
 
-def get_text_encoder(spec="minilm", **kwargs):
+def get_text_encoder(spec="minilm", allow_download=None, **kwargs):
     """Resolves a text-encoder spec to a `TextEncoder` (or None: no text conditioning).
 
     Args:
@@ -15,6 +18,9 @@ def get_text_encoder(spec="minilm", **kwargs):
             `keras.saving.serialize_keras_object`, as a saved diffusion model records it);
             `"minilm"` (the default offline `MiniLMTextEncoder`); or any other string, taken
             as a keras-hub preset path or name for `KerasHubTextEncoder`.
+        allow_download: for a keras-hub encoder: whether a preset that is not a local
+            directory may be downloaded (None: `set_allow_download`'s setting, off by
+            default, so an encoder a saved model names never downloads by itself).
         **kwargs: `sequence_length` / `cache_size`, only when `spec` is a string.
 
     Example:
@@ -24,9 +30,9 @@ def get_text_encoder(spec="minilm", **kwargs):
     ```
     """
     if isinstance(spec, str | os.PathLike) and str(spec).lower() == "minilm":
-        return MiniLMTextEncoder(**kwargs)
+        return MiniLMTextEncoder(**kwargs)  # bundled: nothing to download
     if isinstance(spec, str | os.PathLike):
-        return KerasHubTextEncoder(spec, **kwargs)
+        return KerasHubTextEncoder(spec, allow_download=allow_download, **kwargs)
     if kwargs:
         raise ValueError(
             f"`sequence_length`/`cache_size` apply only to a string spec, got {sorted(kwargs)} "
@@ -40,6 +46,8 @@ def get_text_encoder(spec="minilm", **kwargs):
         encoder = keras.saving.deserialize_keras_object(spec)
         if not isinstance(encoder, TextEncoder):
             raise TypeError(f"`spec` deserialized to {type(encoder).__name__}, not a TextEncoder.")
+        if isinstance(encoder, KerasHubTextEncoder) and allow_download is not None:
+            encoder.allow_download = allow_download
         return encoder
     raise TypeError(
         "`spec` must be None, a TextEncoder, a serialized encoder dict, 'minilm' or a "
@@ -47,4 +55,10 @@ def get_text_encoder(spec="minilm", **kwargs):
     )
 
 
-__all__ = ["KerasHubTextEncoder", "MiniLMTextEncoder", "TextEncoder", "get_text_encoder"]
+__all__ = [
+    "KerasHubTextEncoder",
+    "MiniLMTextEncoder",
+    "TextEncoder",
+    "get_text_encoder",
+    "set_allow_download",
+]

@@ -11,6 +11,7 @@ model.fit(ds, steps_per_epoch=1000)
 from keras_hpdm.data.builtin import builtin_clip_path, builtin_images, load_builtin
 from keras_hpdm.data.decode import (
     MediaDecodeError,
+    MediaSizeError,
     decode_video,
     probe_media,
     read_image,
@@ -22,6 +23,7 @@ from keras_hpdm.data.sources import SkippedMediaWarning, find_media
 
 __all__ = [
     "MediaDecodeError",
+    "MediaSizeError",
     "SkippedMediaWarning",
     "builtin_clip_path",
     "builtin_images",

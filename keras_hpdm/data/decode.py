@@ -4,6 +4,16 @@ Everything here runs in Python, outside the TensorFlow graph: `pipeline.py` call
 `tf.py_function` when reading media files directly, and `shards.py` calls it once per file
 when preparing TFRecord shards. Failures raise `MediaDecodeError` naming the file, so callers
 can skip and count bad files instead of crashing a long run.
+
+Frame size limits (one decoded frame or image):
+- `MAX_PIXELS`: larger frames are downscaled on decode, aspect ratio kept, to fit the budget
+  (area-averaging), so one huge photo or 8K video cannot multiply a run's memory. Every
+  consumer then sees the downscaled size (`probe_media` reports it).
+- `MAX_ASPECT_RATIO`: a frame longer than this many times its width (or wider than this many
+  times its height), e.g. a 1x8000 strip, raises `MediaSizeError` (a `MediaDecodeError`;
+  data sets report it as a skipped file). Downscaling cannot help there: covering a square
+  training crop needs the strip enlarged along its long side by the same factor, which is
+  what multiplies memory.
 """
 
 import math
@@ -14,10 +24,16 @@ import numpy as np
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".gif", ".mov", ".m4v")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MAX_PIXELS = 4096 * 4096  # Per decoded frame; 4K UHD and DCI 4K frames fit whole.
+MAX_ASPECT_RATIO = 10  # Long side / short side; wider panoramas and strips are refused.
 
 
 class MediaDecodeError(ValueError):
     """A media file could not be decoded (corrupt, truncated, empty or too short)."""
+
+
+class MediaSizeError(MediaDecodeError):
+    """A media file decodes, but its frames are a degenerate shape (see `MAX_ASPECT_RATIO`)."""
 
 
 def media_kind(path):
@@ -34,6 +50,24 @@ def _check_channels(channels):
     if channels not in (1, 3):
         raise ValueError(f"`channels` must be 1 or 3, got {channels!r}.")
     return channels
+
+
+def decoded_size(path, height, width):
+    """The `(height, width)` a `height x width` frame is decoded at: itself, or downscaled
+    (aspect ratio kept) to fit `MAX_PIXELS`.
+
+    Raises:
+        MediaSizeError: the long side is more than `MAX_ASPECT_RATIO` times the short side.
+    """
+    if min(height, width) < 1 or max(height, width) > MAX_ASPECT_RATIO * min(height, width):
+        raise MediaSizeError(
+            f"{path}: degenerate frame size {width}x{height} (width x height); the long side "
+            f"may be at most {MAX_ASPECT_RATIO} times the short side "
+            "(keras_hpdm.data.decode.MAX_ASPECT_RATIO).")
+    if height * width <= MAX_PIXELS:
+        return height, width
+    scale = math.sqrt(MAX_PIXELS / (height * width))
+    return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
 
 
 def _open_video(path):
@@ -60,18 +94,21 @@ def probe_media(path):
     """Checks that a media file decodes; returns its size, length and frame rate.
 
     Videos are demuxed completely (packets are counted, cheap next to decoding) and their
-    first frame is decoded, which catches empty, corrupt and most truncated files. Images
-    are decoded fully.
+    first frame is decoded, which catches empty, corrupt and most truncated files. A video
+    whose header promises more frames than its packets hold (a truncated MP4 with its index
+    in front) also has its last frames decoded, so `num_frames` counts the frames that
+    really decode. Images are decoded fully.
 
     Args:
         path: a video or image file.
 
     Returns:
         dict with `kind` (`"video"`/`"image"`), `num_frames`, `fps` (0.0 for images or when
-        unknown), `height`, `width`.
+        unknown), `height`, `width` (as decoded: frames over `MAX_PIXELS` are downscaled).
 
     Raises:
-        MediaDecodeError: the file is unreadable.
+        MediaDecodeError: the file is unreadable; `MediaSizeError` when its frames are a
+            degenerate shape (`MAX_ASPECT_RATIO`).
 
     Example:
     ```python
@@ -94,22 +131,49 @@ def probe_media(path):
             first = next(container.decode(stream), None)
             if first is None:
                 raise MediaDecodeError(f"{path}: no decodable video frame.")
-            height, width = first.height, first.width
+            height, width = decoded_size(path, first.height, first.width)
             container.seek(0)
-            packets = sum(1 for p in container.demux(stream) if p.size > 0)
+            packets, last_key = _count_packets(container, stream, first.pts)
+            num_frames = min(packets, stream.frames) if stream.frames else packets
+            if stream.frames > packets:
+                # The header's count claims frames a truncated file no longer has, and the
+                # last packets present may be cut short: decode from the last keyframe on.
+                num_frames = min(num_frames, _decodable_frames(container, stream, last_key))
         except MediaDecodeError:
             raise
         except Exception as e:
             raise MediaDecodeError(f"{path}: corrupt video ({e}).") from e
-        # The header's count can claim frames a truncated file no longer has; the packets
-        # present are the frames that can still be decoded.
-        num_frames = min(packets, stream.frames) if stream.frames else packets
         if num_frames < 1:
             raise MediaDecodeError(f"{path}: no video frames.")
         return {"kind": "video", "num_frames": int(num_frames), "fps": fps,
                 "height": int(height), "width": int(width)}
     finally:
         container.close()
+
+
+def _count_packets(container, stream, origin):
+    """(number of non-empty packets, frame index of the last keyframe) from one demux pass."""
+    rate, base = stream.average_rate, stream.time_base
+    packets, last_key = 0, 0
+    for packet in container.demux(stream):
+        if packet.size > 0:
+            packets += 1
+            if packet.is_keyframe and packet.pts is not None and origin is not None and (
+                    rate and base):
+                last_key = max(0, round((packet.pts - origin) * base * rate))
+    return packets, last_key
+
+
+def _decodable_frames(container, stream, first):
+    """Frames that decode, counted from frame `first` (a keyframe) to the first failure."""
+    container.seek(0)
+    count = 0
+    try:
+        for index, _ in _frame_numbers(container, stream, first):
+            count = index + 1
+    except Exception:  # The damage: frames from here on do not decode.
+        pass
+    return count
 
 
 def check_frame_rate(frame_stride, fps):
@@ -151,7 +215,8 @@ def decode_video(path, *, start=0, num_frames=None, frame_stride=1, fps=None, in
     """Decodes frames of a video file to a uint8 array.
 
     Decoding is sequential from the first frame and stops at the last frame needed; only the
-    kept frames are converted to RGB.
+    kept frames are converted to RGB. Frames over `MAX_PIXELS` are downscaled (aspect ratio
+    kept); frames longer than `MAX_ASPECT_RATIO` times their width (or the reverse) raise.
 
     Args:
         path: video file (mp4/webm/avi/mkv/gif/mov, anything FFmpeg reads).
@@ -166,7 +231,8 @@ def decode_video(path, *, start=0, num_frames=None, frame_stride=1, fps=None, in
         uint8 array `(T, H, W, channels)`.
 
     Raises:
-        MediaDecodeError: unreadable file, or fewer frames than requested.
+        MediaDecodeError: unreadable file, fewer frames than requested, or (`MediaSizeError`)
+            degenerate frames.
 
     Example:
     ```python
@@ -255,9 +321,11 @@ def _decode_frames(container, stream, path, indices, start):
         for i, frame in _frame_numbers(container, stream, first):
             count = i + 1
             if (wanted is None and i >= start) or (wanted is not None and i in wanted):
-                kept[i] = frame.to_ndarray(format="rgb24")
+                kept[i] = _frame_rgb(frame, path)
             if last is not None and i >= last:
                 break
+    except MediaDecodeError:
+        raise
     except Exception as e:
         raise MediaDecodeError(
             f"{path}: corrupt or truncated video after {count} frames ({e})."
@@ -275,6 +343,14 @@ def _decode_frames(container, stream, path, indices, start):
     return np.stack([kept[i] for i in indices.tolist()])
 
 
+def _frame_rgb(frame, path):
+    """A decoded frame as uint8 RGB, downscaled by FFmpeg (area average) over `MAX_PIXELS`."""
+    height, width = decoded_size(path, frame.height, frame.width)
+    if (height, width) == (frame.height, frame.width):
+        return frame.to_ndarray(format="rgb24")
+    return frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
+
+
 def _to_channels(frames, channels):
     if frames.shape[-1] == channels:
         return frames
@@ -289,6 +365,9 @@ def read_image(path, channels=3):
     """Decodes an image file (png/jpg/webp/bmp; first frame of animations) to uint8.
 
     EXIF orientation is applied; 16-bit images are scaled to 8 bits; alpha is dropped.
+    Images over `MAX_PIXELS` are downscaled (aspect ratio kept; JPEGs are decoded at a reduced
+    scale directly); images longer than `MAX_ASPECT_RATIO` times their width (or the reverse)
+    raise `MediaSizeError`.
 
     Args:
         path: image file.
@@ -298,7 +377,8 @@ def read_image(path, channels=3):
         uint8 array `(H, W, channels)`.
 
     Raises:
-        MediaDecodeError: unreadable, truncated or empty file.
+        MediaDecodeError: unreadable, truncated or empty file; `MediaSizeError` for a
+            degenerate shape.
 
     Example:
     ```python
@@ -313,13 +393,20 @@ def read_image(path, channels=3):
         raise MediaDecodeError(f"{path}: empty file (0 bytes).")
     try:
         with Image.open(path) as image:
+            size = decoded_size(path, image.height, image.width)
+            if size != (image.height, image.width):
+                image.draft(image.mode, size[::-1])  # JPEG: decode at 1/2, 1/4 or 1/8 scale.
             image.load()  # Full decode: truncated files fail here, not later.
             image = ImageOps.exif_transpose(image)
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                 array = np.asarray(image, dtype=np.float64)
                 scale = 65535.0 if array.max() > 255 else 255.0
                 image = Image.fromarray(np.floor(array / scale * 255 + 0.5).astype(np.uint8))
-            array = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+            image = image.convert("L" if channels == 1 else "RGB")
+            size = decoded_size(path, image.height, image.width)
+            if size != (image.height, image.width):
+                image = image.resize(size[::-1], Image.Resampling.BOX)  # Area average.
+            array = np.asarray(image, dtype=np.uint8)
     except MediaDecodeError:
         raise
     except Exception as e:

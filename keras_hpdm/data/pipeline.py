@@ -17,6 +17,7 @@ import atexit
 import concurrent.futures
 import dataclasses
 import os
+import re
 import threading
 import time
 import warnings
@@ -27,6 +28,11 @@ from keras_hpdm.data import decode, shards, sources
 from keras_hpdm.pyramid import PyramidSpec, check_seed
 
 CROPS = ("random", "center")
+# Clips in a row that may fail to decode while iterating before the data set gives up with
+# an error: past this, (nearly) every file is failing (e.g. damaged after the data set was
+# built) and skipping would retry forever at full CPU. A data set where half of all clips
+# fail still reaches it only with probability 2**-50 per clip.
+FAILURE_BUDGET = 50
 
 
 class _PythonCalls:
@@ -167,6 +173,14 @@ def pyramid_dataset(source, pyramid, batch_size, *, frames=None, frame_stride=1,
         `class_names`, `skipped` (path -> reason; also gains files that fail while
         iterating), `pyramid`.
 
+    Bad data: unreadable, too short or degenerate files (see `keras_hpdm.data.decode`'s
+    `MAX_PIXELS` and `MAX_ASPECT_RATIO`) are skipped with one `SkippedMediaWarning` when the
+    data set is built; a file or shard record that fails later, while iterating, is skipped
+    too (one more warning; listed in `skipped`). Only when no data is left does iteration
+    stop, with a `tf.errors.InvalidArgumentError` naming the files and why they fail
+    (`data_error_message` extracts the text): when `FAILURE_BUDGET` (50) clips in a row fail
+    to decode, or a pass over shards reads no record.
+
     Example:
     ```python
     spec = keras_hpdm.PyramidSpec(patch_size=(4, 32, 32), num_levels=3)
@@ -269,6 +283,49 @@ def _check_shard(shard):
     return int(shard[0]), int(shard[1])
 
 
+def raise_if_set(value, error):
+    """`value`, after raising `InvalidArgumentError(error)` when `error` is not empty.
+
+    An assertion rather than an exception in the `py_function`: the error then carries just
+    the message, not a Python traceback.
+    """
+    import tensorflow as tf
+
+    check = tf.debugging.Assert(tf.equal(tf.strings.length(error), 0), [error])
+    with tf.control_dependencies([check]):
+        return tf.identity(value)
+
+
+def data_error_message(error):
+    """The `keras_hpdm.data` message inside a TensorFlow error raised while iterating (e.g.
+    the failure budget), without TensorFlow's decorations; `None` for any other error.
+
+    For callers that print errors for people, such as the command line.
+    """
+    match = re.search(r"assertion failed: \[(keras_hpdm\.data: .*)\]", str(error))
+    return match.group(1) if match else None
+
+
+def _then(records, at_end):
+    """Serialized `records`, then `at_end(number of records)` (a bool tensor, run for its
+    effects: reports, errors) once they are exhausted.
+
+    An empty string marks the end (records are never empty); `scan` numbers the elements, so
+    the count is known at the marker, which is then dropped.
+    """
+    import tensorflow as tf
+
+    marked = records.concatenate(tf.data.Dataset.from_tensors(tf.constant(b"")))
+    numbered = marked.scan(tf.constant(0, tf.int64), lambda n, r: (n + 1, (r, n)))
+
+    def is_record(record, count):
+        end = tf.equal(tf.strings.length(record), 0)
+        done = tf.cond(end, lambda: tf.reshape(at_end(count), []), lambda: tf.constant(False))
+        return tf.logical_not(end | done)
+
+    return numbered.filter(is_record).map(lambda record, count: record)
+
+
 def _span(clip_frames, ratio):
     """Source frames a clip covers (mirrors transforms.clip_indices)."""
     return int(np.floor((clip_frames - 1) * ratio + 0.5)) + 1
@@ -293,6 +350,8 @@ class _Builder:
         self.skipped = dict(src.skipped)
         self._lock = threading.Lock()
         self._warned = False
+        self._failing = {}  # path -> reason, for the current run of failed clips
+        self._run = 0  # clips failed in a row
 
     def ratio(self, source_fps):
         return self.s.frame_stride if self.s.fps is None else source_fps / self.s.fps
@@ -440,9 +499,31 @@ class _Builder:
                 stacklevel=2,
             )
 
+    def clip_failed(self, name, reason):
+        """Counts a failed clip; returns the error that ends iteration, or "" to skip it."""
+        self.failed(name, reason)
+        with self._lock:
+            self._run += 1
+            self._failing[name] = reason
+            if self._run < FAILURE_BUDGET:
+                return ""
+            run, files = self._run, list(self._failing.items())
+        listed = "; ".join(f"{p}: {r}" for p, r in files[:5])
+        more = f"; and {len(files) - 5} more files" if len(files) > 5 else ""
+        return (f"keras_hpdm.data: {run} clips in a row failed to decode "
+                f"(FAILURE_BUDGET={FAILURE_BUDGET}) in {self.src.description}, so the data "
+                f"set stops instead of retrying forever. Fix or remove these files: "
+                f"{listed}{more}")
+
+    def clip_decoded(self):
+        with self._lock:
+            self._run = 0
+            self._failing = {}
+
     def report(self, total, usable):
-        sources.report_skipped(self.skipped, total, self.src.description, stacklevel=5)
+        # Nothing usable: the error alone (a warning that "the rest are used" would mislead).
         sources.raise_if_empty(usable, self.skipped, self.src.description)
+        sources.report_skipped(self.skipped, total, self.src.description, stacklevel=5)
 
     def check_nonempty(self, what):
         if self.num_examples == 0:
@@ -508,13 +589,17 @@ class _FileBuilder(_Builder):
         self.videos = [videos[k] for k in keep]
 
     def _decode_clip(self, path, indices):
+        """(clip, ok, error): a failed clip is skipped (ok False) until the failure budget is
+        spent; then `error` is set and the graph raises it."""
         with _CALLS:
             path = path.numpy().decode()
             try:
-                return decode.decode_video(path, indices=indices.numpy()), True
+                clip = decode.decode_video(path, indices=indices.numpy())
             except Exception as e:  # Anything: a bad file must never end a long run.
-                self.failed(path, sources._reason(e, path))
-                return np.zeros((len(indices), 1, 1, 3), np.uint8), False
+                error = self.clip_failed(path, sources._reason(e, path))
+                return np.zeros((len(indices), 1, 1, 3), np.uint8), False, error
+            self.clip_decoded()
+            return clip, True, ""
 
     def examples(self, keys):
         import tensorflow as tf
@@ -538,8 +623,9 @@ class _FileBuilder(_Builder):
             seeds = transforms.element_seeds(self.base, key, i, num=4)
             indices = transforms.clip_indices(frames_t[i], ratios[i], s.clip_frames,
                                               s.target[0], seeds[0], s.random_crop)
-            clip, ok = tf.py_function(self._decode_clip, [paths[i], indices],
-                                      [tf.uint8, tf.bool])
+            clip, ok, error = tf.py_function(self._decode_clip, [paths[i], indices],
+                                             [tf.uint8, tf.bool, tf.string])
+            clip = raise_if_set(clip, error)
             clip.set_shape((s.target[0], None, None, 3))
             ok.set_shape(())
             return self.finish(clip, indices, key, i, labels(i), ok)
@@ -624,16 +710,19 @@ class _ShardBuilder(_Builder):
         self.check_nonempty("no usable records")
 
     def _file_list(self):
-        names = [os.path.join(self.src.directory, f["name"]) for f in self.src.metadata["files"]]
+        """(shard files this builder reads, their record counts in the metadata)."""
+        entries = [(os.path.join(self.src.directory, f["name"]), int(f["num_records"]))
+                   for f in self.src.metadata["files"]]
         present = set(self.src.files)
-        files = [f for f in names if f in present]
+        entries = [e for e in entries if e[0] in present]
         if self.file_level:
             index, count = self.shard
-            files = [f for k, f in enumerate(files) if k % count == index]
-        return files
+            entries = [e for k, e in enumerate(entries) if k % count == index]
+        return [e[0] for e in entries], [e[1] for e in entries]
 
     def _serialized(self, files):
-        """Serialized records of this shard (CRC failures dropped), files interleaved."""
+        """Serialized records of this shard, files interleaved. `files`: a data set of
+        (path, expected records); a corrupt record ends its file, which is reported."""
         import tensorflow as tf
 
         wanted = np.zeros(len(self.ratios), bool)
@@ -641,22 +730,66 @@ class _ShardBuilder(_Builder):
         wanted = tf.constant(wanted)
         index_only = {"index": tf.io.FixedLenFeature([], tf.int64)}
 
-        def read(file):
-            return tf.data.TFRecordDataset(file, buffer_size=1 << 20).ignore_errors(
-                log_warning=True)
-
         def keep(serialized):
             return tf.gather(wanted, tf.io.parse_single_example(serialized, index_only)["index"])
 
-        ds = files.interleave(read, cycle_length=max(1, min(len(self.src.files), 8)),
+        ds = files.interleave(self._checked_records,
+                              cycle_length=max(1, min(len(self.src.files), 8)),
                               num_parallel_calls=self.parallel, deterministic=True)
         return ds.filter(keep)
+
+    def _checked_records(self, file, expected):
+        """A file's records; reports the file when fewer than `expected` could be read."""
+        import tensorflow as tf
+
+        records = tf.data.TFRecordDataset(file, buffer_size=1 << 20).ignore_errors()
+
+        def at_end(count):
+            return tf.cond(count < expected,
+                           lambda: tf.py_function(self._damaged, [file, count, expected],
+                                                  tf.bool),
+                           lambda: tf.constant(False))
+
+        return _then(records, at_end)
+
+    def _damaged(self, file, count, expected):
+        with _CALLS:
+            file = file.numpy().decode()
+            if file not in self.skipped:  # Truncated files were reported when built.
+                self.failed(file, f"damaged shard: {int(count)} of {int(expected)} records "
+                                  "readable; the rest of the file is skipped")
+        return False
+
+    def _nonempty_pass(self, records):
+        """`records`, raising at the end of a pass that read none: damage found after the
+        data set was built would otherwise make every later pass empty, forever."""
+        import tensorflow as tf
+
+        def at_end(count):
+            return tf.cond(tf.equal(count, 0),
+                           lambda: raise_if_set(tf.constant(False), tf.reshape(
+                               tf.py_function(self._empty_pass, [], tf.string), [])),
+                           lambda: tf.constant(False))
+
+        return _then(records, at_end)
+
+    def _empty_pass(self):
+        with _CALLS:
+            damaged = [f"{p}: {r}" for p, r in self.skipped.items() if "shard" in r]
+            more = f"; and {len(damaged) - 5} more" if len(damaged) > 5 else ""
+            return (f"keras_hpdm.data: a pass over the shards in {self.src.description} read "
+                    "no usable record, so the data set stops instead of retrying forever. "
+                    f"Prepare them again; damaged: {'; '.join(damaged[:5]) or 'none found'}"
+                    f"{more}")
 
     def _decode_all(self):
         """`cache=True`: read and decode this shard's records once now."""
         import tensorflow as tf
 
-        files = tf.data.Dataset.from_tensor_slices(tf.constant(self._file_list(), tf.string))
+        _CALLS.register()
+        files, counts = self._file_list()
+        files = tf.data.Dataset.from_tensor_slices((tf.constant(files, tf.string),
+                                                    tf.constant(counts, tf.int64)))
         videos, ids, labels, texts = [], [], [], []
         for serialized in self._serialized(files):
             record = shards.parse_record(serialized)
@@ -692,7 +825,9 @@ class _ShardBuilder(_Builder):
                                        self.cached_texts if kind == "text" else None)
             return self.cached_examples(keys, self.videos, self.ids, self.ratios[self.ids],
                                         labels)
-        files = tf.constant(self._file_list(), tf.string)
+        _CALLS.register()
+        files, counts = self._file_list()
+        files, counts = tf.constant(files, tf.string), tf.constant(counts, tf.int64)
         fmt, stored = self.image_format, self.stored_channels
         base, shuffle = self.base, self.shuffle
 
@@ -701,8 +836,8 @@ class _ShardBuilder(_Builder):
             if shuffle:
                 seed = tf.random.experimental.stateless_fold_in(base, key)
                 order = tf.random.experimental.stateless_shuffle(order, seed=seed)
-            records = self._serialized(tf.data.Dataset.from_tensor_slices(
-                tf.gather(files, order)))
+            records = self._nonempty_pass(self._serialized(tf.data.Dataset.from_tensor_slices(
+                (tf.gather(files, order), tf.gather(counts, order)))))
             if shuffle:
                 records = self.block_shuffle(records, key)
             return records.map(lambda r: (key, r))

@@ -8,9 +8,12 @@ sizes; it is written last, so its presence marks a complete preparation.
 Reading is pure TensorFlow (`TFRecordDataset` + `tf.io.decode_png/jpeg`), and only the
 frames a clip needs are decoded. Damage after preparation is handled in two layers: file
 sizes are checked against the metadata when a data set is built (missing or truncated shards
-appear in the one skipped-files warning), and a record that still fails its CRC at read time
-is dropped with `ignore_errors` (TensorFlow logs it; the rest of that file is lost). Use
-`verify_shards` for a full offline check with counts.
+appear in the one skipped-files warning), and a record that fails its CRC at read time (e.g.
+flipped bytes) ends the reading of that file: the file is reported once while iterating
+(a `SkippedMediaWarning` naming it, and the data set's `skipped`) and the other shards go
+on; a pass that reads no record at all raises instead of repeating empty passes forever. A
+damaged `hpdm_shards.json` raises a `ValueError` naming it. Use `verify_shards` for a full
+offline check with counts.
 """
 
 import collections
@@ -18,6 +21,7 @@ import concurrent.futures
 import dataclasses
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -50,16 +54,35 @@ def is_shard_dir(path):
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, METADATA_NAME))
 
 
+_META_KEYS = ("files", "records", "image_format", "channels", "num_records")
+
+
 def read_metadata(path):
-    """Reads `hpdm_shards.json` from a shard folder (or the file itself)."""
+    """Reads `hpdm_shards.json` from a shard folder (or the file itself).
+
+    Raises:
+        ValueError: the file is unreadable, not JSON, or not a complete shard index.
+    """
     path = os.fspath(path)
     meta_path = path if os.path.isfile(path) else os.path.join(path, METADATA_NAME)
-    with open(meta_path) as f:
-        meta = json.load(f)
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: bad UTF-8 or JSON (flipped bytes).
+        raise ValueError(f"{meta_path}: damaged shard index ({e}); run `prepare` again with "
+                         "overwrite=True.") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get(
+            "version") != VERSION:
         raise ValueError(
             f"{meta_path} is not a keras_hpdm shard index (format {FORMAT!r} v{VERSION})."
         )
+    missing = [k for k in _META_KEYS if k not in meta]
+    files_ok = isinstance(meta.get("files"), list) and all(
+        isinstance(f, dict) and {"name", "num_records", "bytes"} <= set(f) for f in meta["files"])
+    if missing or not files_ok:
+        raise ValueError(f"{meta_path}: damaged shard index (missing "
+                         f"{missing or ['files[].name/num_records/bytes']}); run `prepare` "
+                         "again with overwrite=True.")
     return meta
 
 
@@ -88,6 +111,10 @@ def read_shard_source(path, labels=None):
                              "records after the damage are dropped")
         files.append(file)
         counts.append(int(entry["num_records"]))
+    class_names = meta.get("class_names")
+    if labels is True and meta.get("label_kind") == "label" and class_names is None:
+        # Integer labels prepared before their class names were stored: read them back.
+        class_names = _scan_class_names(files)
     return ShardSource(
         directory=directory,
         metadata=meta,
@@ -95,10 +122,23 @@ def read_shard_source(path, labels=None):
         num_records=sum(counts),
         with_labels=labels is True,
         label_kind=meta.get("label_kind"),
-        class_names=meta.get("class_names"),
+        class_names=class_names,
         skipped=skipped,
         description=directory,
     )
+
+
+def _scan_class_names(files):
+    """`["0", ..., str(max label)]` from the records' integer labels."""
+    import tensorflow as tf
+
+    from keras_hpdm.data import sources
+
+    label = {"label": tf.io.FixedLenFeature([], tf.int64)}
+    labels = tf.data.TFRecordDataset(files).ignore_errors().map(
+        lambda r: tf.io.parse_single_example(r, label)["label"])
+    top = int(labels.reduce(tf.constant(-1, tf.int64), tf.maximum))
+    return sources.integer_class_names([top] if top >= 0 else [])
 
 
 # ------------------------------------------------------------------------ write
@@ -124,6 +164,8 @@ def prepare(source, output_dir, *, num_shards=8, image_format="png", frames=None
         frame_stride: store every `frame_stride`-th frame.
         fps: resample videos to this frame rate before storing.
         channels: 1 or 3 to convert; `None` keeps 3 for files and the array's channels.
+            Frames over `keras_hpdm.data.decode.MAX_PIXELS` are downscaled on decode; files
+            with degenerate frames (`MAX_ASPECT_RATIO`) are skipped and reported.
         jpeg_quality: JPEG quality (1-100) for `image_format="jpeg"`.
         num_workers: decoding threads (default: CPU count).
         overwrite: replace an existing preparation in `output_dir`.
@@ -400,9 +442,24 @@ def read_records(path):
 
     meta = read_metadata(path)
     directory = os.path.dirname(path) if os.path.isfile(path) else path
-    files = [os.path.join(directory, f["name"]) for f in meta["files"]]
     out = []
-    for record in tf.data.TFRecordDataset(files).map(parse_record):
+    for entry in meta["files"]:
+        file = os.path.join(directory, entry["name"])
+        if not os.path.isfile(file):
+            raise ValueError(f"{file}: missing shard (listed in {METADATA_NAME}, not on disk).")
+        try:
+            out += _read_file(file, meta)
+        except (tf.errors.OpError, OSError) as e:
+            raise ValueError(f"{file}: damaged shard ({op_message(e)}); `verify_shards` "
+                             "lists every damaged file.") from e
+    return sorted(out, key=lambda r: r["index"])
+
+
+def _read_file(file, meta):
+    import tensorflow as tf
+
+    out = []
+    for record in tf.data.TFRecordDataset(file).map(parse_record):
         frames = decode_frames(record["frames"], meta["image_format"], meta["channels"])
         out.append({
             "frames": frames.numpy(), "index": int(record["index"]),
@@ -410,7 +467,15 @@ def read_records(path):
             "fps": float(record["fps"]), "label": int(record["label"]),
             "text": record["text"].numpy().decode(),
         })
-    return sorted(out, key=lambda r: r["index"])
+    return out
+
+
+def op_message(error):
+    """A TensorFlow error's message without its op/function decorations."""
+    text = getattr(error, "message", None) or str(error)
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    text = re.sub(r"\s*\[Op:[^\]]*\](\s*name:.*)?$", "", text.strip())
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def verify_shards(path):
@@ -433,6 +498,6 @@ def verify_shards(path):
                 decode_frames(record["frames"], meta["image_format"], meta["channels"])
                 readable += 1
         except (tf.errors.OpError, OSError) as e:
-            damaged[entry["name"]] = str(e).splitlines()[0]
+            damaged[entry["name"]] = op_message(e)
     return {"num_records": meta["num_records"], "readable": readable,
             "damaged_files": damaged, "ok": readable == meta["num_records"] and not damaged}

@@ -232,7 +232,8 @@ def probe_all(paths, max_workers=None):
 def _reason(error, path):
     message = str(error)
     prefix = f"{path}: "
-    return "undecodable: " + (message[len(prefix):] if message.startswith(prefix) else message)
+    kind = "unsupported size" if isinstance(error, decode.MediaSizeError) else "undecodable"
+    return f"{kind}: " + (message[len(prefix):] if message.startswith(prefix) else message)
 
 
 def _file_source(files, labels, root, description):
@@ -402,11 +403,20 @@ def _assign_values(source, values, kind):
         if ids.size and ids.min() < 0:
             raise ValueError(f"class labels must be >= 0, got {ids.min()}.")
         source.labels = ids
+        # Integer labels name themselves; the count (max + 1) sizes the model's class table.
+        source.class_names = integer_class_names(ids)
         return
     names = sorted({str(v) for v in values})
     lookup = {n: i for i, n in enumerate(names)}
     source.labels = np.asarray([lookup[str(v)] for v in values], np.int64)
     source.class_names = names
+
+
+def integer_class_names(ids):
+    """`["0", "1", ..., str(max)]` for integer class ids (classes absent from the data
+    included, so that id `k` is always class `k`)."""
+    top = int(np.max(ids)) if len(ids) else -1
+    return [str(i) for i in range(top + 1)]
 
 
 # ------------------------------------------------------------------- reporting

@@ -37,7 +37,9 @@ class PyramidDenoisingLoss:
 
     def __call__(self, clean, denoised, sigma, sample_weight=None):
         err = ops.square(ops.cast(denoised, "float32") - ops.cast(clean, "float32"))
-        per_sample_level = ops.mean(ops.reshape(err, tuple(err.shape[:2]) + (-1,)), axis=-1)
+        # A mean over the trailing axes, not a reshape: that needs only the rank, and a
+        # generator's batch axis (and any other) may be unknown while TensorFlow traces.
+        per_sample_level = ops.mean(err, axis=tuple(range(2, len(err.shape))))
         per_sample_level = per_sample_level * self.preconditioning.loss_weight(sigma)  # (B, L)
         if sample_weight is None:
             per_level = ops.mean(per_sample_level, axis=0)

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_hpdm.pyramid import check_number
+
 
 @keras.saving.register_keras_serializable(package="keras_hpdm")
 class LevelNoiseDistribution:
@@ -25,12 +27,10 @@ class LevelNoiseDistribution:
     """
 
     def __init__(self, p_mean=-1.2, p_std=1.2, level_noise_scale=2.0):
-        if not p_std > 0:
-            raise ValueError(f"`p_std` must be positive, got {p_std!r}.")
-        if not level_noise_scale > 0:
-            raise ValueError(f"`level_noise_scale` must be positive, got {level_noise_scale!r}.")
-        self.p_mean, self.p_std = float(p_mean), float(p_std)
-        self.level_noise_scale = float(level_noise_scale)
+        self.p_mean = check_number("p_mean", p_mean)
+        self.p_std = check_number("p_std", p_std, low=0.0, low_open=True)
+        self.level_noise_scale = check_number("level_noise_scale", level_noise_scale, low=0.0,
+                                              low_open=True)
 
     def level_multipliers(self, num_levels):
         return ops.power(self.level_noise_scale, ops.arange(num_levels, dtype="float32"))

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_hpdm.pyramid import check_number
+
 
 def expand_sigma(sigma, x):
     """Broadcasts `sigma` of shape `x.shape[:sigma.ndim]` over `x`'s trailing axes."""
@@ -34,9 +36,7 @@ class EDMPreconditioning:
     """
 
     def __init__(self, sigma_data=0.5):
-        if not sigma_data > 0:
-            raise ValueError(f"`sigma_data` must be positive, got {sigma_data!r}.")
-        self.sigma_data = float(sigma_data)
+        self.sigma_data = check_number("sigma_data", sigma_data, low=0.0, low_open=True)
 
     def coefficients(self, sigma):
         """`(c_skip, c_out, c_in, c_noise)` in float32 for noise levels `sigma`."""

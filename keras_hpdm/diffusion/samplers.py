@@ -5,13 +5,12 @@ canvas (`keras_hpdm.diffusion.tiled_denoiser`) or a toy analytic model.
 """
 
 import math
-import numbers
 
 import numpy as np
 from keras import ops
 
 from keras_hpdm.diffusion.seeding import check_sample_ids, per_sample_normal
-from keras_hpdm.pyramid import check_seed
+from keras_hpdm.pyramid import check_number, check_seed
 
 METHODS = ("euler", "heun", "stochastic")
 
@@ -43,15 +42,6 @@ def _check_sigmas(sigmas):
             f"(e.g. `edm_sigmas(...)`), got {s.tolist()}."
         )
     return s
-
-
-def _check_real(name, value, low, allow_inf=False):
-    ok = not isinstance(value, bool) and isinstance(value, numbers.Real)
-    ok = ok and not math.isnan(value) and (allow_inf or math.isfinite(value)) and value >= low
-    if not ok:
-        raise ValueError(f"`{name}` must be a {'' if allow_inf else 'finite '}number >= {low}, "
-                         f"got {value!r}.")
-    return float(value)
 
 
 def _denoise(denoise_fn, x, sigma, num_samples):
@@ -128,10 +118,10 @@ def sample(
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
     sigmas = _check_sigmas(sigmas)
-    S_churn = _check_real("S_churn", S_churn, 0.0)
-    S_min = _check_real("S_min", S_min, 0.0)
-    S_max = _check_real("S_max", S_max, S_min, allow_inf=True)
-    S_noise = _check_real("S_noise", S_noise, 0.0)
+    S_churn = check_number("S_churn", S_churn, low=0.0)
+    S_min = check_number("S_min", S_min, low=0.0)
+    S_max = check_number("S_max", S_max, low=S_min, allow_inf=True)
+    S_noise = check_number("S_noise", S_noise, low=0.0)
     if S_churn > 0 and method != "stochastic":
         raise ValueError(f"`S_churn` > 0 needs method='stochastic', got method={method!r}.")
     seed = check_seed(seed)

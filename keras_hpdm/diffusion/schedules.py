@@ -1,17 +1,12 @@
 """Noise-level schedules for sampling."""
 
-import math
-import numbers
-
 import numpy as np
+
+from keras_hpdm.pyramid import check_int, check_number
 
 
 def _check_positive_float(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-        math.isfinite(value) and value > 0
-    ):
-        raise ValueError(f"`{name}` must be a positive finite number, got {value!r}.")
-    return float(value)
+    return check_number(name, value, low=0.0, low_open=True)
 
 
 def edm_sigmas(num_steps, sigma_min=0.002, sigma_max=80.0, rho=7.0):
@@ -39,8 +34,7 @@ def edm_sigmas(num_steps, sigma_min=0.002, sigma_max=80.0, rho=7.0):
         - [Karras et al., Elucidating the Design Space of Diffusion-Based Generative Models,
           NeurIPS 2022](https://arxiv.org/abs/2206.00364)
     """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 1:
-        raise ValueError(f"`num_steps` must be a positive integer, got {num_steps!r}.")
+    num_steps = check_int("num_steps", num_steps, low=1)
     sigma_min = _check_positive_float("sigma_min", sigma_min)
     sigma_max = _check_positive_float("sigma_max", sigma_max)
     rho = _check_positive_float("rho", rho)

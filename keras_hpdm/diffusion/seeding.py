@@ -6,18 +6,14 @@ own generator, seeded by hashing `(seed, sample_id, stream)`, so a caller can re
 single sample, or split a batch across calls or devices, and get the same noise.
 """
 
-import numbers
-
 import numpy as np
 from keras import ops
 
-from keras_hpdm.pyramid import check_seed
+from keras_hpdm.pyramid import check_int, check_seed
 
 
 def _check_key(name, value):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
-    return int(value)
+    return check_int(name, value, low=0)
 
 
 def derive_seed(seed, *keys):

@@ -13,31 +13,24 @@ import numbers
 import numpy as np
 from keras import ops
 
+from keras_hpdm.pyramid import check_int, check_int_tuple, check_number
+
 AXES = ("frames", "height", "width")
 BLENDS = ("uniform", "smooth")
 
 
 def _check_int(name, value, low=1):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or (
-        value < low
-    ):
-        raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
-    return int(value)
+    return check_int(name, value, low=low)
 
 
 def _check_triple(name, value):
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 3:
-        raise ValueError(f"`{name}` must be a tuple `(frames, height, width)`, got {value!r}.")
-    pairs = enumerate(zip(AXES, value, strict=True))
-    return tuple(_check_int(f"{name}[{i}] ({axis})", v) for i, (axis, v) in pairs)
+    return check_int_tuple(name, value, 3, labels=AXES)
 
 
 def _starts(canvas, tile, overlap, names):
     canvas = _check_int(names[0], canvas)
     tile = _check_int(names[1], tile)
-    ok = not isinstance(overlap, bool) and isinstance(overlap, numbers.Real)
-    if not (ok and 0.0 <= overlap < 1.0):
-        raise ValueError(f"`{names[2]}` must be a number in [0, 1), got {overlap!r}.")
+    overlap = check_number(names[2], overlap, low=0.0, high=1.0, high_open=True)
     if tile > canvas:
         raise ValueError(f"`{names[1]}` ({tile}) must not exceed `{names[0]}` ({canvas}).")
     stride = max(1, math.floor(tile * (1.0 - overlap) + 0.5))  # rounded half up

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_hpdm.pyramid import check_int
+
 
 @keras.saving.register_keras_serializable(package="keras_hpdm")
 class Attention(keras.layers.Layer):
@@ -33,10 +35,8 @@ class Attention(keras.layers.Layer):
 
     def __init__(self, num_heads, output_dim=None, zero_init_output=False, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
-            raise ValueError(f"`num_heads` must be a positive integer, got {num_heads!r}.")
-        self.num_heads = num_heads
-        self.output_dim = output_dim
+        self.num_heads = check_int("num_heads", num_heads, low=1)
+        self.output_dim = check_int("output_dim", output_dim, low=1, allow_none=True)
         self.zero_init_output = zero_init_output
 
     def build(self, query_shape, context_shape=None):

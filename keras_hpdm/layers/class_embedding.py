@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_hpdm.pyramid import check_int
+
 
 @keras.saving.register_keras_serializable(package="keras_hpdm")
 class ClassEmbedding(keras.layers.Layer):
@@ -27,10 +29,8 @@ class ClassEmbedding(keras.layers.Layer):
 
     def __init__(self, num_classes, dim, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"`num_classes` must be a positive integer, got {num_classes!r}.")
-        self.num_classes = num_classes
-        self.dim = int(dim)
+        self.num_classes = check_int("num_classes", num_classes, low=1)
+        self.dim = check_int("dim", dim, low=1)
         self.embedding = keras.layers.Embedding(
             num_classes + 1, self.dim, dtype=self.dtype_policy, name="embedding",
             embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),

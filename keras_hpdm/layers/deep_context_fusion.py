@@ -83,7 +83,10 @@ class DeepContextFusion(keras.layers.Layer):
             )
         dim = features_shape[-1]
         self.grid_size = tuple(features_shape[2:5])
-        self.resample = CropResample(self.grid_size, dtype=self.dtype_policy, name="resample")
+        # Boxes come from coordinates checked on the host before training / generation;
+        # checking them here would copy them to the host at every eager call.
+        self.resample = CropResample(self.grid_size, check_boxes=False,
+                                     dtype=self.dtype_policy, name="resample")
         # Weightless, but never called in a block that only runs level 0 (adaptive
         # computation): mark it built, or Keras sees an unbuilt model (predict_on_batch then
         # re-runs the model eagerly on every call).

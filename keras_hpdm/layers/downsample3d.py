@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_hpdm.pyramid import check_int
+
 
 @keras.saving.register_keras_serializable(package="keras_hpdm")
 class Downsample3D(keras.layers.Layer):
@@ -35,9 +37,7 @@ class Downsample3D(keras.layers.Layer):
 
     def __init__(self, filters, downsample_time=False, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(filters, int) or filters < 1:
-            raise ValueError(f"`filters` must be a positive int. Received: filters={filters}")
-        self.filters = filters
+        self.filters = check_int("filters", filters, low=1)
         self.downsample_time = bool(downsample_time)
         self._strides = (2 if self.downsample_time else 1, 2, 2)
         self.conv = keras.layers.Conv3D(filters, 3, strides=self._strides, padding="same",

@@ -4,6 +4,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_hpdm.pyramid import check_int
+
 
 @keras.saving.register_keras_serializable(package="keras_hpdm")
 class FactorizedAttention(keras.layers.Layer):
@@ -43,14 +45,8 @@ class FactorizedAttention(keras.layers.Layer):
 
     def __init__(self, num_heads, head_dim=None, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(num_heads, int) or num_heads < 1:
-            raise ValueError(f"`num_heads` must be a positive int. Received: num_heads={num_heads}")
-        if head_dim is not None and (not isinstance(head_dim, int) or head_dim < 1):
-            raise ValueError(
-                f"`head_dim` must be a positive int or None. Received: head_dim={head_dim}"
-            )
-        self.num_heads = num_heads
-        self.head_dim = head_dim
+        self.num_heads = check_int("num_heads", num_heads, low=1)
+        self.head_dim = check_int("head_dim", head_dim, low=1, allow_none=True)
         self.spatial_norm = keras.layers.LayerNormalization(epsilon=1e-5, dtype="float32",
                                                             name="spatial_norm")
         self.temporal_norm = keras.layers.LayerNormalization(epsilon=1e-5, dtype="float32",

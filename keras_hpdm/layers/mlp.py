@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_hpdm.pyramid import check_number
+
 
 @keras.saving.register_keras_serializable(package="keras_hpdm")
 class MLP(keras.layers.Layer):
@@ -19,9 +21,8 @@ class MLP(keras.layers.Layer):
 
     def __init__(self, ratio=4, zero_init_output=False, **kwargs):
         super().__init__(**kwargs)
-        if not ratio or ratio <= 0:
-            raise ValueError(f"`ratio` must be positive, got {ratio!r}.")
-        self.ratio = ratio
+        check_number("ratio", ratio, low=0.0, low_open=True)
+        self.ratio = ratio  # as given: an int stays an int in the config
         self.zero_init_output = zero_init_output
 
     def build(self, input_shape):

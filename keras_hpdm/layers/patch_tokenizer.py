@@ -3,14 +3,11 @@
 import keras
 from keras import ops
 
+from keras_hpdm.pyramid import check_int, check_int_tuple
+
 
 def _check_patch(patch_size):
-    patch_size = tuple(patch_size)
-    if len(patch_size) != 3 or any(int(p) != p or p < 1 for p in patch_size):
-        raise ValueError(
-            f"`patch_size` must be 3 positive integers (f, h, w), got {patch_size!r}."
-        )
-    return tuple(int(p) for p in patch_size)
+    return check_int_tuple("patch_size", patch_size, 3, labels=("frames", "height", "width"))
 
 
 def _check_divisible(shape, patch_size, name):
@@ -44,7 +41,7 @@ class PatchTokenizer(keras.layers.Layer):
     def __init__(self, patch_size, dim, **kwargs):
         super().__init__(**kwargs)
         self.patch_size = _check_patch(patch_size)
-        self.dim = int(dim)
+        self.dim = check_int("dim", dim, low=1)
 
     def build(self, input_shape):
         if len(input_shape) != 5:
@@ -93,7 +90,7 @@ class PatchDetokenizer(keras.layers.Layer):
     def __init__(self, patch_size, channels, **kwargs):
         super().__init__(**kwargs)
         self.patch_size = _check_patch(patch_size)
-        self.channels = int(channels)
+        self.channels = check_int("channels", channels, low=1)
 
     def build(self, input_shape):
         pf, ph, pw = self.patch_size

@@ -5,6 +5,8 @@ import math
 import keras
 from keras import ops
 
+from keras_hpdm.pyramid import check_int, check_number
+
 
 @keras.saving.register_keras_serializable(package="keras_hpdm")
 class SigmaEmbedding(keras.layers.Layer):
@@ -48,9 +50,12 @@ class SigmaEmbedding(keras.layers.Layer):
     def __init__(self, dim, frequency_dim=256, max_period=10000.0, **kwargs):
         kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
-        self.dim = int(dim)
-        self.frequency_dim = int(frequency_dim)
-        self.max_period = float(max_period)
+        self.dim = check_int("dim", dim, low=1)
+        self.frequency_dim = check_int("frequency_dim", frequency_dim, low=2)
+        if self.frequency_dim % 2:
+            raise ValueError(f"`frequency_dim` must be even (half sin, half cos), got "
+                             f"{frequency_dim!r}.")
+        self.max_period = check_number("max_period", max_period, low=0.0, low_open=True)
 
     def build(self, input_shape):
         self.hidden = keras.layers.Dense(self.dim, activation="silu", dtype="float32",

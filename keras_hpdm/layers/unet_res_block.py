@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_hpdm.pyramid import check_int, check_number
+
 
 def _conv2plus1d(filters, temporal_kernel, dtype, name, zero_init=False):
     """A (1, 3, 3) spatial conv then a (t, 1, 1) temporal conv; `zero_init`: the last one."""
@@ -62,16 +64,16 @@ class UNetResBlock(keras.layers.Layer):
 
     def __init__(self, filters, groups=8, dropout=0.0, temporal_kernel=3, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(filters, int) or filters < 1:
-            raise ValueError(f"`filters` must be a positive int. Received: filters={filters}")
-        if not isinstance(groups, int) or groups < 1 or filters % groups:
+        filters = check_int("filters", filters, low=1)
+        groups = check_int("groups", groups, low=1)
+        if filters % groups:
             raise ValueError(
                 f"`groups` must be a positive int dividing `filters`. "
                 f"Received: groups={groups}, filters={filters}"
             )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout}")
-        if not isinstance(temporal_kernel, int) or temporal_kernel < 1 or temporal_kernel % 2 == 0:
+        dropout = check_number("dropout", dropout, low=0.0, high=1.0, high_open=True)
+        temporal_kernel = check_int("temporal_kernel", temporal_kernel, low=1)
+        if temporal_kernel % 2 == 0:
             raise ValueError(
                 "`temporal_kernel` must be a positive odd int (centred 'same' padding). "
                 f"Received: temporal_kernel={temporal_kernel}"

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_hpdm.pyramid import check_int
+
 
 @keras.saving.register_keras_serializable(package="keras_hpdm")
 class Upsample3D(keras.layers.Layer):
@@ -33,9 +35,7 @@ class Upsample3D(keras.layers.Layer):
 
     def __init__(self, filters, upsample_time=False, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(filters, int) or filters < 1:
-            raise ValueError(f"`filters` must be a positive int. Received: filters={filters}")
-        self.filters = filters
+        self.filters = check_int("filters", filters, low=1)
         self.upsample_time = bool(upsample_time)
         self._axes = (1, 2, 3) if self.upsample_time else (2, 3)
         self.conv = keras.layers.Conv3D(filters, 3, padding="same", dtype=self.dtype_policy,

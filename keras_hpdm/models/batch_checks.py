@@ -2,14 +2,20 @@
 
 Keys and static shapes are checked before `fit` hands the data to Keras (dicts and
 `tf.data` element specs) and again where the batch enters the loss (a clear `ValueError` at
-trace time, e.g. for generators). Values (NaN/Inf, label range) cannot raise from inside a
-compiled JAX / XLA step, so they are checked on the data side instead: in the `tf.data`
-graph (which runs outside the compiled step under every backend) or on numpy arrays.
+trace time, e.g. for generators). Values (NaN/Inf, coordinate and label ranges) cannot raise
+from inside a compiled JAX / XLA step, so they are checked on the data side, on every input
+path: numpy checks on dicts of arrays, on each batch a Python generator yields and on each
+item a `keras.utils.PyDataset` returns; assertions in the `tf.data` graph (which runs outside
+the compiled step under every backend).
 """
 
+import inspect
+
+import keras
 import numpy as np
 
 ALLOWED_KEYS = ("patches", "coords", "label", "text", "text_embeddings")
+FLOAT_KEYS = ("patches", "coords", "text_embeddings")  # must be finite
 
 
 def _expected(model):
@@ -109,17 +115,84 @@ def _not_text_conditional(backbone):
             f"`text_dim=None`); it is {kind}.")
 
 
-def _numpy_checks(model, batch):
-    patches = np.asarray(batch["patches"])
-    if not np.all(np.isfinite(patches)):
-        raise ValueError("`patches` contains NaN or Inf values.")
-    if "label" in batch and model.backbone.num_classes:
-        label = np.asarray(batch["label"])
-        if label.size and (label.min() < 0 or label.max() >= model.backbone.num_classes):
+def _host_array(value):
+    """A batch entry as numpy: arrays and CPU tensors directly, device tensors via Keras."""
+    try:
+        return np.asarray(value)
+    except (TypeError, RuntimeError, ValueError):  # e.g. a torch tensor on a GPU
+        return np.asarray(keras.ops.convert_to_numpy(value))
+
+
+def check_batch_values(batch, num_classes=None, sample_weight=None):
+    """Raises a `ValueError` naming the key when a batch's values would poison training:
+    NaN/Inf in `patches`, `coords`, `text_embeddings` or `sample_weight`, `coords` outside
+    [0, 1], labels outside `[0, num_classes)`. Missing keys are left to the structure check.
+    """
+    for key in FLOAT_KEYS:
+        if key in batch and not np.all(np.isfinite(_host_array(batch[key]))):
+            raise ValueError(f"`{key}` contains NaN or Inf values.")
+    if "coords" in batch:
+        coords = _host_array(batch["coords"])
+        if coords.size and (coords.min() < 0 or coords.max() > 1):
             raise ValueError(
-                f"`label` values must be in [0, {model.backbone.num_classes - 1}], got "
+                "`coords` (scales and offsets as fractions of the video) must be in [0, 1], "
+                f"got min {coords.min()} max {coords.max()}."
+            )
+    if "label" in batch and num_classes:
+        label = _host_array(batch["label"])
+        if label.size and (label.min() < 0 or label.max() >= num_classes):
+            raise ValueError(
+                f"`label` values must be in [0, {num_classes - 1}], got "
                 f"min {label.min()} max {label.max()}."
             )
+    if sample_weight is not None:
+        weight = _host_array(sample_weight)
+        if not np.all(np.isfinite(weight)) or np.any(weight < 0):
+            raise ValueError("`sample_weight` must be finite and >= 0.")
+
+
+def _numpy_checks(model, batch, sample_weight=None):
+    check_batch_values(batch, model.backbone.num_classes, sample_weight)
+
+
+def _checked_item(item, num_classes):
+    """A generator / PyDataset item, checked; a bare dict becomes Keras' `(x,)`."""
+    if isinstance(item, dict):
+        item = (item,)
+    if isinstance(item, (tuple, list)) and item and isinstance(item[0], dict):
+        weight = item[2] if len(item) == 3 else None
+        check_batch_values(item[0], num_classes, weight)
+    return item
+
+
+def _checked_generator(generator, num_classes):
+    for item in generator:
+        yield _checked_item(item, num_classes)
+
+
+class CheckedPyDataset(keras.utils.PyDataset):
+    """A `PyDataset` whose items are checked as they are loaded (in its workers, if any:
+    it holds plain data only, so it pickles wherever the wrapped dataset does)."""
+
+    def __init__(self, dataset, num_classes):
+        super().__init__(workers=dataset.workers,
+                         use_multiprocessing=dataset.use_multiprocessing,
+                         max_queue_size=dataset.max_queue_size)
+        self.dataset = dataset
+        self.num_classes = num_classes
+
+    def __getitem__(self, index):
+        return _checked_item(self.dataset[index], self.num_classes)
+
+    @property
+    def num_batches(self):
+        return self.dataset.num_batches
+
+    def on_epoch_begin(self):
+        self.dataset.on_epoch_begin()
+
+    def on_epoch_end(self):
+        self.dataset.on_epoch_end()
 
 
 def _encode_text(model, texts):
@@ -127,50 +200,88 @@ def _encode_text(model, texts):
     return np.asarray(model.text_encoder.encode(prompts)["embeddings"], "float32")
 
 
-def prepare_inputs(model, x):
-    """Validates values and turns `text` prompts into `text_embeddings`."""
+def prepare_inputs(model, x, sample_weight=None):
+    """Validates values and turns `text` prompts into `text_embeddings`.
+
+    Dicts of arrays are checked at once; generators, `PyDataset`s and `tf.data` datasets
+    come back wrapped so that each batch is checked as it is drawn.
+    """
     import tensorflow as tf
 
+    num_classes = model.backbone.num_classes
     if isinstance(x, dict):
         x = dict(x)
         check_batch_structure(model, x)
-        _numpy_checks(model, x)
+        _numpy_checks(model, x, sample_weight)
         if "text" in x:
             x["text_embeddings"] = _encode_text(model, x.pop("text"))
         return x
     if isinstance(x, (np.ndarray, list, tuple)) or hasattr(x, "__array__"):
         check_batch_structure(model, x)  # raises: batches must be dicts
+    if isinstance(x, keras.utils.PyDataset):
+        return CheckedPyDataset(x, num_classes)
+    if inspect.isgenerator(x):
+        return _checked_generator(x, num_classes)
     if not isinstance(x, tf.data.Dataset):
-        return x  # generators / PyDatasets: the checks run where the batch enters the loss
+        return x  # other sources (e.g. a torch DataLoader): structure checked in the loss
     if isinstance(x.element_spec, dict):
         check_batch_structure(model, x.element_spec)
-    num_classes = model.backbone.num_classes
+    return x.map(lambda *element: _tf_validate(*element, model=model))
 
-    def validate(batch):
-        if not isinstance(batch, dict):
-            return batch
-        batch = dict(batch)
-        if "patches" in batch:
-            batch["patches"] = tf.debugging.assert_all_finite(
-                tf.cast(batch["patches"], tf.float32), "`patches` contains NaN or Inf values."
-            )
-        if "label" in batch and num_classes:
-            label = tf.cast(batch["label"], tf.int32)
-            with tf.control_dependencies([
-                tf.debugging.assert_non_negative(label, message="`label` values must be >= 0"),
-                tf.debugging.assert_less(
-                    label, num_classes,
-                    message=f"`label` values must be in [0, {num_classes - 1}]",
-                ),
-            ]):
-                batch["label"] = tf.identity(label)
-        if "text" in batch and batch["text"].dtype == tf.string and model.backbone.text_dim:
-            texts = batch.pop("text")
-            emb = tf.numpy_function(lambda t: _encode_text(model, t), [texts], tf.float32)
-            # Static token count: the backbones fold levels into the batch with reshapes
-            # that need every non-batch axis known when TensorFlow traces the step.
-            emb.set_shape([None, model.text_encoder.sequence_length, model.backbone.text_dim])
-            batch["text_embeddings"] = emb
+
+def _tf_with_asserts(value, asserts):
+    import tensorflow as tf
+
+    with tf.control_dependencies(asserts):
+        return tf.identity(value)
+
+
+def _tf_check_finite(value, key):
+    import tensorflow as tf
+
+    return tf.debugging.assert_all_finite(tf.cast(value, tf.float32),
+                                          f"`{key}` contains NaN or Inf values.")
+
+
+def _tf_validate(*element, model):
+    """`tf.data` twin of `check_batch_values`: cheap elementwise asserts in the graph, and
+    text prompts encoded into `text_embeddings`."""
+    import tensorflow as tf
+
+    if len(element) > 1:  # (x, y) or (x, y, sample_weight)
+        rest = list(element[1:])
+        if len(rest) == 2:
+            weight = _tf_check_finite(rest[1], "sample_weight")
+            rest[1] = _tf_with_asserts(weight, [tf.debugging.assert_non_negative(
+                weight, message="`sample_weight` must be finite and >= 0")])
+        return (_tf_validate(element[0], model=model), *rest)
+    batch = element[0]
+    if not isinstance(batch, dict):
         return batch
-
-    return x.map(validate)
+    batch = dict(batch)
+    for key in FLOAT_KEYS:
+        if key in batch:
+            batch[key] = _tf_check_finite(batch[key], key)
+    if "coords" in batch:
+        message = "`coords` (fractions of the video) must be in [0, 1]"
+        batch["coords"] = _tf_with_asserts(batch["coords"], [
+            tf.debugging.assert_non_negative(batch["coords"], message=message),
+            tf.debugging.assert_less_equal(batch["coords"], 1.0, message=message),
+        ])
+    num_classes = model.backbone.num_classes
+    if "label" in batch and num_classes:
+        label = tf.cast(batch["label"], tf.int32)
+        batch["label"] = _tf_with_asserts(label, [
+            tf.debugging.assert_non_negative(label, message="`label` values must be >= 0"),
+            tf.debugging.assert_less(
+                label, num_classes, message=f"`label` values must be in [0, {num_classes - 1}]"
+            ),
+        ])
+    if "text" in batch and batch["text"].dtype == tf.string and model.backbone.text_dim:
+        texts = batch.pop("text")
+        emb = tf.numpy_function(lambda t: _encode_text(model, t), [texts], tf.float32)
+        # Static token count: the backbones fold levels into the batch with reshapes
+        # that need every non-batch axis known when TensorFlow traces the step.
+        emb.set_shape([None, model.text_encoder.sequence_length, model.backbone.text_dim])
+        batch["text_embeddings"] = emb
+    return batch

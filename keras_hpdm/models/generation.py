@@ -1,5 +1,6 @@
 """Tiled, level-by-level generation for `PatchDiffusionModel.generate` (paper §4.4)."""
 
+import contextlib
 import math
 import numbers
 import weakref
@@ -11,10 +12,11 @@ from keras import ops
 from keras_hpdm.diffusion.samplers import sample
 from keras_hpdm.diffusion.schedules import edm_sigmas
 from keras_hpdm.diffusion.seeding import derive_seed, per_sample_normal
-from keras_hpdm.diffusion.tiling import tile_grid, tiled_denoiser
-from keras_hpdm.pyramid import check_seed
+from keras_hpdm.diffusion.tiling import BLENDS, tile_grid, tiled_denoiser
+from keras_hpdm.pyramid import check_int, check_number, check_seed
 
 SAMPLERS = ("euler", "heun", "stochastic")
+VERBOSE = ("auto", 0, 1, 2)
 # EDM's ImageNet-64 setting (S_churn 40 at 256 steps) as churn per step: gamma = 0.156.
 EDM_CHURN_PER_STEP = 40.0 / 256.0
 
@@ -97,13 +99,9 @@ class PyramidGenerator:
     # ------------------------------------------------------------ arguments
     def resolve_conditions(self, conditions, num_samples, guidance_scale):
         bb = self.model.backbone
-        if num_samples is not None and (
-            isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral)
-            or num_samples < 1
-        ):
-            raise ValueError(f"`num_samples` must be a positive integer, got {num_samples!r}.")
-        if not isinstance(guidance_scale, numbers.Real) or guidance_scale < 0:
-            raise ValueError(f"`guidance_scale` must be a number >= 0, got {guidance_scale!r}.")
+        num_samples = check_int("num_samples", num_samples, low=1, allow_none=True)
+        # Finite: an infinite or NaN weight turns every guided pixel into NaN (black videos).
+        guidance_scale = check_number("guidance_scale", guidance_scale, low=0.0)
         conditional = bool(bb.num_classes or bb.text_dim)
         if guidance_scale != 1.0 and not conditional:
             raise ValueError("`guidance_scale` != 1 needs a class- or text-conditional model.")
@@ -112,8 +110,7 @@ class PyramidGenerator:
                 raise ValueError("`guidance_scale` != 1 needs `conditions` to guide towards.")
             n = num_samples or 1
             return n, (self.model.null_conditions(n) if conditional else {})
-        items = [conditions] if isinstance(conditions, (str, numbers.Integral)) else list(
-            conditions)
+        items = _condition_items(conditions)
         if not items:
             raise ValueError("`conditions` is empty.")
         if len(items) == 1 and num_samples:
@@ -153,18 +150,9 @@ class PyramidGenerator:
     def resolve_steps(self, num_steps, num_levels):
         num_steps = self.settings["num_steps"] if num_steps is None else num_steps
         if isinstance(num_steps, numbers.Integral) and not isinstance(num_steps, bool):
-            if num_steps < 1:
-                raise ValueError(f"`num_steps` must be >= 1, got {num_steps}.")
+            num_steps = check_int("num_steps", num_steps, low=1)
             return [max(min(4, num_steps), num_steps // 2**lv) for lv in range(num_levels)]
-        steps = list(num_steps)
-        if len(steps) != num_levels or any(
-            isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in steps
-        ):
-            raise ValueError(
-                f"`num_steps` must be a positive int or {num_levels} positive ints (one per "
-                f"level), got {num_steps!r}."
-            )
-        return steps
+        return check_steps_per_level(num_steps, num_levels)
 
     def resolve_samplers(self, sampler, num_levels):
         if sampler is None:
@@ -183,33 +171,34 @@ class PyramidGenerator:
 
     @staticmethod
     def resolve_overlap(overlap):
-        values = [overlap] * 3 if isinstance(overlap, numbers.Real) else list(overlap)
-        if len(values) != 3 or any(
-            not isinstance(v, numbers.Real) or not 0.0 <= v < 1.0 for v in values
-        ):
+        values = [overlap] * 3 if isinstance(overlap, numbers.Number) else overlap
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(
+                values) != 3:
             raise ValueError(
                 f"`overlap` must be a number in [0, 1) or 3 of them (f, h, w), got {overlap!r}."
             )
-        return tuple(float(v) for v in values)
+        return tuple(check_number(f"overlap[{i}]", v, low=0.0, high=1.0, high_open=True)
+                     for i, v in enumerate(values))
 
     # ----------------------------------------------------------- generation
     def __call__(self, conditions=None, num_samples=None, num_steps=None, guidance_scale=1.0,
                  overlap=(0.5, 0.5, 0.0), tile_batch_size=16, seed=None, sampler=None,
                  blend="uniform", cache_context=True, callbacks=None, verbose="auto",
-                 return_pyramid=False, num_levels=None):
+                 return_pyramid=False, num_levels=None, use_ema=False):
+        """Validates every argument, then samples level by level (with the EMA weights
+        swapped in when `use_ema`; see `PatchDiffusionModel.generate`)."""
         spec = self.spec
         num_levels = spec.num_levels if num_levels is None else num_levels
-        if not isinstance(num_levels, numbers.Integral) or not 1 <= num_levels <= spec.num_levels:
-            raise ValueError(f"`num_levels` must be in [1, {spec.num_levels}], got {num_levels}.")
+        num_levels = check_int("num_levels", num_levels, low=1, high=spec.num_levels)
         n, conds = self.resolve_conditions(conditions, num_samples, guidance_scale)
         steps = self.resolve_steps(num_steps, num_levels)
         methods = self.resolve_samplers(sampler, num_levels)
         overlap = self.resolve_overlap(overlap)
-        if isinstance(tile_batch_size, bool) or not isinstance(tile_batch_size, numbers.Integral) \
-                or tile_batch_size < 1:
-            raise ValueError(
-                f"`tile_batch_size` must be a positive integer, got {tile_batch_size!r}."
-            )
+        tile_batch_size = check_int("tile_batch_size", tile_batch_size, low=1)
+        if verbose not in VERBOSE:
+            raise ValueError(f"`verbose` must be one of {VERBOSE}, got {verbose!r}.")
+        if blend not in BLENDS:
+            raise ValueError(f"`blend` must be one of {BLENDS}, got {blend!r}.")
         seed = check_seed(seed)
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
@@ -222,11 +211,13 @@ class PyramidGenerator:
                 if guidance_scale != 1.0 else None)
 
         canvases = []
-        for level in range(num_levels):
-            canvases.append(self.level(
-                level, canvases, n, conds, null, guidance_scale, steps[level], methods[level],
-                overlap, int(tile_batch_size), seed, blend, cache_context, callbacks, verbose,
-            ))
+        with _ema_weights(self.model, use_ema):
+            for level in range(num_levels):
+                canvases.append(self.level(
+                    level, canvases, n, conds, null, guidance_scale, steps[level],
+                    methods[level], overlap, tile_batch_size, seed, blend, cache_context,
+                    callbacks, verbose,
+                ))
         video = to_uint8(canvases[-1])
         return (video, canvases) if return_pyramid else video
 
@@ -315,6 +306,72 @@ class PyramidGenerator:
         out = sample(denoise_fn, x, sigmas, method=method, seed=derive_seed(seed, level, 1),
                      callback=on_step if callbacks else None, **options)
         return np.asarray(ops.convert_to_numpy(out), np.float32)
+
+
+@contextlib.contextmanager
+def _ema_weights(model, use_ema):
+    """Swaps the EMA weights in (when kept) and the live ones back after."""
+    swap = bool(use_ema) and bool(model.ema_weights)
+    if swap:
+        model.swap_ema_weights()
+    try:
+        yield
+    finally:
+        if swap:
+            model.swap_ema_weights()
+
+
+def _condition_items(conditions):
+    """`conditions` (one or a sequence) as a list; any other number is a bad class id."""
+    if isinstance(conditions, (str, bytes, numbers.Number)) or (
+            isinstance(conditions, np.ndarray) and conditions.ndim == 0):
+        return [conditions.item() if isinstance(conditions, np.ndarray) else conditions]
+    if not hasattr(conditions, "__iter__"):
+        raise TypeError(
+            "`conditions` must be None, a class id, a prompt, or a list of one kind; got "
+            f"{conditions!r}."
+        )
+    return list(conditions)
+
+
+def check_steps_per_level(num_steps, num_levels, name="num_steps"):
+    """`num_steps` as one positive int per level, or a `ValueError` naming `name`."""
+    if isinstance(num_steps, (str, bytes)) or not hasattr(num_steps, "__len__") or len(
+            num_steps) != num_levels:
+        raise ValueError(
+            f"`{name}` must be a positive int or {num_levels} positive ints (one per "
+            f"level), got {num_steps!r}."
+        )
+    return [check_int(f"{name}[{lv}]", s, low=1) for lv, s in enumerate(num_steps)]
+
+
+def check_sampling(sampling, num_levels):
+    """Validates a complete `sampling` settings dict (see `DEFAULT_SAMPLING`) up front, so
+    a bad value fails when the model is built, not in the middle of `generate`."""
+    steps = sampling["num_steps"]
+    if isinstance(steps, numbers.Integral) and not isinstance(steps, bool):
+        check_int('sampling["num_steps"]', steps, low=1)
+    else:
+        check_steps_per_level(steps, num_levels, name='sampling["num_steps"]')
+    methods = sampling["methods"]
+    if isinstance(methods, str) or not hasattr(methods, "__len__") or len(methods) != 2 or any(
+            m not in SAMPLERS for m in methods):
+        raise ValueError(f'`sampling["methods"]` must be 2 of {SAMPLERS} (level 0, then the '
+                         f"other levels), got {methods!r}.")
+    positive = dict(low=0.0, low_open=True)
+    sigma_min = check_number('sampling["sigma_min"]', sampling["sigma_min"], **positive)
+    check_number('sampling["sigma_max"]', sampling["sigma_max"], low=sigma_min, low_open=True)
+    check_number('sampling["rho"]', sampling["rho"], **positive)
+    if sampling["S_churn"] != "auto":
+        try:
+            check_number('sampling["S_churn"]', sampling["S_churn"], low=0.0)
+        except ValueError:
+            raise ValueError('`sampling["S_churn"]` must be "auto" or a finite number >= 0, '
+                             f'got {sampling["S_churn"]!r}.') from None
+    s_min = check_number('sampling["S_min"]', sampling["S_min"], low=0.0)
+    check_number('sampling["S_max"]', sampling["S_max"], low=s_min, allow_inf=True)
+    check_number('sampling["S_noise"]', sampling["S_noise"], low=0.0)
+    check_number('sampling["context_sigma"]', sampling["context_sigma"], low=0.0)
 
 
 def _pad_chain(spec, chain):

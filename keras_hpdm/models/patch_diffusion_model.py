@@ -11,7 +11,14 @@ from keras_hpdm.diffusion.loss import PyramidDenoisingLoss
 from keras_hpdm.diffusion.noise import LevelNoiseDistribution
 from keras_hpdm.diffusion.preconditioning import EDMPreconditioning, expand_sigma
 from keras_hpdm.models import batch_checks
-from keras_hpdm.models.generation import PyramidGenerator
+from keras_hpdm.models.backend_quirks import (
+    ReplicaSeedGenerator,
+    check_distribution,
+    reattach_jax_variables_on_error,
+    scale_loss_for_replicas,
+)
+from keras_hpdm.models.generation import PyramidGenerator, check_sampling
+from keras_hpdm.pyramid import check_number, check_seed
 
 DEFAULT_SAMPLING = {
     # Paper App. C: 128 steps at level 0, halved per level (128/64/32); stochastic Heun at
@@ -31,18 +38,6 @@ DEFAULT_SAMPLING = {
 }
 
 _RNG_STATE_KEY = "training_noise_state"
-
-
-def _check_distribution():
-    # Keras has no torch distribution backend: a distribution set there would be ignored.
-    if keras.config.backend() == "torch" and keras.distribution.distribution() is not None:
-        raise ValueError(
-            "A keras.distribution is set, but Keras has no distribution backend for torch, "
-            "so training would silently run on one device. Use the JAX backend "
-            "(keras.distribution.DataParallel / ModelParallel) or TensorFlow "
-            "(tf.distribute strategies), or call "
-            "`keras.distribution.set_distribution(None)`."
-        )
 
 
 @keras.saving.register_keras_serializable(package="keras_hpdm")
@@ -68,9 +63,12 @@ class PatchDiffusionModel(keras.Model):
             `backbone.text_dim`).
         ema_decay: EMA decay per step (None disables EMA); ignored if `ema_half_life` is set.
         ema_half_life: EMA half-life in steps (decay `0.5 ** (1 / half_life)`).
-        seed: seed of the model's training-noise generator.
+        seed: seed of the model's training-noise generator (non-negative int or None).
         sampling: dict overriding `DEFAULT_SAMPLING` (steps, samplers, sigmas), saved with
-            the model.
+            the model; every value is validated here.
+
+    Every numeric argument must be finite and in range: NaN, infinities and bools fail
+    with a `ValueError` naming the argument and its allowed values.
 
     Example:
     ```python
@@ -98,12 +96,15 @@ class PatchDiffusionModel(keras.Model):
                 "`backbone` must be a keras_hpdm backbone (RINBackbone / UNet3DBackbone), "
                 f"got {type(backbone).__name__}."
             )
-        if not 0.0 <= condition_dropout < 1.0:
-            raise ValueError(f"`condition_dropout` must be in [0, 1), got {condition_dropout}.")
-        if ema_half_life is not None and not ema_half_life > 0:
-            raise ValueError(f"`ema_half_life` must be positive, got {ema_half_life!r}.")
-        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"`ema_decay` must be in [0, 1) or None, got {ema_decay!r}.")
+        condition_dropout = check_number("condition_dropout", condition_dropout, low=0.0,
+                                         high=1.0, high_open=True)
+        ema_half_life = check_number("ema_half_life", ema_half_life, low=0.0, low_open=True,
+                                     allow_none=True)
+        ema_decay = check_number("ema_decay", ema_decay, low=0.0, high=1.0, high_open=True,
+                                 allow_none=True)
+        seed = check_seed(seed)
+        if sampling is not None and not isinstance(sampling, dict):
+            raise ValueError(f"`sampling` must be None or a dict, got {sampling!r}.")
         unknown = set(sampling or {}) - set(DEFAULT_SAMPLING)
         if unknown:
             raise ValueError(
@@ -118,12 +119,8 @@ class PatchDiffusionModel(keras.Model):
         self.ema_decay, self.ema_half_life = ema_decay, ema_half_life
         self.seed = seed
         self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
-        churn = self.sampling["S_churn"]
-        if churn != "auto" and (isinstance(churn, bool) or not isinstance(churn, (int, float))
-                                or not churn >= 0):
-            raise ValueError(f'`sampling["S_churn"]` must be "auto" or a number >= 0, '
-                             f"got {churn!r}.")
-        self.seed_generator = keras.random.SeedGenerator(seed, name="training_noise")
+        check_sampling(self.sampling, self.pyramid.num_levels)
+        self.seed_generator = ReplicaSeedGenerator(seed, name="training_noise")
         self.level_loss_trackers = [
             keras.metrics.Mean(name=f"loss_level_{level}")
             for level in range(self.pyramid.num_levels)
@@ -267,7 +264,7 @@ class PatchDiffusionModel(keras.Model):
             tracker.update_state(per_level[level])
         if training:
             self._update_ema()
-        return total
+        return scale_loss_for_replicas(total)
 
     def pyramid_loss(self, patches, coords, conditions, sigma, noise, sample_weight=None):
         """The EDM pyramid loss for given noise levels and noise (what `fit` minimises).
@@ -309,19 +306,30 @@ class PatchDiffusionModel(keras.Model):
         self.ema_step.assign(self.ema_step.value + 1.0)
 
     def fit(self, x=None, y=None, **kwargs):
-        """`keras.Model.fit`, after validating batches and encoding text prompts."""
-        _check_distribution()
-        x = batch_checks.prepare_inputs(self, x)
+        """`keras.Model.fit`, after validating batches and encoding text prompts.
+
+        Every input path is checked for values that would poison the weights (NaN/Inf,
+        `coords` outside [0, 1], labels out of range): dicts of arrays up front, generators,
+        `keras.utils.PyDataset`s and `tf.data` datasets batch by batch as they are drawn.
+        A rejected batch raises and leaves the weights as the last completed step left
+        them (under TensorFlow, a `tf.data` assert fails inside the compiled step, after its
+        data-independent EMA and noise-seed updates).
+        """
+        check_distribution()
+        x = batch_checks.prepare_inputs(self, x, kwargs.get("sample_weight"))
         if getattr(self, "optimizer", None) is not None and not self.optimizer.built:
             # Every weight exists since `__init__`: building the optimizer here spares
             # TensorFlow a second trace of the train step (variables created in a tf.function).
             strategy = getattr(self, "distribute_strategy", None)
             with strategy.scope() if strategy is not None else contextlib.nullcontext():
                 self.optimizer.build(self.trainable_variables)
-        return super().fit(x, y, **kwargs)
+        with reattach_jax_variables_on_error(self):
+            return super().fit(x, y, **kwargs)
 
     def evaluate(self, x=None, y=None, **kwargs):
-        return super().evaluate(batch_checks.prepare_inputs(self, x), y, **kwargs)
+        x = batch_checks.prepare_inputs(self, x, kwargs.get("sample_weight"))
+        with reattach_jax_variables_on_error(self):
+            return super().evaluate(x, y, **kwargs)
 
     # ------------------------------------------------------------------- EMA
     def swap_ema_weights(self):
@@ -345,7 +353,8 @@ class PatchDiffusionModel(keras.Model):
             num_samples: videos to generate (per condition when one condition is given).
             num_steps: steps per level: an int (level 0; halved per level, at least 4) or
                 a tuple with one entry per level.
-            guidance_scale: classifier-free guidance weight (1 = no guidance).
+            guidance_scale: classifier-free guidance weight, a finite number >= 0 (1 = no
+                guidance).
             overlap: tile overlap fraction per axis (f, h, w), or one float for all; the
                 paper's best is 50% on time and height.
             tile_batch_size: tiles denoised per network call (bounds memory).
@@ -367,21 +376,13 @@ class PatchDiffusionModel(keras.Model):
             uint8 numpy array `(N, T, H, W, 3)` (and the list of level canvases in [-1, 1]
             if `return_pyramid`).
         """
-        generator = PyramidGenerator(self)
-        swap = use_ema and bool(self.ema_weights)
-        if swap:
-            self.swap_ema_weights()
-        try:
-            return generator(
-                conditions=conditions, num_samples=num_samples, num_steps=num_steps,
-                guidance_scale=guidance_scale, overlap=overlap,
-                tile_batch_size=tile_batch_size, seed=seed, sampler=sampler, blend=blend,
-                cache_context=cache_context, callbacks=callbacks, verbose=verbose,
-                return_pyramid=return_pyramid, num_levels=num_levels,
-            )
-        finally:
-            if swap:
-                self.swap_ema_weights()
+        return PyramidGenerator(self)(
+            conditions=conditions, num_samples=num_samples, num_steps=num_steps,
+            guidance_scale=guidance_scale, overlap=overlap,
+            tile_batch_size=tile_batch_size, seed=seed, sampler=sampler, blend=blend,
+            cache_context=cache_context, callbacks=callbacks, verbose=verbose,
+            return_pyramid=return_pyramid, num_levels=num_levels, use_ema=use_ema,
+        )
 
     # ---------------------------------------------------------------- saving
     def save_own_variables(self, store):

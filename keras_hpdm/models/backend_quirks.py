@@ -1,0 +1,92 @@
+"""Where the backends differ for the model's training loop: the one module that branches.
+
+- TensorFlow's `tf.distribute` replicas each run `compute_loss` on their shard and their
+  gradients are *summed* (Keras' JAX distribution runs one SPMD program on the global batch).
+- Keras has no distribution backend for torch.
+- Keras' JAX trainer detaches variable values while it trains.
+"""
+
+import contextlib
+
+import keras
+from keras import ops
+
+# Replica `r` draws from seed value `seed + r * stride`: far from any nearby user seed.
+_REPLICA_SEED_STRIDE = 1_000_003
+
+
+def _replica_context():
+    if keras.config.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()  # None in a cross-replica context
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
+
+
+def scale_loss_for_replicas(loss):
+    """Divides a replica's loss by the replica count, as Keras' own `compute_loss` does, so
+    the summed gradients are those of the global-batch mean."""
+    context = _replica_context()
+    if context is None:
+        return loss
+    return loss / ops.cast(context.num_replicas_in_sync, loss.dtype)
+
+
+def replica_seed_offset(dtype):
+    """`(2,)` added to a drawn seed: zero, or distinct per `tf.distribute` replica, so
+    replicas draw independent noise for their different examples."""
+    context = _replica_context()
+    if context is None:
+        return ops.zeros((2,), dtype)
+    replica = ops.cast(context.replica_id_in_sync_group, dtype)
+    return ops.stack([replica * ops.cast(_REPLICA_SEED_STRIDE, dtype), ops.zeros((), dtype)])
+
+
+@keras.saving.register_keras_serializable(package="keras_hpdm")
+class ReplicaSeedGenerator(keras.random.SeedGenerator):
+    """A `SeedGenerator` whose draws differ between `tf.distribute` replicas (and equal
+    `keras.random.SeedGenerator`'s everywhere else)."""
+
+    def next(self, ordered=True):
+        seed = super().next(ordered=ordered)
+        return seed + replica_seed_offset(seed.dtype)
+
+
+def check_distribution():
+    # Keras has no torch distribution backend: a distribution set there would be ignored.
+    if keras.config.backend() == "torch" and keras.distribution.distribution() is not None:
+        raise ValueError(
+            "A keras.distribution is set, but Keras has no distribution backend for torch, "
+            "so training would silently run on one device. Use the JAX backend "
+            "(keras.distribution.DataParallel / ModelParallel) or TensorFlow "
+            "(tf.distribute strategies), or call "
+            "`keras.distribution.set_distribution(None)`."
+        )
+
+
+@contextlib.contextmanager
+def reattach_jax_variables_on_error(model):
+    """Keras' JAX trainer detaches the variables' values while it trains and puts them back
+    at epoch ends, or in its `finally` only once a step has run: a batch rejected in the
+    first step (a bad generator item, a failed `tf.data` assert, a trace-time check) would
+    leave every variable detached, silently reading as its initializer. Reattach them."""
+    if keras.config.backend() != "jax":
+        yield
+        return
+    variables = {id(v): v for v in model.variables}
+    optimizer = getattr(model, "optimizer", None)
+    for v in list(getattr(optimizer, "variables", [])) + list(model.metrics_variables):
+        variables.setdefault(id(v), v)
+    # References, not copies: JAX arrays are immutable, and nothing has consumed them yet
+    # when the first step fails.
+    saved = [(v, v.value) for v in variables.values()]
+    try:
+        yield
+    except BaseException:
+        for v, value in saved:
+            if v._value is None:  # detached and never given back
+                v.assign(value)
+        raise
