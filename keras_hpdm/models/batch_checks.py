@@ -151,10 +151,6 @@ def check_batch_values(batch, num_classes=None, sample_weight=None):
             raise ValueError("`sample_weight` must be finite and >= 0.")
 
 
-def _numpy_checks(model, batch, sample_weight=None):
-    check_batch_values(batch, model.backbone.num_classes, sample_weight)
-
-
 def _checked_item(item, num_classes):
     """A generator / PyDataset item, checked; a bare dict becomes Keras' `(x,)`."""
     if isinstance(item, dict):
@@ -212,7 +208,7 @@ def prepare_inputs(model, x, sample_weight=None):
     if isinstance(x, dict):
         x = dict(x)
         check_batch_structure(model, x)
-        _numpy_checks(model, x, sample_weight)
+        check_batch_values(x, num_classes, sample_weight)
         if "text" in x:
             x["text_embeddings"] = _encode_text(model, x.pop("text"))
         return x
