@@ -50,10 +50,14 @@ import os
 import sys
 import time
 
+# As the `keras-hpdm` command: JAX unless KERAS_BACKEND says otherwise. keras_hpdm is
+# imported before Keras: it quiets TensorFlow's start-up logs before anything loads it.
+os.environ.setdefault("KERAS_BACKEND", "jax")
+import keras_hpdm  # isort: skip
+
 import keras
 import numpy as np
 
-import keras_hpdm
 from keras_hpdm.diffusion import tile_grid
 from keras_hpdm.media import levels_sheet, save_png, save_videos
 

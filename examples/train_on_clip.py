@@ -24,11 +24,15 @@ import os
 import sys
 import time
 
+# As the `keras-hpdm` command: JAX unless KERAS_BACKEND says otherwise. keras_hpdm is
+# imported before Keras: it quiets TensorFlow's start-up logs before anything loads it.
+os.environ.setdefault("KERAS_BACKEND", "jax")
+import keras_hpdm  # isort: skip
+
 import av
 import keras
 import numpy as np
 
-import keras_hpdm
 from keras_hpdm.backbones import RINBackbone
 from keras_hpdm.media import contact_sheet, save_png
 

@@ -39,12 +39,15 @@ import tempfile
 import time
 import warnings
 
+# As the `keras-hpdm` command: JAX unless KERAS_BACKEND says otherwise. keras_hpdm is
+# imported before Keras: it quiets TensorFlow's start-up logs before anything loads it.
+os.environ.setdefault("KERAS_BACKEND", "jax")
+import keras_hpdm  # isort: skip
+
 import keras
 
-import keras_hpdm
 from keras_hpdm.backbones import RINBackbone
-from keras_hpdm.callbacks import TrainingCheckpoint
-from keras_hpdm.callbacks.training_checkpoint import read_training_state
+from keras_hpdm.callbacks import TrainingCheckpoint, load_training_checkpoint, read_training_state
 from keras_hpdm.media import save_videos
 
 BUILTIN_CLIPS = ("bikes", "bigbuckbunny", "carphone")
@@ -106,7 +109,7 @@ def parse_args(argv):
     return args
 
 
-def build_dataset(args, folder, spec, seed):
+def build_dataset(args, folder, spec, seed, start_example=0):
     """The training `tf.data.Dataset`, from shards (`--prepare`) or from the folder."""
     source, stride, summary = folder, args.frame_stride, None
     with warnings.catch_warnings():
@@ -121,7 +124,8 @@ def build_dataset(args, folder, spec, seed):
                   f"{summary['seconds']:.1f} s")
             source, stride = shards_dir, 1  # the shards hold every `frame_stride`-th frame
         ds = keras_hpdm.data.pyramid_dataset(source, spec, args.batch_size, frame_stride=stride,
-                                             flip=True, seed=seed, cache=args.cache)
+                                             flip=True, seed=seed, cache=args.cache,
+                                             start_example=start_example)
     skipped = dict(summary["skipped"]) if summary else {}
     skipped.update(ds.skipped)
     return ds, skipped
@@ -145,15 +149,16 @@ def main(argv=None):
         if args.cache is None:
             args.cache = args.folder is None and not args.prepare and not args.quick
         initial_epoch = state["epoch"] if state else 0
-        # A resumed run draws new clips: another data seed per starting epoch.
-        ds, skipped = build_dataset(args, folder, spec, seed=args.seed + initial_epoch)
+        # A resumed run continues the data stream where its checkpoint stopped.
+        first = state["step"] * args.batch_size if state else 0
+        ds, skipped = build_dataset(args, folder, spec, seed=args.seed, start_example=first)
         print(f"data: {folder} -> {ds.num_examples} usable videos, skipped {len(skipped)}"
               + (" (decoded into memory)" if args.cache else ""))
         for path, reason in skipped.items():
             print(f"  skipped {os.path.basename(path)}: {reason}")
 
         if state is not None:
-            model = keras.saving.load_model(os.path.join(args.output, "model.keras"))
+            model = load_training_checkpoint(args.output)  # clear errors, any backend's file
             if model.pyramid != spec:
                 raise SystemExit(f"The checkpoint's pyramid {model.pyramid} differs from {spec}.")
             print(f"resuming {args.output} at epoch {state['epoch']} (step {state['step']})")
@@ -174,6 +179,8 @@ def main(argv=None):
                             initial_epoch=initial_epoch, callbacks=[checkpoint],
                             verbose=args.verbose, shuffle=False)  # the data set shuffles
         seconds = time.time() - start
+    if checkpoint.stopped_reason:  # diverged: the last good checkpoint is kept
+        raise SystemExit(f"Stopped: {checkpoint.stopped_reason}.")
     losses = history.history.get("loss", [])
     final = read_training_state(args.output)
     if losses:

@@ -16,66 +16,27 @@ import numbers
 import keras
 import numpy as np
 
+# The argument checks (one message format for the whole library) live in the light
+# `keras_hpdm.checks`, which the CLI also uses; re-exported here.
+from keras_hpdm.checks import _is_integer, check_int, check_number  # noqa: F401
+
 AXES = ("frames", "height", "width")
 
 
-# ------------------------------------------------------------ argument checks
-# Shared by the whole library: one message format, "`name` must be <allowed>, got <value>."
-# Python bools are rejected where numbers are expected (True == 1 would slip through), and
-# NaN fails every range (comparisons with NaN are False), so it is always named.
-
-
-def _is_integer(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _interval(low, high, low_open, high_open):
-    low, high = (f"{v:g}" if isinstance(v, float) else v for v in (low, high))
-    if high is None:
-        return f"{'>' if low_open else '>='} {low}"
-    if low is None:
-        return f"{'<' if high_open else '<='} {high}"
-    return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-
-
-def _in_range(value, low, high, low_open=False, high_open=False):
-    return ((low is None or (value > low if low_open else value >= low))
-            and (high is None or (value < high if high_open else value <= high)))
-
-
-def check_int(name, value, low=None, high=None, allow_none=False):
-    """Returns `value` as a Python int in `[low, high]`, or raises a `ValueError` naming
-    `name` and the allowed values. Bools and floats (even `2.0`) are rejected."""
-    if value is None and allow_none:
+def sequence_length(value):
+    """`len(value)` of a sequence, or None for strings, scalars and 0-d arrays (which have
+    `__len__` but raise a bare `TypeError` on it)."""
+    if isinstance(value, (str, bytes)):
         return None
-    if not (_is_integer(value) and _in_range(value, low, high)):
-        allowed = "an integer" + ("" if low is None and high is None
-                                  else " " + _interval(low, high, False, False))
-        raise ValueError(f"`{name}` must be {allowed}{' or None' if allow_none else ''}, "
-                         f"got {value!r}.")
-    return int(value)
-
-
-def check_number(name, value, low=None, high=None, low_open=False, high_open=False,
-                 allow_inf=False, allow_none=False):
-    """Returns `value` as a Python float in the given range, or raises a `ValueError` naming
-    `name` and the allowed values. NaN is always rejected, infinities unless `allow_inf`."""
-    if value is None and allow_none:
+    try:
+        return len(value)
+    except TypeError:
         return None
-    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-    ok = ok and not math.isnan(value) and (allow_inf or math.isfinite(value))
-    if not (ok and _in_range(value, low, high, low_open, high_open)):
-        allowed = "a number" if allow_inf else "a finite number"
-        if low is not None or high is not None:
-            allowed += " " + _interval(low, high, low_open, high_open)
-        raise ValueError(f"`{name}` must be {allowed}{' or None' if allow_none else ''}, "
-                         f"got {value!r}.")
-    return float(value)
 
 
 def check_int_tuple(name, value, length, low=1, labels=None):
     """Returns `value` as a tuple of `length` ints >= `low` (entries named `name[i] (label)`)."""
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != length:
+    if sequence_length(value) != length:
         shape = f" `({', '.join(labels)})`" if labels else ""
         raise ValueError(f"`{name}` must be a tuple of {length} integers >= {low}{shape}, "
                          f"got {value!r}.")
@@ -136,7 +97,7 @@ class PyramidSpec:
     """
 
     def __init__(self, patch_size, num_levels, pyramid_time=True):
-        if isinstance(patch_size, (str, bytes)) or not hasattr(patch_size, "__len__"):
+        if sequence_length(patch_size) is None:
             raise ValueError(
                 f"`patch_size` must be a tuple `(frames, height, width)`, got {patch_size!r}."
             )

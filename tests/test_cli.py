@@ -114,6 +114,9 @@ def test_resume_continues_and_refuses_to_overwrite(run_dir, tmp_path, capsys):
     assert run_cli("train", "--resume", "--out", out, "--steps", 7, "--verbose", "0") == 0
     state = json.loads((out / "training_state.json").read_text())
     assert state["step"] == 7 and [h["epoch"] for h in state["history"]] == [1, 2, 3, 4]
+    # Settings not given again are the run's own (not the parser's defaults: a resumed run
+    # once checkpointed every 500 steps instead of the run's 2).
+    assert state["args"]["save_every"] == 2 and state["args"]["sample_every"] == 4
     after = keras.saving.load_model(out / "model.keras")
     assert int(after.optimizer.iterations) == 7
     changed = [not np.array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
@@ -125,21 +128,65 @@ def test_resume_continues_and_refuses_to_overwrite(run_dir, tmp_path, capsys):
     assert os.path.getmtime(out / "model.keras") == mtime
 
 
-def test_generate_from_checkpoint(run_dir, tmp_path):
-    stem = tmp_path / "gen" / "digits"
-    assert run_cli("generate", run_dir, "--class", 1, 7, "--seed", 3, "--out", stem,
+def test_state_travels_inside_the_checkpoint(run_dir, tmp_path):
+    """The step a resume starts from is the one stored in the weights' own archive: a kill
+    after the model's rename but before the readable JSON copy leaves a stale JSON, which
+    must not pair new weights with an old step (that would replay data and lose history)."""
+    from keras_hpdm.callbacks import read_training_state
+
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    stale = json.loads((out / "training_state.json").read_text())
+    stale.update(step=2, epoch=1, history=stale["history"][:1])
+    (out / "training_state.json").write_text(json.dumps(stale))
+    state = read_training_state(out)
+    assert (state["step"], state["epoch"], len(state["history"])) == (4, 2, 2)
+    with zipfile.ZipFile(out / "model.keras") as archive:
+        assert json.loads(archive.read("training_state.json"))["step"] == 4
+
+
+@pytest.mark.skipif(keras.config.backend() != "jax",
+                    reason="bit-exact replay is claimed under JAX (deterministic XLA on CPU)")
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    """The resumed run continues the data stream (same seed, trained examples skipped), the
+    noise seeds, the optimizer and the EMA: its weights and losses are the uninterrupted
+    run's, bit for bit."""
+    whole, halves = tmp_path / "whole", tmp_path / "halves"
+    assert run_cli(*TRAIN, "--steps", 4, "--out", whole) == 0
+    assert run_cli(*TRAIN, "--steps", 2, "--out", halves) == 0
+    assert run_cli("train", "--resume", "--out", halves, "--steps", 4, "--verbose", "0") == 0
+    losses = [[h["loss"] for h in json.loads((run / "training_state.json").read_text())[
+        "history"]] for run in (whole, halves)]
+    assert losses[0] == losses[1]
+    a, b = (keras.saving.load_model(run / "model.keras") for run in (whole, halves))
+    for x, y in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(x),
+                                      keras.ops.convert_to_numpy(y), err_msg=x.path)
+
+
+def test_generate_from_checkpoint(run_dir, tmp_path, capsys):
+    """`--out` is a folder (as for demo, pyramid and train), and every file written is
+    printed with its path."""
+    out = tmp_path / "gen" / "digits"
+    assert run_cli("generate", run_dir, "--class", 1, 7, "--seed", 3, "--out", out,
                    "--save-pyramid", *FAST) == 0
-    video = mp4_frames(f"{stem}.mp4")
+    files = ("samples.mp4", "samples.gif", "samples.png", "levels.png")
+    assert sorted(os.listdir(out)) == sorted(files)
+    printed = capsys.readouterr().out
+    assert all(f": {out / name}\n" in printed for name in files), printed
+    video = mp4_frames(out / "samples.mp4")
     scale = 128 // 16
     assert video.shape == (4, scale * 16, scale * (2 * 18 - 2), 3)
-    assert gif_frames(f"{stem}.gif") == (4, (scale * 34, scale * 16))
-    with Image.open(f"{stem}.png") as sheet:
+    assert gif_frames(out / "samples.gif") == (4, (scale * 34, scale * 16))
+    with Image.open(out / "samples.png") as sheet:
         assert sheet.size[1] == scale * (2 * 18 + 2)  # two rows, one per class
-    assert os.path.isfile(f"{stem}_levels.png")
-    # A coarser level on request.
+    # A coarser level on request; guidance 0 (unconditional) is accepted, as by the library.
     assert run_cli("generate", run_dir, "--class", 2, "--resolution", "2x8x8", "--out",
-                   tmp_path / "coarse", *FAST[:2], "--verbose", "0") == 0
-    assert mp4_frames(tmp_path / "coarse.mp4").shape == (2, 128, 128, 3)
+                   tmp_path / "coarse", "--guidance", 0, *FAST[:2], "--verbose", "0") == 0
+    assert mp4_frames(tmp_path / "coarse" / "samples.mp4").shape == (2, 128, 128, 3)
+    # A file is not an output folder: refused before anything is loaded.
+    assert run_cli("generate", run_dir, "--class", 2, "--out", out / "samples.png") == 2
+    assert "is a file: give a folder" in error_line(capsys)
 
 
 def test_generate_obeys_class_and_seed(run_dir, tmp_path):
@@ -150,10 +197,10 @@ def test_generate_obeys_class_and_seed(run_dir, tmp_path):
     assert model.noise_distribution.p_mean == -0.8 and model.noise_distribution.p_std == 1.4
 
     def video(digit, seed, name):
-        stem = tmp_path / name
-        assert run_cli("generate", run_dir, "--class", digit, "--seed", seed, "--out", stem,
+        out = tmp_path / name
+        assert run_cli("generate", run_dir, "--class", digit, "--seed", seed, "--out", out,
                        "--resolution", "2x8x8", *FAST[:2], "--verbose", "0") == 0
-        return mp4_frames(f"{stem}.mp4").astype(np.float32)
+        return mp4_frames(out / "samples.mp4").astype(np.float32)
 
     base = video(1, 3, "a")
     np.testing.assert_array_equal(video(1, 3, "again"), base)
@@ -223,6 +270,15 @@ def test_writers_refuse_to_replace_a_checkpoint_or_their_input(run_dir, tmp_path
     assert {n: (run / n).read_bytes() for n in names} == before
 
 
+def without_embedded_state(path):
+    """Rewrites a checkpoint as written before its state moved into the archive."""
+    with zipfile.ZipFile(path) as archive:
+        entries = {n: archive.read(n) for n in archive.namelist() if n != "training_state.json"}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+
+
 def damage(path, how):
     data = path.read_bytes()
     middle = len(data) // 2
@@ -242,6 +298,8 @@ def test_a_damaged_checkpoint_gives_one_error_naming_the_file(run_dir, tmp_path,
                                                               how):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
+    if name == "training_state.json":  # read only for checkpoints written before the state
+        without_embedded_state(run / "model.keras")  # moved into model.keras
     damage(run / name, how)
     path = str(run / name)
     exported = tmp_path / "sampler.keras"
@@ -397,6 +455,108 @@ def test_help_lists_every_command(capsys):
 
 
 @jax_pass_only
+def test_the_parser_imports_no_backend_and_the_backend_is_set_without_reexec():
+    """`keras-hpdm --help` took 5-7 s: building the parser imported Keras (and with it
+    TensorFlow or JAX). A fresh interpreter must build it, print help and choose the
+    backend with none of them imported; `import keras_hpdm` sets TF's log level."""
+    code = """
+import os, sys
+from keras_hpdm.cli import main
+from keras_hpdm.cli.common import set_backend
+try:
+    main(["generate", "--help"])
+except SystemExit as e:
+    assert e.code == 0, e.code
+set_backend("torch", ["info"])  # Keras not imported yet: the variable is enough
+heavy = {"keras", "tensorflow", "jax", "torch", "numpy"} & {m.split(".")[0] for m in sys.modules}
+print(sorted(heavy), os.environ["KERAS_BACKEND"], os.environ["TF_CPP_MIN_LOG_LEVEL"])
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "usage: keras-hpdm generate" in proc.stdout
+    assert proc.stdout.splitlines()[-1] in ("[] torch 2", "[] torch 3"), proc.stdout[-300:]
+    assert proc.stderr == ""
+
+
+@jax_pass_only
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "pretrained:moving_mnist", "--class", "12"], "Class ids must be in [0, 9]"),
+    (["generate", "pretrained:moving_mnist", "--prompt", "a seven"], "not text-conditional"),
+    (["generate", "pretrained:moving_mnist", "--num-samples", "3", "--class", "1", "2"],
+     "Got 2 conditions but `num_samples=3`"),
+    (["generate", "pretrained:moving_mnist", "--resolution", "4x4x4"], "level sizes"),
+    (["generate", "RUN", "--class", "10"], "Class ids must be in [0, 9]"),
+    (["demo", "--class", "10"], "Class ids must be in [0, 9]"),
+])
+def test_requests_are_checked_against_the_model_file_before_loading_it(
+        argv, message, run_dir, monkeypatch, capsys, tmp_path):
+    """A wrong --class or a prompt for a class model was reported after the ~20 s a model
+    takes to load: the file's config (read with zipfile + json) is checked first."""
+    from keras_hpdm import pretrained
+    from keras_hpdm.cli import generate
+
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the request was checked")
+
+    monkeypatch.setattr(generate, "load_checkpoint", load)
+    monkeypatch.setattr(pretrained, "load_pretrained", load)
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(*[str(run_dir) if a == "RUN" else a for a in argv]) == 2
+    assert message in error_line(capsys)
+
+
+@jax_pass_only
+def test_guidance_0_is_accepted_as_by_the_library(capsys):
+    """`model.generate` takes any finite guidance >= 0 (0: unconditional): so does every
+    command, with the library's own check."""
+    from keras_hpdm.checks import check_guidance_scale
+    from keras_hpdm.cli import build_parser
+
+    parser = build_parser()
+    for command in (["generate", "ckpt"], ["demo"], ["evaluate", "ckpt"]):
+        assert parser.parse_args([*command, "--guidance", "0"]).guidance == 0.0
+        assert check_guidance_scale(0.0) == 0.0
+        for bad in ("-0.5", "nan", "inf", "x"):
+            assert run_cli(*command, "--guidance", bad) == 2
+            assert "--guidance: must be a finite number >= 0" in capsys.readouterr().err
+
+
+@jax_pass_only
+def test_progress_is_plain_lines_off_a_terminal():
+    """Progress bars written to a file were ~36 KB of ANSI text: off a terminal (as here,
+    under pytest's capture) `--verbose` defaults to 2, one line per epoch or level."""
+    from keras_hpdm.cli import build_parser
+
+    parser = build_parser()
+    assert not sys.stdout.isatty()
+    for argv in (["train", "data", "--out", "run"], ["generate", "ckpt"], ["demo"]):
+        assert parser.parse_args(argv).verbose == 2
+        assert parser.parse_args([*argv, "--verbose", "1"]).verbose == 1
+
+
+@jax_pass_only
+def test_presets_in_help_and_the_bundled_models_preset(capsys):
+    """`--preset`'s help lists every preset, `mini` included; `mini` is the bundled model's
+    architecture, with the parameter count the README gives."""
+    from keras_hpdm.backbones import RINBackbone, UNet3DBackbone
+    from keras_hpdm.pretrained import pretrained_path
+
+    assert run_cli("train", "--help") == 0
+    words = set(re.findall(r"[a-z0-9_]+", capsys.readouterr().out))
+    assert set(RINBackbone.presets) | set(UNet3DBackbone.presets) <= words
+    with zipfile.ZipFile(pretrained_path("moving_mnist")) as archive:
+        bundled = json.loads(archive.read("config.json"))["config"]["backbone"]["config"]
+    mini = RINBackbone.presets["mini"]
+    assert {k: bundled[k] for k in mini["config"]} == mini["config"]
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")).read()
+    readme = " ".join(readme.split())
+    assert "RIN preset `mini` (845,520 parameters)" in readme and "for 50 minutes" in readme
+    assert "845,520" in mini["description"] and "50 minutes" in mini["description"]
+
+
+@jax_pass_only
 def test_a_data_error_during_training_is_one_line(monkeypatch, capsys):
     """The data pipeline's failure budget fires inside TensorFlow mid-run: the CLI prints
     its message on one line (exit 2), while any other error keeps its traceback."""
@@ -421,3 +581,69 @@ def test_a_data_error_during_training_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(info, "run", crash)
     with pytest.raises(RuntimeError, match="a library bug"):
         run_cli("info")
+
+
+# ------------------------------------------------------------------ quiet start
+NOISE = (b"WARNING: All log messages before absl::InitializeLog() is called are written to "
+         b"STDERR\n"
+         b"I0000 00:00:1796032037.152305   27373 cudart_stub.cc:31] Could not find cuda "
+         b"drivers on your machine, GPU will not be used.\n"
+         b"W0000 00:00:1796032037.2   27373 gpu_device.cc:2342] Cannot dlopen some GPU "
+         b"libraries.\n")
+CUINIT = (b"E0000 00:00:1796032094.740737   27466 cuda_platform.cc:52] failed call to cuInit: "
+          b"INTERNAL: CUDA error\n")
+
+
+@jax_pass_only
+def test_tensorflows_start_up_lines_are_filtered_by_the_log_level(tmp_path, capfd,
+                                                                   monkeypatch):
+    """TensorFlow prints absl's banner and INFO lines while it loads, before it reads
+    TF_CPP_MIN_LOG_LEVEL: its first import runs with stderr filtered by that level."""
+    from keras_hpdm import _startup
+
+    def stderr_at(level):
+        with _startup.filtered_stderr(level):
+            os.write(2, NOISE + CUINIT + b"a real message\n")
+        return capfd.readouterr().err.encode()
+
+    assert stderr_at(3) == b"a real message\n"
+    assert stderr_at(2) == CUINIT + b"a real message\n"
+    assert stderr_at(0) == NOISE + CUINIT + b"a real message\n"
+    # The hook wraps the first import of the module, wherever it comes from, then goes.
+    (tmp_path / "fake_tensorflow_for_test.py").write_text(
+        f"import os\nos.write(2, {NOISE + b'kept' + bytes([10])!r})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _startup.FirstImport.install("fake_tensorflow_for_test",
+                                 lambda: _startup.filtered_stderr(2))
+    import fake_tensorflow_for_test  # noqa: F401
+
+    assert capfd.readouterr().err == "kept\n"
+    assert not [f for f in sys.meta_path if getattr(f, "name", "") == "fake_tensorflow_for_test"]
+    # The user's level is kept (JAX's default "1", set on import, is not the user's).
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    _startup.quiet_start()
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL")
+    _startup.quiet_start()
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] in ("2", "3")
+
+
+@jax_pass_only
+def test_keras_imported_after_keras_hpdm_gets_its_classes(tmp_path, monkeypatch):
+    """`import keras_hpdm` is light (no Keras): a later top-level `import keras` loads its
+    modules (registering their classes for `keras.saving.load_model`), but not an import of
+    Keras from inside another module's import (that could go in a circle)."""
+    from keras_hpdm import _startup
+
+    calls = []
+    for name, body in (("fake_keras_for_test", ""),
+                       ("fake_importer_for_test", "import fake_keras_for_test_2\n"),
+                       ("fake_keras_for_test_2", "")):
+        (tmp_path / f"{name}.py").write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("fake_keras_for_test", "fake_keras_for_test_2"):
+        _startup.register_on_keras_import(lambda name=name: calls.append(name), name=name)
+    import fake_importer_for_test  # noqa: F401  (imports fake_keras_for_test_2: nested)
+    import fake_keras_for_test  # noqa: F401  (top level)
+
+    assert calls == ["fake_keras_for_test"]

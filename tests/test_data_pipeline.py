@@ -143,6 +143,29 @@ def test_same_seed_same_batches_and_epochs_differ(tmp_path):
     np.testing.assert_array_equal(first, replay)
 
 
+def test_start_example_continues_the_stream(tmp_path):
+    """A resumed run passes `start_example = step * batch_size`: the data set must be the
+    whole stream less its first examples, across pass boundaries, for every source kind."""
+    videos, labels = data.moving_mnist(6, num_frames=8, size=28, seed=0)
+    paths = [write_video(tmp_path / f"{i}.mkv", smooth_video(8, 16, 16, seed=i))
+             for i in range(3)]
+    data.prepare((videos, labels), tmp_path / "shards", num_shards=2)
+    for source, start in [((videos, labels), 8), (paths, 4), (str(tmp_path / "shards"), 9)]:
+        def make(source=source, **kw):
+            return data.pyramid_dataset(source, SPEC, 1, seed=4, flip=True,
+                                        return_offsets=True, **kw)
+
+        whole = examples(take(make(), start + 5))[start:]
+        later = examples(take(make(start_example=start), 5))
+        for x, y in zip(whole, later, strict=True):
+            for key in ("index", "patches", "offsets", "flipped"):
+                np.testing.assert_array_equal(x[key], y[key], err_msg=f"{source}: {key}")
+    with pytest.raises(ValueError, match="start_example"):
+        data.pyramid_dataset(videos, SPEC, 1, start_example=-1)
+    with pytest.raises(ValueError, match="start_example.*6 examples"):
+        data.pyramid_dataset(videos, SPEC, 1, start_example=6, repeat=False)
+
+
 def test_shards_disjoint_and_covering():
     videos = noise_video(11 * 8, 16, 16).reshape(11, 8, 16, 16, 3)
     seen = []

@@ -20,6 +20,20 @@ def load_example(name):
     return module
 
 
+def test_examples_default_to_the_clis_backend():
+    """Without KERAS_BACKEND the examples ran under TensorFlow (Keras' default) while the
+    CLI runs JAX: each sets the CLI's default before anything imports Keras, and imports
+    keras_hpdm first (it quiets TensorFlow's start-up)."""
+    names = sorted(n for n in os.listdir(EXAMPLES) if n.endswith(".py"))
+    assert len(names) >= 5
+    for name in names:
+        with open(os.path.join(EXAMPLES, name)) as f:
+            source = f.read()
+        default = source.find('os.environ.setdefault("KERAS_BACKEND", "jax")')
+        first = source.find("\nimport keras_hpdm")
+        assert 0 < default < first < source.find("\nimport keras\n"), name
+
+
 # ----------------------------------------------------------- train_on_clip.py
 def test_train_on_clip_quick(tmp_path, single_thread_torch):
     example = load_example("train_on_clip")

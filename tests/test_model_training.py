@@ -1,8 +1,11 @@
 """PatchDiffusionModel training: loss math, overfitting a real clip, determinism, EMA,
 mixed precision and bad input."""
 
+import glob
 import importlib.util
 import os
+import shutil
+import tempfile
 from unittest import mock
 
 import av
@@ -11,6 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from keras import ops
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
 
 import keras_hpdm
 from keras_hpdm.backbones import RINBackbone
@@ -169,20 +174,46 @@ class OverfitClipTest(TestCase):
         self.assertLess(np.mean(losses[-10:]), 0.8 * np.mean(losses[:10]))
         self.assertAllFinite(losses)
 
+    @classmethod
+    def twin_fit(cls):
+        """A second fresh model with the same seed and weights, fit 3 steps with TensorBoard
+        logging (once, for the tests that read it): `(history, recorder, log_dir)`."""
+        if not hasattr(cls, "_twin"):
+            twin = tiny_model(ema_decay=EMA_DECAY)
+            twin.set_weights(cls.initial_weights)
+            twin.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE))
+            recorder = Recorder()
+            log_dir = tempfile.mkdtemp(prefix="hpdm_tensorboard_")
+            cls.addClassCleanup(shutil.rmtree, log_dir, ignore_errors=True)
+            history = twin.fit(cls.batch, batch_size=4, epochs=3, shuffle=False, verbose=0,
+                               callbacks=[recorder, keras.callbacks.TensorBoard(log_dir)])
+            cls._twin = history, recorder, log_dir
+        return cls._twin
+
     def test_same_seed_same_losses(self):
-        # A second fresh model with the same seed and weights replays the first steps.
-        twin = tiny_model(ema_decay=EMA_DECAY)
-        twin.set_weights(self.initial_weights)
-        twin.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE))
-        recorder = Recorder()
-        history = twin.fit(self.batch, batch_size=4, epochs=3, shuffle=False, verbose=0,
-                           callbacks=[recorder])
+        # The twin replays the first steps.
+        history, recorder, _ = self.twin_fit()
         np.testing.assert_array_equal(history.history["loss"],
                                       self.history.history["loss"][:3])
         for got, want in zip(recorder.live[-1], self.recorder.live[2], strict=True):
             np.testing.assert_array_equal(got, want)
         for got, want in zip(recorder.ema[-1], self.recorder.ema[2], strict=True):
             np.testing.assert_array_equal(got, want)
+
+    def test_tensorboard_logs_losses(self):
+        history, _, log_dir = self.twin_fit()
+        run = os.path.join(log_dir, "train")
+        self.assertTrue(glob.glob(os.path.join(run, "events.out.tfevents.*")), run)
+        events = event_accumulator.EventAccumulator(run, size_guidance={"tensors": 0})
+        events.Reload()
+        logged = {tag: [float(tensor_util.make_ndarray(e.tensor_proto))
+                        for e in sorted(events.Tensors(tag), key=lambda e: e.step)]
+                  for tag in events.Tags()["tensors"]}
+        for name in ("loss", "loss_level_0", "loss_level_1"):
+            np.testing.assert_allclose(logged[f"epoch_{name}"], history.history[name],
+                                       rtol=1e-6)
+        np.testing.assert_allclose(logged["epoch_learning_rate"], [LEARNING_RATE] * 3,
+                                   rtol=1e-6)
 
     def test_ema_updates_with_configured_decay(self):
         model = self.model
@@ -337,9 +368,12 @@ class BatchPyDataset(keras.utils.PyDataset):
         return (self.batches[index],)
 
 
-def test_fit_on_generator_and_py_dataset():
+def test_fit_on_generator_and_py_dataset(capsys, recwarn):
     """`fit` on a Python generator and on a PyDataset trains on every backend (issue 14:
-    under TensorFlow their unknown batch size broke the loss's reshape)."""
+    under TensorFlow their unknown batch size broke the loss's reshape). With the defaults
+    (issue 15), no "`shuffle=True` was passed, but will be ignored" warning for data Keras
+    does not shuffle (a generator here; `tf.data` alike), and off a terminal (pytest
+    captures stdout) one plain line per epoch instead of a progress bar's ANSI text."""
     spec = keras_hpdm.PyramidSpec((1, 4, 4), 2)  # the smallest train step: quick to compile
     backbone = RINBackbone.from_preset("tiny", pyramid=spec, num_blocks=1, num_latent_layers=0)
     model = keras_hpdm.PatchDiffusionModel(backbone, seed=SEED)
@@ -348,9 +382,14 @@ def test_fit_on_generator_and_py_dataset():
     batch = {"patches": np.random.default_rng(0).uniform(-1, 1, (2, 2, 1, 4, 4, 3)),
              "coords": np.stack([spec.coords_from_offsets(o) for o in offsets])}
     for source in (batch_generator([batch]), BatchPyDataset([batch])):
-        history = model.fit(source, steps_per_epoch=1, epochs=1, verbose=0, shuffle=False)
+        history = model.fit(source, steps_per_epoch=1, epochs=1)
         assert np.isfinite(history.history["loss"]).all()
     assert float(ops.convert_to_numpy(model.ema_step.value)) == 2.0
+    assert not [str(w.message) for w in recwarn if "shuffle" in str(w.message)]
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) == 2 and all(line.startswith("1/1 - ") for line in lines), out
+    assert "\x1b[" not in out and "\b" not in out and "\r" not in out
 
 
 class BadInputTest(TestCase):
@@ -388,8 +427,8 @@ class BadInputTest(TestCase):
             self.fit(coords=None)
         with self.assertRaisesRegex(ValueError, r"missing \['patches'\]"):
             self.fit(patches=None)
-        with self.assertRaisesRegex(ValueError, "class-conditional.*'label'"):
-            self.fit(label=None)
+        with self.assertRaisesRegex(ValueError, "class-conditional.*'label'.*labels=True"):
+            self.fit(label=None)  # the message says how to get labels
         with self.assertRaisesRegex(ValueError, "Unknown batch keys.*'mask'"):
             self.fit(mask=np.ones((4,), "float32"))
         with self.assertRaisesRegex(TypeError, "must be dicts"):

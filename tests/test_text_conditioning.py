@@ -141,3 +141,47 @@ def test_guided_generation_from_prompts(model):
     np.testing.assert_allclose(canvases[0], u + w * (c - u), atol=1e-4)
     with pytest.raises(ValueError, match="class"):
         model.generate([3], **kw)
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class LoadCountingEncoder(keras_hpdm.conditioning.TextEncoder):
+    """Like a keras-hub encoder: its width is known only once its weights are loaded."""
+
+    loads = 0
+
+    def __init__(self, width=16, **kwargs):
+        super().__init__(**kwargs)
+        self.width = width
+
+    @property
+    def embedding_dim(self):
+        LoadCountingEncoder.loads += 1
+        return self.width
+
+    _pad_id = 0
+
+    def _token_ids(self, prompt):
+        return self._pack([len(prompt) % 7 + 1])
+
+    def _forward(self, token_ids, mask):
+        LoadCountingEncoder.loads += 1
+        return np.ones(token_ids.shape + (self.width,), np.float32)
+
+    def get_config(self):
+        return {**super().get_config(), "width": self.width}
+
+
+def test_saving_loads_no_text_encoder_and_a_wrong_width_is_named(tmp_path):
+    """Keras' saving walks every attribute of the model: the `text_encoder` property must
+    not load the encoder there (a keras-hub preset would be read, or downloaded)."""
+    backbone = RINBackbone.from_preset("tiny", pyramid=SPEC, channels=1, text_dim=16)
+    model = keras_hpdm.PatchDiffusionModel(backbone, text_encoder=LoadCountingEncoder(16))
+    LoadCountingEncoder.loads = 0
+    model.save(tmp_path / "text.keras")
+    loaded = keras.saving.load_model(tmp_path / "text.keras")
+    assert isinstance(loaded.text_encoder, LoadCountingEncoder)
+    assert LoadCountingEncoder.loads == 0
+    assert loaded.encode_text(["a", "bb"]).shape == (2, 64, 16)
+    narrow = keras_hpdm.PatchDiffusionModel(backbone, text_encoder=LoadCountingEncoder(8))
+    with pytest.raises(ValueError, match=r"embedding width \(8\).*`text_dim` \(16\)"):
+        narrow.generate(["a prompt"], num_steps=1, verbose=0)

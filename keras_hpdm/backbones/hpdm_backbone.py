@@ -1,6 +1,9 @@
 """Shared machinery of HPDM backbones: inputs, conditioning, adaptive computation, DCF."""
 
 import copy
+import re
+import shutil
+import textwrap
 
 import keras
 from keras import ops
@@ -9,6 +12,18 @@ from keras_hpdm.backbones.levels_schedule import resolve_levels_per_block
 from keras_hpdm.layers.class_embedding import ClassEmbedding
 from keras_hpdm.layers.sigma_embedding import SigmaEmbedding
 from keras_hpdm.pyramid import PyramidSpec, check_int
+
+
+def print_notes(lines, print_fn=None, line_length=None):
+    """Prints lines after a `summary()` table, wrapped to its width, through its `print_fn`."""
+    width = max(line_length or min(88, shutil.get_terminal_size().columns - 4), 40)
+    keep = lambda m: m.group(0).replace(" ", "\0")  # noqa: E731 (no break inside a shape)
+    text = "\n".join(
+        textwrap.fill(re.sub(r"\([^()]*\)", keep, line), width, initial_indent=" ",
+                      subsequent_indent="   ").replace("\0", " ")
+        for line in lines
+    )
+    (print_fn or print)(text)
 
 
 def fold_levels(x):
@@ -103,6 +118,22 @@ class HPDMBackbone(keras.Model):
             return
         self.compute_output_spec(self.symbolic_inputs())
         self.built = True
+
+    def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False,
+                show_trainable=False, layer_range=None):
+        """`keras.Model.summary` with every layer's output shape and parameters: builds the
+        backbone first if needed (from its pyramid alone, no data). The shapes are those of
+        the build, one pyramid (batch 1); layers inside the blocks see its levels folded
+        into the batch."""
+        if not self.built:
+            self.build()
+        super().summary(line_length=line_length, positions=positions, print_fn=print_fn,
+                        expand_nested=expand_nested, show_trainable=show_trainable,
+                        layer_range=layer_range)
+        print_notes([f"Output shapes: for one pyramid (batch 1) of {self.pyramid.num_levels} "
+                     f"levels of {self.pyramid.patch_size} patches; inside the blocks, the "
+                     "levels each block runs are folded into the batch"],
+                    print_fn, line_length)
 
     # ---------------------------------------------------------------- inputs
     @property

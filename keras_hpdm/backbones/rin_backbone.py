@@ -155,6 +155,8 @@ class RINBackbone(HPDMBackbone):
         ]
 
     def build(self, input_shape=None):
+        if self.built:  # e.g. by `summary()`: Keras locks a built layer's state
+            return
         self.initial_latents = self.add_weight(
             name="initial_latents",
             shape=(self.num_latents, self.latent_dim),

@@ -27,8 +27,9 @@ rin_presets = {
         },
     },
     "mini": {
-        "description": "About half a million parameters: the bundled Moving MNIST model "
-                       "(half an hour of CPU training).",
+        "description": "About 0.85M parameters (845,520 with 1 channel, 10 classes and 3 "
+                       "levels of 4x16x16 patches): the bundled Moving MNIST model, trained "
+                       "for 50 minutes on 2 CPU cores.",
         "config": {
             "tokenizer_patch": [1, 4, 4], "data_dim": 64, "latent_dim": 96, "num_latents": 16,
             "num_blocks": 3, "num_latent_layers": 2, "num_heads": 4, "mlp_ratio": 2,

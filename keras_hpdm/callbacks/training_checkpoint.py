@@ -21,18 +21,35 @@ _BACKEND_OPTIMIZERS = ("Adadelta", "Adagrad", "Adam", "Adamax", "AdamW", "Lion",
 
 
 def read_training_state(directory):
-    """The `training_state.json` of a checkpoint folder, or None if it has no checkpoint.
+    """The training state of a checkpoint folder, or None if it has no checkpoint.
+
+    The state stored inside `model.keras` (written in the same atomic rename as the weights)
+    is authoritative; `training_state.json` beside it is a readable copy, read only for
+    checkpoints written before the state moved into the archive.
 
     Raises:
         ValueError: naming the file, when it is not a JSON object with an integer `step`
-            and `epoch` (a damaged or hand-edited state).
+            and `epoch` (a damaged or hand-edited state), or the archive is unreadable.
     """
+    model_path = os.path.join(directory, MODEL_NAME)
     path = os.path.join(directory, STATE_NAME)
-    if not os.path.isfile(os.path.join(directory, MODEL_NAME)) or not os.path.isfile(path):
+    if not os.path.isfile(model_path):
         return None
     try:
-        with open(path) as f:
-            state = json.load(f)
+        with zipfile.ZipFile(model_path) as archive:
+            text = archive.read(STATE_NAME) if STATE_NAME in archive.namelist() else None
+    except Exception as e:  # whatever breaks reading the archive, the file is damaged
+        raise ValueError(f"{model_path} is truncated or corrupt, not a readable .keras model "
+                         f"({type(e).__name__}: {e}).") from None
+    if text is None:
+        if not os.path.isfile(path):
+            return None
+        with open(path, "rb") as f:
+            text = f.read()
+    else:
+        path = f"{model_path} ({STATE_NAME})"
+    try:
+        state = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is damaged (not valid JSON: {e}); restore it or start a new "
                          "run in another folder.") from None
@@ -99,6 +116,9 @@ def load_training_checkpoint(path, compile=True):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} does not exist.")
     _check_keras_archive(path)
+    import keras_hpdm
+
+    keras_hpdm._load_all()  # registers the classes the file names
     # By name, these take precedence over the module a torch-written file records.
     optimizers = {name: getattr(keras.optimizers, name) for name in _BACKEND_OPTIMIZERS}
     try:
@@ -171,9 +191,10 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     state (its step count drives the schedule) and the training-noise generator state. It is
     written to a temporary file and renamed, so an interrupted save never destroys the last
     good checkpoint; its optimizer is recorded as the public Keras class, so a run saved
-    under one backend resumes under any other. The state file records the global step, the
-    epoch logs so far and any `metadata` (e.g. the command line that built the run), so
-    `resume` picks up exactly where the run stopped.
+    under one backend resumes under any other. The training state (the global step, the
+    epoch logs so far and any `metadata`, e.g. the command line that built the run) is
+    stored inside the archive, in the same rename, and copied to `training_state.json` for
+    reading, so `resume` picks up exactly where the saved weights stopped.
 
     A checkpoint is never written from a diverged model: when an epoch's loss (or any
     logged value) or a weight is NaN/Inf, training stops (as `keras.callbacks.TerminateOnNaN`
@@ -264,17 +285,17 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self._write(epoch)
 
     def _write(self, epoch):
+        seconds = self.metadata.get("seconds", 0.0) + time.time() - self._start
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        state = {**self.metadata, "epoch": epoch, "step": step, "seconds": round(seconds, 1),
+                 "history": self.history}
         tmp = os.path.join(self.directory, f".{MODEL_NAME}.tmp.keras")
         self.model.save(tmp)
         _make_backend_neutral(tmp)
+        # The state travels inside the archive, so weights and step change in one rename: a
+        # kill between two separate writes would pair new weights with an old step.
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.writestr(STATE_NAME, json.dumps(state, indent=2))
         os.replace(tmp, self.model_path)
-        seconds = self.metadata.get("seconds", 0.0) + time.time() - self._start
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        _atomic_json(os.path.join(self.directory, STATE_NAME), {
-            **self.metadata,
-            "epoch": epoch,
-            "step": step,
-            "seconds": round(seconds, 1),
-            "history": self.history,
-        })
+        _atomic_json(os.path.join(self.directory, STATE_NAME), state)
         self.last_saved_epoch, self.last_saved_step = epoch, step

@@ -2,6 +2,9 @@
 info.
 
 Each subcommand lives in its own module with `add_parser(subparsers)` and `run(args)`.
+Building the parser imports nothing heavy (no Keras, backend, TensorFlow or NumPy: each
+`run` imports what it needs), so `--help` is instant and `--backend` only has to set
+`KERAS_BACKEND` before the command's first Keras import.
 """
 
 import argparse

@@ -2,8 +2,12 @@
 
 import argparse
 import contextlib
+import json
 import os
 import sys
+import zipfile
+
+from keras_hpdm.checks import check_guidance_scale, check_int, check_number
 
 BACKENDS = ("jax", "tensorflow", "torch")
 
@@ -13,34 +17,59 @@ class CommandError(Exception):
 
 
 def set_backend(backend, argv):
-    """Keras reads KERAS_BACKEND once, at import (which importing keras_hpdm did): if
-    `--backend` asks for another one, re-run this command in a fresh interpreter with it."""
-    import keras
-
-    if backend and keras.config.backend() != backend:
+    """Keras reads KERAS_BACKEND once, when it is first imported. The commands import it
+    only in their `run`, so it is usually not imported yet: then setting the variable is
+    enough. If it is (the CLI called in-process) with another backend, re-run this command
+    in a fresh interpreter with it."""
+    keras = sys.modules.get("keras")
+    if keras is None:
+        os.environ["KERAS_BACKEND"] = backend
+    elif keras.config.backend() != backend:
         env = dict(os.environ, KERAS_BACKEND=backend)
         os.execve(sys.executable, [sys.executable, "-m", "keras_hpdm.cli", *argv], env)
 
 
-def _number_type(convert, accept, description):
-    """An argparse `type=` that converts and range-checks, with a message naming the range."""
+def active_backend():
+    """The backend the command runs under, without importing Keras to ask it."""
+    keras = sys.modules.get("keras")
+    return keras.config.backend() if keras is not None else os.environ["KERAS_BACKEND"]
+
+
+def _checked(convert, check, **limits):
+    """An argparse `type=` that converts the text and checks it with the library's own
+    check (`keras_hpdm.checks`): the CLI accepts what the library accepts."""
 
     def parse(text):
         try:
             value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}") from None
-        if not accept(value):
-            raise argparse.ArgumentTypeError(f"expected {description}, got {value}")
-        return value
+            value = text  # the check names what is expected
+        try:
+            return check("value", value, **limits)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix("`value` ")) from None
 
     return parse
 
 
-positive_int = _number_type(int, lambda v: v >= 1, "a positive integer")
-non_negative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
-positive_float = _number_type(float, lambda v: v > 0, "a positive number")
-fraction = _number_type(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+positive_int = _checked(int, check_int, low=1)
+non_negative_int = _checked(int, check_int, low=0)
+positive_float = _checked(float, check_number, low=0.0, low_open=True)
+fraction = _checked(float, check_number, low=0.0, high=1.0, high_open=True)
+# 0 samples unconditionally, 1 conditionally without guidance: as `model.generate`.
+guidance = _checked(float, lambda name, value: check_guidance_scale(value, name))
+
+
+def default_verbose():
+    """Progress bars (1) on a terminal; elsewhere (a file, a pipe, CI logs) one plain line
+    per epoch or level (2): Keras' bars are ANSI text that piles up in a file."""
+    return 1 if hasattr(sys.stdout, "isatty") and sys.stdout.isatty() else 2
+
+
+def add_verbose(parser, what):
+    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=default_verbose(),
+                        help=f"0 silent, 1 progress bars, 2 one line per {what} (default: 1 "
+                             "on a terminal, else 2)")
 
 
 # The files of a `keras-hpdm train` run (see callbacks/training_checkpoint.py): `--resume`
@@ -106,3 +135,79 @@ def download_setting(args):
 def print_outputs(outputs):
     for name, path in outputs.items():
         print(f"wrote {name}: {os.path.abspath(path)}")
+
+
+# ------------------------------------------------------ checks before loading a model
+def model_config(checkpoint):
+    """The config of a model file (a .keras file, a run folder or pretrained:NAME), read
+    from the archive's config.json with zipfile + json: no Keras, no weights. None when it
+    cannot be read (loading the model then says why)."""
+    if checkpoint.startswith("pretrained:"):
+        from keras_hpdm.pretrained import pretrained_path
+
+        path = pretrained_path(checkpoint.split(":", 1)[1])  # an unknown name raises here
+    else:
+        path = os.path.join(checkpoint, RUN_FILES[0]) if os.path.isdir(checkpoint) else checkpoint
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))["config"]
+        backbone = config["backbone"]["config"]
+        pyramid = backbone["pyramid"]["config"]
+        backbone["pyramid"] = {"patch_size": [int(n) for n in pyramid["patch_size"]],
+                               "num_levels": int(pyramid["num_levels"]),
+                               "pyramid_time": bool(pyramid.get("pyramid_time", True))}
+        return {**config, "backbone": backbone}
+    except Exception:  # missing, damaged or another kind of file: the loader reports it
+        return None
+
+
+def level_sizes(pyramid):
+    """`(F, H, W)` of every level of a pyramid (a `PyramidSpec` or its config dict)."""
+    if isinstance(pyramid, dict):
+        patch, levels, time = pyramid["patch_size"], pyramid["num_levels"], pyramid[
+            "pyramid_time"]
+        return [tuple(n * 2**level if axis or time else n for axis, n in enumerate(patch))
+                for level in range(levels)]
+    return [tuple(pyramid.level_size(level)) for level in range(pyramid.num_levels)]
+
+
+def resolve_levels(sizes, resolution):
+    """The number of levels to generate for `--resolution FxHxW` (None: all of them)."""
+    if resolution is None:
+        return None
+    try:
+        size = tuple(int(v) for v in resolution.lower().split("x"))
+    except ValueError:
+        size = None
+    if size not in sizes:
+        allowed = ", ".join("x".join(map(str, s)) for s in sizes)
+        raise CommandError(f"--resolution must be one of this model's level sizes ({allowed}), "
+                           f"got {resolution!r}.")
+    return sizes.index(size) + 1
+
+
+def check_request(checkpoint, conditions, guidance_scale=1.0, num_samples=None,
+                  resolution=None):
+    """Checks a generation request against the model file's config before its weights are
+    loaded (a second instead of the ~20 s a load takes): the same `check_conditions` that
+    `model.generate` runs. Returns the config, or None when it cannot be read."""
+    from keras_hpdm.checks import check_conditions
+
+    config = model_config(checkpoint)
+    if config is None:
+        return None
+    backbone = config["backbone"]
+    check_conditions(conditions, backbone.get("num_classes"), backbone.get("text_dim"),
+                     guidance_scale, num_samples)
+    resolve_levels(level_sizes(backbone["pyramid"]), resolution)
+    return config
+
+
+# ------------------------------------------------------------------ output folders
+def output_folder(out, names):
+    """The paths of files `names` in the folder `out` (every `--out` is a folder), checked
+    before anything is written."""
+    if os.path.isfile(out):
+        raise CommandError(f"--out {out} is a file: give a folder (the command writes "
+                           f"{', '.join(names)} into it).")
+    return [os.path.join(out, name) for name in names]

@@ -3,7 +3,18 @@
 import argparse
 import os
 
-from keras_hpdm.cli.common import non_negative_int, positive_int, print_outputs
+from keras_hpdm.cli.common import (
+    add_verbose,
+    check_request,
+    guidance,
+    non_negative_int,
+    output_folder,
+    positive_int,
+    print_outputs,
+    refuse_overwrite,
+)
+
+OUTPUTS = ("samples.mp4", "samples.gif", "samples.png", "levels.png", "pyramid.png")
 
 
 def add_parser(sub):
@@ -12,25 +23,31 @@ def add_parser(sub):
         description="Load the pretrained HPDM that ships with the package (class-conditional "
         "Moving MNIST, 16x64x64), generate one video per requested digit level by level and "
         "tile by tile, and write MP4 + GIF + PNG sheets of the frames and of the generated "
-        "patch pyramid.",
+        "patch pyramid into the --out folder.",
     )
     p.add_argument("--out", default="outputs/demo", help="output folder (default: %(default)s)")
     p.add_argument("--class", dest="classes", type=non_negative_int, nargs="+",
                    default=[0, 3, 5, 7], metavar="DIGIT", help="digits (default: 0 3 5 7)")
     p.add_argument("--steps", type=positive_int, nargs="+",
                    help="sampling steps, level 0 or per level (default: the model's)")
-    p.add_argument("--guidance", type=float, default=1.5, help="guidance scale (default: 1.5)")
+    p.add_argument("--guidance", type=guidance, default=1.5,
+                   help="classifier-free guidance scale, >= 0 (0 = unconditional, 1 = "
+                        "conditional without guidance; default: 1.5)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="default: 0")
-    p.add_argument("--verbose", type=int, choices=(0, 1), default=1, help="progress bars")
+    add_verbose(p, "level")
     p.set_defaults(func=run)
     return p
 
 
 def run(args):
+    refuse_overwrite(output_folder(args.out, OUTPUTS))
+    # Seconds, not the ~20 s a model takes to load: the file's config tells what it accepts.
+    check_request("pretrained:moving_mnist", args.classes, args.guidance)
+
     import numpy as np
 
     from keras_hpdm.cli.generate import generate_and_save
-    from keras_hpdm.media import levels_sheet, pyramid_sheet, save_png
+    from keras_hpdm.media import pyramid_sheet, save_png
     from keras_hpdm.pretrained import load_pretrained, model_card
 
     model = load_pretrained("moving_mnist")
@@ -47,11 +64,8 @@ def run(args):
     options = argparse.Namespace(
         steps=args.steps, sampler=None, guidance=args.guidance, num_samples=None,
         overlap=[0.5, 0.5, 0.0], tile_batch_size=32, seed=args.seed, no_ema=False,
-        verbose=args.verbose, resolution=None, fps=8, out=os.path.join(args.out, "samples"),
-        save_pyramid=False)
+        verbose=args.verbose, resolution=None, fps=8, out=args.out, save_pyramid=True)
     videos, canvases, seconds, outputs = generate_and_save(model, options, args.classes)
-    outputs["generated pyramid (levels of sample 0)"] = save_png(
-        os.path.join(args.out, "levels.png"), levels_sheet(canvases))
     sheet = pyramid_sheet(videos[0], spec, spec.sample_offsets(args.seed))
     outputs["patch pyramid (what one training step sees)"] = save_png(
         os.path.join(args.out, "pyramid.png"), np.repeat(np.repeat(sheet, 3, 0), 3, 1))

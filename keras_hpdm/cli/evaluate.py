@@ -6,8 +6,9 @@ import os
 from keras_hpdm.cli.common import (
     CommandError,
     checkpoint_inputs,
+    guidance,
+    model_config,
     non_negative_int,
-    positive_float,
     positive_int,
     refuse_overwrite,
 )
@@ -41,8 +42,9 @@ def add_parser(sub):
                         "(default: the model's)")
     p.add_argument("--sampler", choices=SAMPLERS, nargs="+",
                    help="one for all levels or one per level (default: the model's)")
-    p.add_argument("--guidance", type=positive_float, default=1.0,
-                   help="guidance scale (default: 1)")
+    p.add_argument("--guidance", type=guidance, default=1.0,
+                   help="guidance scale, >= 0 (0 = unconditional, 1 = conditional without "
+                        "guidance; default: 1)")
     p.add_argument("--tile-batch-size", type=positive_int, default=32, help="default: 32")
     p.add_argument("--seed", type=non_negative_int, default=0, help="default: 0")
     p.add_argument("--fvd", type=non_negative_int, default=0, metavar="N",
@@ -50,7 +52,8 @@ def add_parser(sub):
     p.add_argument("--json", help="also write the scores (and the settings) to this file")
     p.add_argument("--card", help="add the scores and settings to this model card (the JSON "
                                   "`export` writes beside the .keras), under 'evaluation'")
-    p.add_argument("--verbose", type=int, choices=(0, 1), default=0, help="progress bars")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0,
+                   help="0 silent, 1 progress bars, 2 one line per level (default: 0)")
     p.set_defaults(func=run)
     return p
 
@@ -73,18 +76,24 @@ def read_card(path):
 
 def run(args):
     from keras_hpdm.cli.generate import load_checkpoint
-    from keras_hpdm.metrics import evaluate_moving_mnist
 
     if args.fvd == 1:
         raise CommandError("--fvd needs at least 2 videos (or 0 to skip).")
     inputs = checkpoint_inputs(args.checkpoint)
     refuse_overwrite([p for p in (args.json, args.card) if p], inputs)
     card = read_card(args.card)
-    model = load_checkpoint(args.checkpoint)
-    if model.backbone.num_classes != 10 or model.backbone.channels != 1:
+    # From the model file's config when it is readable: before the weights load.
+    config = model_config(args.checkpoint)
+    model = load_checkpoint(args.checkpoint) if config is None else None
+    backbone = model.backbone.get_config() if config is None else config["backbone"]
+    if backbone.get("num_classes") != 10 or backbone.get("channels") != 1:
         raise CommandError("evaluate scores Moving MNIST models (10 classes, 1 channel); this "
-                           f"one has num_classes={model.backbone.num_classes}, channels="
-                           f"{model.backbone.channels}.")
+                           f"one has num_classes={backbone.get('num_classes')}, channels="
+                           f"{backbone.get('channels')}.")
+    if model is None:
+        model = load_checkpoint(args.checkpoint)
+    from keras_hpdm.metrics import evaluate_moving_mnist
+
     steps = args.steps[0] if args.steps and len(args.steps) == 1 else args.steps
     sampler = args.sampler[0] if args.sampler and len(args.sampler) == 1 else args.sampler
     settings = {"per_class": args.per_class, "num_steps": steps, "sampler": sampler,

@@ -6,14 +6,19 @@ import time
 from keras_hpdm.cli.common import (
     CommandError,
     add_allow_download,
+    add_verbose,
+    check_request,
     checkpoint_inputs,
     download_setting,
     fraction,
+    guidance,
+    level_sizes,
     non_negative_int,
-    positive_float,
+    output_folder,
     positive_int,
     print_outputs,
     refuse_overwrite,
+    resolve_levels,
 )
 
 SAMPLERS = ("euler", "heun", "stochastic")
@@ -23,7 +28,9 @@ def add_parser(sub):
     p = sub.add_parser(
         "generate", help="generate videos from a trained model",
         description="Generate videos from a checkpoint, level by level and tile by tile, and "
-        "write them as MP4 + GIF (all samples side by side) and a PNG sheet of frames.",
+        "write them into the --out folder as samples.mp4 + samples.gif (all samples side by "
+        "side) and samples.png (a sheet of frames). The conditions are checked against the "
+        "model file before its weights are loaded.",
         epilog="examples:\n"
         "  keras-hpdm generate pretrained:moving_mnist --class 3 7 --out outputs/digits\n"
         "  keras-hpdm generate runs/t2v --prompt 'a red ball' --guidance 2 --num-samples 2\n"
@@ -42,8 +49,9 @@ def add_parser(sub):
     p.add_argument("--steps", type=positive_int, nargs="+",
                    help="sampling steps: one number (level 0, halved per level) or one per "
                         "level (default: the model's)")
-    p.add_argument("--guidance", type=positive_float, default=1.0,
-                   help="classifier-free guidance scale (1 = none; default: 1)")
+    p.add_argument("--guidance", type=guidance, default=1.0,
+                   help="classifier-free guidance scale, >= 0 (0 = unconditional, 1 = "
+                        "conditional without guidance; default: 1)")
     p.add_argument("--sampler", choices=SAMPLERS, nargs="+",
                    help="one for all levels or one per level (default: stochastic at level "
                         "0, euler above)")
@@ -57,11 +65,11 @@ def add_parser(sub):
     p.add_argument("--no-ema", action="store_true", help="sample with the live weights")
     p.add_argument("--seed", type=non_negative_int, default=0, help="default: 0")
     p.add_argument("--out", default="outputs/generated",
-                   help="output path without extension (default: %(default)s)")
+                   help="output folder (default: %(default)s)")
     p.add_argument("--fps", type=positive_int, default=8, help="default: 8")
     p.add_argument("--save-pyramid", action="store_true",
-                   help="also write OUT_levels.png: every generated level of sample 0")
-    p.add_argument("--verbose", type=int, choices=(0, 1), default=1, help="progress bars")
+                   help="also write OUT/levels.png: every generated level of sample 0")
+    add_verbose(p, "level")
     add_allow_download(p)
     p.set_defaults(func=run)
     return p
@@ -70,35 +78,24 @@ def add_parser(sub):
 def load_checkpoint(path):
     """A `PatchDiffusionModel` from a .keras file, a run folder or `pretrained:NAME` (a
     damaged file raises a ValueError naming it)."""
-    from keras_hpdm.callbacks import load_training_checkpoint
-    from keras_hpdm.pretrained import load_pretrained
-
     if path.startswith("pretrained:"):
+        from keras_hpdm.pretrained import load_pretrained
+
         return load_pretrained(path.split(":", 1)[1])
     if os.path.isdir(path):
         path = os.path.join(path, "model.keras")
     if not os.path.isfile(path):
         raise CommandError(f"checkpoint {path!r} does not exist (give a .keras file, a run "
                            "folder with model.keras, or pretrained:moving_mnist).")
+    from keras_hpdm.callbacks import load_training_checkpoint
+
     return load_training_checkpoint(path, compile=False)
 
 
-def resolve_levels(spec, resolution):
-    if resolution is None:
-        return None
-    try:
-        size = tuple(int(v) for v in resolution.lower().split("x"))
-    except ValueError:
-        size = None
-    sizes = [tuple(spec.level_size(level)) for level in range(spec.num_levels)]
-    if size not in sizes:
-        allowed = ", ".join("x".join(map(str, s)) for s in sizes)
-        raise CommandError(f"--resolution must be one of this model's level sizes ({allowed}), "
-                           f"got {resolution!r}.")
-    return sizes.index(size) + 1
-
-
 def generate_and_save(model, args, conditions):
+    """Generates and writes `args.out`/samples.{mp4,gif,png} (and levels.png with
+    `args.save_pyramid`); returns the videos, the generated levels, the seconds taken and
+    `{what: path}` of the files written."""
     from keras_hpdm.media import levels_sheet, save_png, save_videos
 
     steps = args.steps[0] if args.steps and len(args.steps) == 1 else args.steps
@@ -109,26 +106,29 @@ def generate_and_save(model, args, conditions):
         guidance_scale=args.guidance, overlap=tuple(args.overlap),
         tile_batch_size=args.tile_batch_size, seed=args.seed, sampler=sampler,
         use_ema=not args.no_ema, verbose=args.verbose, return_pyramid=True,
-        num_levels=resolve_levels(model.pyramid, args.resolution))
+        num_levels=resolve_levels(level_sizes(model.pyramid), args.resolution))
     seconds = time.time() - start
-    outputs = {f"videos ({k})": v for k, v in
-               save_videos(args.out, videos, fps=args.fps).items()}
+    outputs = {f"videos ({k})": v for k, v in save_videos(
+        os.path.join(args.out, "samples"), videos, fps=args.fps).items()}
     if getattr(args, "save_pyramid", False):
-        outputs["generated pyramid"] = save_png(f"{args.out}_levels.png",
-                                                levels_sheet(canvases))
+        outputs["generated pyramid (levels of sample 0)"] = save_png(
+            os.path.join(args.out, "levels.png"), levels_sheet(canvases))
     return videos, canvases, seconds, outputs
 
 
 def output_files(args):
-    files = [f"{args.out}.{ext}" for ext in ("mp4", "gif", "png")]
-    return files + ([f"{args.out}_levels.png"] if getattr(args, "save_pyramid", False) else [])
+    names = ["samples.mp4", "samples.gif", "samples.png"]
+    return output_folder(args.out, names + (["levels.png"] if args.save_pyramid else []))
 
 
 def run(args):
+    conditions = args.classes if args.classes is not None else args.prompt
     refuse_overwrite(output_files(args), checkpoint_inputs(args.checkpoint))
+    # Seconds, not the ~20 s a model takes to load: the file's config tells what it accepts.
+    check_request(args.checkpoint, conditions, args.guidance, args.num_samples,
+                  args.resolution)
     with download_setting(args):
         model = load_checkpoint(args.checkpoint)
-        conditions = args.classes if args.classes is not None else args.prompt
         videos, _, seconds, outputs = generate_and_save(model, args, conditions)
     print(f"generated {videos.shape[0]} video(s) of {videos.shape[1:4]} in {seconds:.1f} s")
     print_outputs(outputs)

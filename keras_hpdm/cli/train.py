@@ -11,6 +11,7 @@ from keras_hpdm.cli.common import (
     RUN_FILES,
     CommandError,
     add_allow_download,
+    add_verbose,
     download_setting,
     fraction,
     non_negative_int,
@@ -21,9 +22,13 @@ from keras_hpdm.cli.common import (
 BACKBONES = ("rin", "unet")
 OPTIMIZERS = ("adam", "lamb")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-# Settings a resumed run takes from the command line; all others come from the checkpoint.
-RESUME_OVERRIDES = ("steps", "save_every", "sample_every", "sample_steps", "verbose",
-                    "allow_download")
+# Settings a resumed run takes from the command line when given there (the others, and
+# these when not given, come from the checkpoint).
+RESUME_OVERRIDES = ("steps", "save_every", "sample_every", "sample_steps")
+# Their defaults for a new run: parsed as None, so a resume can tell "not given" apart.
+OVERRIDE_DEFAULTS = {"steps": 2000, "save_every": 500, "sample_every": 0, "sample_steps": 16}
+# Taken from every command line: how to print, and the download opt-in (never remembered).
+PER_INVOCATION = ("verbose", "allow_download")
 
 
 def add_parser(sub):
@@ -57,8 +62,8 @@ def add_parser(sub):
                    help="pyramid over space only (the time axis stays at the patch length)")
     g.add_argument("--backbone", choices=BACKBONES, default="rin", help="default: rin")
     g.add_argument("--preset", default="tiny",
-                   help="architecture preset (tiny, small, hpdm_s, hpdm_m, hpdm_l, t2v; "
-                        "default: tiny)")
+                   help="architecture preset: tiny, mini (rin only: the bundled Moving MNIST "
+                        "model's), small, hpdm_s, hpdm_m, hpdm_l, t2v (default: tiny)")
     g.add_argument("--channels", type=int, choices=(1, 3), default=3,
                    help="1 = grayscale, 3 = RGB (default: 3)")
     g.add_argument("--labels", default="none",
@@ -80,7 +85,8 @@ def add_parser(sub):
     g.add_argument("--level-noise-scale", type=positive_float, default=2.0,
                    help="sigma multiplier per finer level (default: 2)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=positive_int, default=2000, help="total steps (default: 2000)")
+    g.add_argument("--steps", type=positive_int,
+                   help="total steps (default: 2000; with --resume: the run's)")
     g.add_argument("--batch-size", type=positive_int, default=8, help="default: 8")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
                    help="adam (AdamW, constant LR) or lamb (the paper's LAMB + warm-up + "
@@ -100,15 +106,16 @@ def add_parser(sub):
     g = p.add_argument_group("checkpoints and samples")
     g.add_argument("--log-every", type=positive_int, default=100,
                    help="steps per progress bar / history entry (default: 100)")
-    g.add_argument("--save-every", type=positive_int, default=500,
-                   help="checkpoint every N steps, a multiple of --log-every (default: 500)")
-    g.add_argument("--sample-every", type=non_negative_int, default=0,
+    g.add_argument("--save-every", type=positive_int,
+                   help="checkpoint every N steps, a multiple of --log-every (default: 500; "
+                        "with --resume: the run's)")
+    g.add_argument("--sample-every", type=non_negative_int,
                    help="write sample videos to OUT/samples every N steps (0: never; "
-                        "default: 0)")
-    g.add_argument("--sample-steps", type=positive_int, default=16,
-                   help="sampling steps at level 0 for those samples (default: 16)")
-    g.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
-                   help="0 silent, 1 progress bars, 2 one line per --log-every (default: 1)")
+                        "default: 0; with --resume: the run's)")
+    g.add_argument("--sample-steps", type=positive_int,
+                   help="sampling steps at level 0 for those samples (default: 16; with "
+                        "--resume: the run's)")
+    add_verbose(g, "--log-every steps")
     add_allow_download(p)
     p.set_defaults(func=run)
     return p
@@ -140,6 +147,9 @@ def _restore_args(args):
         raise CommandError(f"--resume: the run was trained on {saved['data']!r}, not "
                            f"{args.data!r}.")
     for name in RESUME_OVERRIDES:
+        if getattr(args, name) is not None:  # given on this command line
+            saved[name] = getattr(args, name)
+    for name in PER_INVOCATION:
         saved[name] = getattr(args, name)
     saved.update(out=args.out, resume=True, func=args.func, argv=args.argv)
     return type(args)(**saved), state
@@ -220,6 +230,9 @@ def _train(args):
         args, state = _restore_args(args)
     else:
         _check_out(args)
+        for name, default in OVERRIDE_DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, default)
     log_every = _check_args(args)
     keras.utils.set_random_seed(args.seed)
     keras.config.set_dtype_policy(args.precision)
@@ -235,11 +248,12 @@ def _train(args):
     spec = keras_hpdm.PyramidSpec(tuple(args.patch_size), args.levels,
                                   pyramid_time=not args.no_pyramid_time)
     labels = {"none": None, "auto": True}.get(args.labels, args.labels)
-    # A resumed run draws new clips: a different data seed per starting epoch.
+    # A resumed run continues the data stream where the checkpoint left it (same seed,
+    # the examples already trained on skipped), so it sees what an uninterrupted run would.
     ds = keras_hpdm.data.pyramid_dataset(
         args.data, spec, args.batch_size, frame_stride=args.frame_stride, flip=args.flip,
-        labels=labels, seed=args.seed + initial_epoch, cache=args.cache,
-        channels=args.channels)
+        labels=labels, seed=args.seed, cache=args.cache, channels=args.channels,
+        start_example=done * args.batch_size)
     captions = "text" in ds.element_spec
     num_classes = len(ds.class_names) if "label" in ds.element_spec else 0
     if model is None:

@@ -22,6 +22,8 @@ import os
 
 import numpy as np
 
+from keras_hpdm.checks import check_int
+
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".gif", ".mov", ".m4v")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MAX_PIXELS = 4096 * 4096  # Per decoded frame; 4K UHD and DCI 4K frames fit whole.
@@ -47,7 +49,9 @@ def media_kind(path):
 
 
 def _check_channels(channels):
-    if channels not in (1, 3):
+    # Type first: True == 1, and `in` on an array compares elementwise.
+    if isinstance(channels, (bool, np.bool_)) or not isinstance(channels, numbers.Integral) or (
+            channels not in (1, 3)):
         raise ValueError(f"`channels` must be 1 or 3, got {channels!r}.")
     return channels
 
@@ -183,9 +187,9 @@ def check_frame_rate(frame_stride, fps):
     ):
         raise ValueError(f"`frame_stride` must be a positive integer, got {frame_stride!r}.")
     if fps is not None and (
-        isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not fps > 0
+        isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not 0 < fps < math.inf
     ):
-        raise ValueError(f"`fps` must be a positive number or None, got {fps!r}.")
+        raise ValueError(f"`fps` must be a finite positive number or None, got {fps!r}.")
     return int(frame_stride), (None if fps is None else float(fps))
 
 
@@ -196,7 +200,9 @@ def clip_steps(num_frames, frame_stride=1, fps=None, source_fps=0.0):
     nearest frame); otherwise every `frame_stride` frames. Mirrors `transforms.clip_indices`.
     """
     ratio = _frame_ratio(frame_stride, fps, source_fps)
-    return np.floor(np.arange(num_frames) * ratio + 0.5).astype(np.int64)
+    steps = np.floor(np.arange(num_frames) * ratio + 0.5)
+    # Saturated: past 2**63, int64 would wrap round to negative (wrong) frame indices.
+    return np.minimum(steps, 2**62).astype(np.int64)
 
 
 def _frame_ratio(frame_stride, fps, source_fps):
@@ -243,11 +249,20 @@ def decode_video(path, *, start=0, num_frames=None, frame_stride=1, fps=None, in
     """
     path = os.fspath(path)
     _check_channels(channels)
+    check_frame_rate(frame_stride, fps)
+    start = check_int("start", start, low=0, high=2**62)  # frame indices are int64
+    num_frames = check_int("num_frames", num_frames, low=1, allow_none=True)
+    if indices is not None:
+        indices = np.asarray(indices)
+        if indices.size and indices.dtype.kind not in "iu":  # floats, None, strings, 2**70
+            raise ValueError(f"`indices` must be integer frame indices, got {indices!r}.")
+        indices = indices.astype(np.int64).reshape(-1)
+        if indices.size and indices.min() < 0:
+            raise ValueError(f"`indices` (frame indices) must be >= 0, got {indices.min()}.")
     if media_kind(path) == "image":
         image = read_image(path, channels=channels)
-        count = 1 if indices is None else len(indices)
-        return np.repeat(image[None], count if num_frames is None else num_frames, axis=0)
-    check_frame_rate(frame_stride, fps)
+        count = len(indices) if indices is not None else (num_frames or 1)  # as for videos
+        return np.repeat(image[None], count, axis=0)
     container = _open_video(path)
     try:
         stream = container.streams.video[0]
@@ -255,10 +270,6 @@ def decode_video(path, *, start=0, num_frames=None, frame_stride=1, fps=None, in
         source_fps = _stream_fps(stream)
         if indices is None and num_frames is not None:
             indices = start + clip_steps(num_frames, frame_stride, fps, source_fps)
-        if indices is not None:
-            indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-            if indices.size and indices.min() < 0:
-                raise ValueError(f"frame indices must be >= 0, got {indices.min()}.")
         frames = _decode_frames(container, stream, path, indices, start)
     finally:
         container.close()

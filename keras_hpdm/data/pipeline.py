@@ -24,6 +24,7 @@ import warnings
 
 import numpy as np
 
+from keras_hpdm.checks import check_int
 from keras_hpdm.data import decode, shards, sources
 from keras_hpdm.pyramid import PyramidSpec, check_seed
 
@@ -104,7 +105,7 @@ def pyramid_dataset(source, pyramid, batch_size, *, frames=None, frame_stride=1,
                     crop="random", flip=False, labels=None, seed=None, shuffle=True, repeat=True,
                     cache=False, shard=None, deterministic=True, drop_remainder=True, channels=3,
                     return_offsets=False, shuffle_buffer=None, num_parallel_calls=None,
-                    tokenizer=None):
+                    tokenizer=None, start_example=0):
     """A `tf.data.Dataset` of batches of patch pyramids, ready for `model.fit`.
 
     Each example is a clip of the source, resized (aspect kept) so it covers
@@ -165,6 +166,11 @@ def pyramid_dataset(source, pyramid, batch_size, *, frames=None, frame_stride=1,
             replaces `"text"`; a dict result is merged into the batch instead of `"text"`.
             Not needed for `PatchDiffusionModel.fit`, which encodes `"text"` captions with
             the model's text encoder in the pipeline on every backend.
+        start_example: position in the example stream to start from: the data set equals
+            the one with `start_example=0` less its first `start_example` examples (whole
+            passes are skipped without reading; the rest of a pass is skipped before any
+            decoding). A run resumed at step `s` passes `s * batch_size` to continue the
+            data order where it stopped (exactly, as long as no file failed to decode).
 
     Returns:
         `tf.data.Dataset` of dicts `{"patches": float32 (B, L, f, h, w, C) in [-1, 1],
@@ -226,13 +232,18 @@ def pyramid_dataset(source, pyramid, batch_size, *, frames=None, frame_stride=1,
                 or (getattr(src, "with_labels", False) and src.label_kind == "text"))
     if tokenizer is not None and not captions:
         raise ValueError("`tokenizer` needs captions: pass `labels=` with captions.")
-    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    if not repeat:
-        keys = keys.take(1)
+    start_example = check_int("start_example", start_example, low=0)
     build = {sources.FileSource: _FileBuilder, sources.ArraySource: _ArrayBuilder,
              shards.ShardSource: _ShardBuilder}[type(src)]
     builder = build(src, settings, shard, bool(shuffle), cache, shuffle_buffer, parallel,
                     deterministic)
+    passes, builder.start = divmod(start_example, builder.num_examples)
+    if not repeat and passes:
+        raise ValueError(f"`start_example` must be < the {builder.num_examples} examples of "
+                         f"one pass when `repeat=False`, got {start_example}.")
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).skip(passes)
+    if not repeat:
+        keys = keys.take(1)
     ds = builder.examples(keys)
     ds = ds.filter(lambda ex: ex["ok"]).map(
         lambda ex: {k: v for k, v in ex.items() if k != "ok"})
@@ -352,6 +363,7 @@ class _Builder:
         self._warned = False
         self._failing = {}  # path -> reason, for the current run of failed clips
         self._run = 0  # clips failed in a row
+        self.start = 0  # stream positions to skip before decoding (see `start_example`)
 
     def ratio(self, source_fps):
         return self.s.frame_stride if self.s.fps is None else source_fps / self.s.fps
@@ -364,7 +376,10 @@ class _Builder:
         return np.asarray(global_ids, np.int64)[index::count]
 
     def map(self, ds, fn):
+        """Maps the `(key, position)` stream to examples, after `start` positions."""
         import tensorflow as tf
+
+        ds = ds.skip(self.start)
 
         # The per-example graph has no Python control flow on tensors: skip AutoGraph's
         # source conversion, which otherwise dominates the time to build a data set.

@@ -4,6 +4,10 @@ import numpy as np
 
 from keras_hpdm.pyramid import check_int, check_number
 
+# Far beyond any sampler budget (EDM uses at most a few hundred steps); larger counts used to
+# fail deep in numpy ("Maximum allowed size exceeded") or run for days.
+MAX_NUM_STEPS = 100_000
+
 
 def _check_positive_float(name, value):
     return check_number(name, value, low=0.0, low_open=True)
@@ -34,7 +38,7 @@ def edm_sigmas(num_steps, sigma_min=0.002, sigma_max=80.0, rho=7.0):
         - [Karras et al., Elucidating the Design Space of Diffusion-Based Generative Models,
           NeurIPS 2022](https://arxiv.org/abs/2206.00364)
     """
-    num_steps = check_int("num_steps", num_steps, low=1)
+    num_steps = check_int("num_steps", num_steps, low=1, high=MAX_NUM_STEPS)
     sigma_min = _check_positive_float("sigma_min", sigma_min)
     sigma_max = _check_positive_float("sigma_max", sigma_max)
     rho = _check_positive_float("rho", rho)

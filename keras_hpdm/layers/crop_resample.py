@@ -85,6 +85,9 @@ class CropResample(keras.layers.Layer):
     def call(self, features, boxes):
         _check_shapes(tuple(features.shape), tuple(boxes.shape))
         _, n_f, n_h, n_w, _ = features.shape
+        if not keras.backend.is_float_dtype(features.dtype):
+            # Interpolation weights cast to an int dtype would truncate to 0 (bool fails).
+            features = ops.cast(features, self.compute_dtype)
         dtype = features.dtype
         m_f, m_h, m_w = (
             interpolation_matrix(boxes[:, a], boxes[:, a + 3], n_out, n_in, dtype)
@@ -111,6 +114,8 @@ def _check_shapes(features_shape, boxes_shape):
         raise ValueError(
             f"`features` must have rank 5 (B, F, H, W, C), got shape {features_shape}."
         )
+    if 0 in features_shape[1:4]:  # nothing to interpolate from: zeros would come out
+        raise ValueError(f"`features` must have non-empty (F, H, W), got shape {features_shape}.")
     if len(boxes_shape) != 2 or boxes_shape[-1] != 6:
         raise ValueError(f"`boxes` must have shape (B, 6), got {boxes_shape}.")
     if None not in (features_shape[0], boxes_shape[0]) and features_shape[0] != boxes_shape[0]:
@@ -148,6 +153,8 @@ def _host_values(x):
 
 def _check_box_values(boxes):
     """Finite, positive extents, inside [0, 1] (up to float rounding); raises naming it."""
+    if boxes.dtype.kind not in "biuf":  # strings, objects, complex: no fractions to check
+        raise ValueError(f"`boxes` must hold real numbers, got dtype {boxes.dtype}.")
     boxes = boxes.astype(np.float64)
     start, extent = boxes[:, :3], boxes[:, 3:]
     bad = ~np.isfinite(boxes).all(axis=1)

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_hpdm.layers.crop_resample import CropResample
+from keras_hpdm.pyramid import check_int
 
 
 def relative_boxes(coords, parent_coords):
@@ -67,6 +68,15 @@ class DeepContextFusion(keras.layers.Layer):
         - [Skorokhodov et al., CVPR 2024](https://arxiv.org/abs/2406.07792), Eq. 7-9.
     """
 
+    def __call__(self, features, coords, num_context_levels=0, **kwargs):
+        # Checked before Keras turns NumPy values into tensors (a uint64 fails on torch).
+        shape = getattr(features, "shape", ())
+        levels = shape[1] if len(shape) > 1 else None  # 0 levels: `build` says so
+        num_context_levels = check_int("num_context_levels", num_context_levels, low=0,
+                                       high=levels - 1 if levels else None)
+        return super().__call__(features, coords, num_context_levels=num_context_levels,
+                                **kwargs)
+
     def build(self, features_shape, coords_shape):
         if len(features_shape) != 6:
             raise ValueError(
@@ -75,12 +85,15 @@ class DeepContextFusion(keras.layers.Layer):
             )
         if len(coords_shape) != 3 or coords_shape[-1] != 6:
             raise ValueError(f"`coords` must have shape (B, L, 6), got {tuple(coords_shape)}.")
-        if features_shape[1] is not None and coords_shape[1] is not None and (
-            features_shape[1] != coords_shape[1]
-        ):
-            raise ValueError(
-                f"`features` has {features_shape[1]} levels but `coords` has {coords_shape[1]}."
-            )
+        for axis, what in ((0, "batch size"), (1, "levels")):
+            if None not in (features_shape[axis], coords_shape[axis]) and (
+                    features_shape[axis] != coords_shape[axis]):
+                raise ValueError(f"`features` has {what} {features_shape[axis]} but `coords` "
+                                 f"has {coords_shape[axis]}.")
+        if features_shape[1] == 0:
+            raise ValueError("`features` must have at least one level, got shape "
+                             f"{tuple(features_shape)}.")
+        self.features_shape = tuple(features_shape[2:])
         dim = features_shape[-1]
         self.grid_size = tuple(features_shape[2:5])
         # Boxes come from coordinates checked on the host before training / generation;
@@ -121,6 +134,12 @@ class DeepContextFusion(keras.layers.Layer):
         context (e.g. cached coarse features at generation) and only the rest are returned."""
         coords = ops.cast(coords, "float32")
         num_levels = features.shape[1]
+        # The weights fix (f, h, w, d); other grids would fail in a backend op, unnamed.
+        if len(features.shape) != 6 or any(
+                None not in (n, m) and n != m
+                for n, m in zip(features.shape[2:], self.features_shape, strict=True)):
+            raise ValueError(f"`features` must have shape (B, L, *{self.features_shape}) (the "
+                             f"shape the layer was built for), got {tuple(features.shape)}.")
         levels = range(num_context_levels, num_levels)
         context = self.context(features, coords, first_level=num_context_levels)
         features = features[:, num_context_levels:]

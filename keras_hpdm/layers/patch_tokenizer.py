@@ -12,9 +12,10 @@ def _check_patch(patch_size):
 
 def _check_divisible(shape, patch_size, name):
     for axis, n, p in zip(("frames", "height", "width"), shape, patch_size, strict=True):
-        if n is not None and n % p:
+        if n is not None and (n % p or n == 0):  # 0 leaves no tokens (and divides by 0)
             raise ValueError(
-                f"{name} {axis} ({n}) must be divisible by the tokenizer patch size ({p})."
+                f"{name} {axis} ({n}) must be divisible by the tokenizer patch size ({p}) "
+                "and non-zero."
             )
 
 
@@ -44,9 +45,11 @@ class PatchTokenizer(keras.layers.Layer):
         self.dim = check_int("dim", dim, low=1)
 
     def build(self, input_shape):
-        if len(input_shape) != 5:
-            raise ValueError(f"Input must have rank 5 (B, F, H, W, C), got {input_shape}.")
+        if len(input_shape) != 5 or input_shape[-1] == 0:
+            raise ValueError(f"Input must have rank 5 (B, F, H, W, C) and C > 0, got "
+                             f"{input_shape}.")
         _check_divisible(input_shape[1:4], self.patch_size, "Input")
+        self.input_size = tuple(input_shape[1:])
         self.grid_size = tuple(n // p for n, p in zip(input_shape[1:4], self.patch_size,
                                                        strict=True))
         pf, ph, pw = self.patch_size
@@ -58,6 +61,11 @@ class PatchTokenizer(keras.layers.Layer):
         )
 
     def call(self, x):
+        # The learned positions fix the grid: another size would reshape into a wrong batch.
+        if len(x.shape) != 5 or any(None not in (n, m) and n != m
+                                    for n, m in zip(x.shape[1:], self.input_size, strict=True)):
+            raise ValueError(f"Input must have shape (B, *{self.input_size}) (the shape the "
+                             f"layer was built for), got {tuple(x.shape)}.")
         (pf, ph, pw), (gf, gh, gw) = self.patch_size, self.grid_size
         c = x.shape[-1]
         x = ops.reshape(x, (-1, gf, pf, gh, ph, gw, pw, c))
@@ -93,6 +101,8 @@ class PatchDetokenizer(keras.layers.Layer):
         self.channels = check_int("channels", channels, low=1)
 
     def build(self, input_shape):
+        if len(input_shape) != 5:
+            raise ValueError(f"`tokens` must have rank 5 (B, F, H, W, dim), got {input_shape}.")
         pf, ph, pw = self.patch_size
         self.norm = keras.layers.LayerNormalization(epsilon=1e-6, dtype="float32", name="norm")
         self.norm.build(input_shape)

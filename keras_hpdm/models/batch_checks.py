@@ -74,7 +74,13 @@ def check_batch_structure(model, batch):
         raise ValueError(_not_text_conditional(bb))
     if bb.num_classes:
         if "label" not in batch:
-            raise ValueError("This model is class-conditional: batches need a 'label' key.")
+            raise ValueError(
+                f"This model is class-conditional (backbone `num_classes={bb.num_classes}`): "
+                "batches need a 'label' key. Build the data with labels, e.g. "
+                "`keras_hpdm.data.pyramid_dataset(source, spec, batch_size, labels=True)` "
+                "(the data's own classes: sub-folders, built-in digits) or `labels=` a "
+                "CSV/JSON file, or use a backbone without `num_classes` for unconditional "
+                "training.")
         shape = _shape(batch["label"])
         if not _matches(shape, (None,)):
             raise ValueError(f"`label` must have shape (B,), got {shape}.")
@@ -193,7 +199,7 @@ class CheckedPyDataset(keras.utils.PyDataset):
 
 def _encode_text(model, texts):
     prompts = [t.decode() if isinstance(t, bytes) else str(t) for t in np.ravel(texts)]
-    return np.asarray(model.text_encoder.encode(prompts)["embeddings"], "float32")
+    return model.encode_text(prompts)
 
 
 def prepare_inputs(model, x, sample_weight=None):

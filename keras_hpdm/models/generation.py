@@ -3,17 +3,19 @@
 import contextlib
 import math
 import numbers
+import sys
 import weakref
 
 import keras
 import numpy as np
 from keras import ops
 
+from keras_hpdm.checks import check_conditions
 from keras_hpdm.diffusion.samplers import sample
-from keras_hpdm.diffusion.schedules import edm_sigmas
+from keras_hpdm.diffusion.schedules import MAX_NUM_STEPS, edm_sigmas
 from keras_hpdm.diffusion.seeding import derive_seed, per_sample_normal
 from keras_hpdm.diffusion.tiling import BLENDS, tile_grid, tiled_denoiser
-from keras_hpdm.pyramid import check_int, check_number, check_seed
+from keras_hpdm.pyramid import check_int, check_number, check_seed, sequence_length
 
 SAMPLERS = ("euler", "heun", "stochastic")
 VERBOSE = ("auto", 0, 1, 2)
@@ -40,6 +42,14 @@ def context_offsets(spec, level, offset):
     for lv in range(level, 0, -1):
         chain.append(parent_offset(spec, lv, chain[-1]))
     return np.stack(chain[::-1])
+
+
+def progress_verbosity(verbose):
+    """Keras' `verbose` for progress: "auto" is a progress bar (1) on a terminal and one
+    plain line per level or epoch (2) elsewhere, where a bar's ANSI text would pile up."""
+    if isinstance(verbose, str) and verbose == "auto":
+        return 1 if hasattr(sys.stdout, "isatty") and sys.stdout.isatty() else 2
+    return verbose
 
 
 def to_uint8(video):
@@ -99,58 +109,18 @@ class PyramidGenerator:
     # ------------------------------------------------------------ arguments
     def resolve_conditions(self, conditions, num_samples, guidance_scale):
         bb = self.model.backbone
-        num_samples = check_int("num_samples", num_samples, low=1, allow_none=True)
-        # Finite: an infinite or NaN weight turns every guided pixel into NaN (black videos).
-        guidance_scale = check_number("guidance_scale", guidance_scale, low=0.0)
-        conditional = bool(bb.num_classes or bb.text_dim)
-        if guidance_scale != 1.0 and not conditional:
-            raise ValueError("`guidance_scale` != 1 needs a class- or text-conditional model.")
-        if conditions is None:
-            if guidance_scale != 1.0:
-                raise ValueError("`guidance_scale` != 1 needs `conditions` to guide towards.")
-            n = num_samples or 1
-            return n, (self.model.null_conditions(n) if conditional else {})
-        items = _condition_items(conditions)
-        if not items:
-            raise ValueError("`conditions` is empty.")
-        if len(items) == 1 and num_samples:
-            items = items * num_samples
-        elif num_samples and len(items) != num_samples:
-            raise ValueError(
-                f"Got {len(items)} conditions but `num_samples={num_samples}`: pass one "
-                "condition (repeated) or one per sample."
-            )
-        if all(isinstance(c, str) for c in items):
-            if not bb.text_dim:
-                raise ValueError(
-                    "Prompts given, but the model is not text-conditional"
-                    + (f" (it takes class ids in [0, {bb.num_classes - 1}])."
-                       if bb.num_classes else " (it is unconditional: pass conditions=None).")
-                )
-            emb = np.asarray(self.model.text_encoder.encode(items)["embeddings"], "float32")
-            return len(items), {"text_embeddings": emb}
-        if all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in items):
-            if not bb.num_classes:
-                raise ValueError(
-                    "Class ids given, but the model is not class-conditional"
-                    + (" (it takes prompt strings)." if bb.text_dim
-                       else " (it is unconditional: pass conditions=None).")
-                )
-            labels = np.asarray(items, "int32")
-            if labels.min() < 0 or labels.max() >= bb.num_classes:
-                raise ValueError(
-                    f"Class ids must be in [0, {bb.num_classes - 1}], got {items}."
-                )
-            return len(items), {"label": labels}
-        raise TypeError(
-            "`conditions` must be None, a class id, a prompt, or a list of one kind; got "
-            f"{conditions!r}."
-        )
+        n, items = check_conditions(conditions, bb.num_classes, bb.text_dim, guidance_scale,
+                                    num_samples)
+        if items is None:
+            return n, (self.model.null_conditions(n) if bb.num_classes or bb.text_dim else {})
+        if isinstance(items[0], str):
+            return n, {"text_embeddings": self.model.encode_text(items)}
+        return n, {"label": np.asarray(items, "int32")}
 
     def resolve_steps(self, num_steps, num_levels):
         num_steps = self.settings["num_steps"] if num_steps is None else num_steps
         if isinstance(num_steps, numbers.Integral) and not isinstance(num_steps, bool):
-            num_steps = check_int("num_steps", num_steps, low=1)
+            num_steps = _check_steps("num_steps", num_steps)
             return [max(min(4, num_steps), num_steps // 2**lv) for lv in range(num_levels)]
         return check_steps_per_level(num_steps, num_levels)
 
@@ -160,9 +130,10 @@ class PyramidGenerator:
             methods = [first] + [rest] * (num_levels - 1)
         elif isinstance(sampler, str):
             methods = [sampler] * num_levels
-        else:
-            methods = list(sampler)
-        if len(methods) != num_levels or any(m not in SAMPLERS for m in methods):
+        else:  # a sequence; anything else (a number, a 0-d array) fails the check below
+            methods = list(sampler) if sequence_length(sampler) is not None else []
+        if len(methods) != num_levels or any(
+                not isinstance(m, str) or m not in SAMPLERS for m in methods):
             raise ValueError(
                 f"`sampler` must be one of {SAMPLERS} or one per level ({num_levels}), got "
                 f"{sampler!r}."
@@ -172,8 +143,7 @@ class PyramidGenerator:
     @staticmethod
     def resolve_overlap(overlap):
         values = [overlap] * 3 if isinstance(overlap, numbers.Number) else overlap
-        if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(
-                values) != 3:
+        if sequence_length(values) != 3:
             raise ValueError(
                 f"`overlap` must be a number in [0, 1) or 3 of them (f, h, w), got {overlap!r}."
             )
@@ -195,16 +165,19 @@ class PyramidGenerator:
         methods = self.resolve_samplers(sampler, num_levels)
         overlap = self.resolve_overlap(overlap)
         tile_batch_size = check_int("tile_batch_size", tile_batch_size, low=1)
-        if verbose not in VERBOSE:
+        # Type first: `in` on an array compares elementwise and raises a bare ValueError.
+        if not isinstance(verbose, (str, numbers.Number)) or verbose not in VERBOSE:
             raise ValueError(f"`verbose` must be one of {VERBOSE}, got {verbose!r}.")
-        if blend not in BLENDS:
+        if not isinstance(blend, str) or blend not in BLENDS:
             raise ValueError(f"`blend` must be one of {BLENDS}, got {blend!r}.")
         seed = check_seed(seed)
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
-        callbacks = list(callbacks or [])
-        if any(not callable(c) for c in callbacks):
-            raise TypeError("`callbacks` must be callables `fn(info) -> bool`.")
+        callbacks = [] if callbacks is None else callbacks
+        if sequence_length(callbacks) is None or any(not callable(c) for c in callbacks):
+            raise TypeError("`callbacks` must be a list of callables `fn(info) -> bool`, got "
+                            f"{callbacks!r}.")
+        callbacks = list(callbacks)
         conds = {k: np.asarray(ops.convert_to_numpy(v)) for k, v in conds.items()}
         null = ({k: np.asarray(ops.convert_to_numpy(v))
                  for k, v in self.model.null_conditions(n).items()}
@@ -282,8 +255,7 @@ class PyramidGenerator:
 
         evals = num_steps if method == "euler" else 2 * num_steps - 1
         batches = math.ceil(n * len(starts) / tile_batch_size)
-        show = verbose not in (0, False)
-        progress = keras.utils.Progbar(evals * batches, verbose=1 if show else 0,
+        progress = keras.utils.Progbar(evals * batches, verbose=progress_verbosity(verbose),
                                        unit_name=f"level {level} tile batches")
         denoise_fn = tiled_denoiser(
             denoise_tiles, canvas_size, spec.patch_size, overlap, tile_batch_size, blend,
@@ -321,28 +293,22 @@ def _ema_weights(model, use_ema):
             model.swap_ema_weights()
 
 
-def _condition_items(conditions):
-    """`conditions` (one or a sequence) as a list; any other number is a bad class id."""
-    if isinstance(conditions, (str, bytes, numbers.Number)) or (
-            isinstance(conditions, np.ndarray) and conditions.ndim == 0):
-        return [conditions.item() if isinstance(conditions, np.ndarray) else conditions]
-    if not hasattr(conditions, "__iter__"):
-        raise TypeError(
-            "`conditions` must be None, a class id, a prompt, or a list of one kind; got "
-            f"{conditions!r}."
-        )
-    return list(conditions)
-
-
 def check_steps_per_level(num_steps, num_levels, name="num_steps"):
     """`num_steps` as one positive int per level, or a `ValueError` naming `name`."""
-    if isinstance(num_steps, (str, bytes)) or not hasattr(num_steps, "__len__") or len(
-            num_steps) != num_levels:
+    if sequence_length(num_steps) != num_levels:
         raise ValueError(
             f"`{name}` must be a positive int or {num_levels} positive ints (one per "
             f"level), got {num_steps!r}."
         )
-    return [check_int(f"{name}[{lv}]", s, low=1) for lv, s in enumerate(num_steps)]
+    return [_check_steps(f"{name}[{lv}]", s) for lv, s in enumerate(num_steps)]
+
+
+def _check_steps(name, value):
+    value = check_int(name, value, low=1)
+    if value > MAX_NUM_STEPS:  # checked before any level runs, not in `edm_sigmas` later
+        raise ValueError(f"`{name}` must be at most {MAX_NUM_STEPS} (keras_hpdm.diffusion."
+                         f"schedules.MAX_NUM_STEPS), got {value}.")
+    return value
 
 
 def check_sampling(sampling, num_levels):

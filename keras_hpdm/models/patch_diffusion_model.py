@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_hpdm.backbones.hpdm_backbone import HPDMBackbone
+from keras_hpdm.backbones.hpdm_backbone import HPDMBackbone, print_notes
 from keras_hpdm.diffusion.loss import PyramidDenoisingLoss
 from keras_hpdm.diffusion.noise import LevelNoiseDistribution
 from keras_hpdm.diffusion.preconditioning import EDMPreconditioning, expand_sigma
@@ -17,7 +17,12 @@ from keras_hpdm.models.backend_quirks import (
     reattach_jax_variables_on_error,
     scale_loss_for_replicas,
 )
-from keras_hpdm.models.generation import PyramidGenerator, check_sampling
+from keras_hpdm.models.generation import (
+    PyramidGenerator,
+    check_sampling,
+    progress_verbosity,
+)
+from keras_hpdm.optimizers import check_learning_rate_callbacks
 from keras_hpdm.pyramid import check_number, check_seed
 
 DEFAULT_SAMPLING = {
@@ -38,6 +43,13 @@ DEFAULT_SAMPLING = {
 }
 
 _RNG_STATE_KEY = "training_noise_state"
+
+
+def _keras_shuffles(x):
+    """Whether Keras' `fit` shuffles `x` (arrays and dicts of them, finite `PyDataset`s)."""
+    if isinstance(x, keras.utils.PyDataset):
+        return x.num_batches is not None
+    return isinstance(x, (dict, list, tuple, np.ndarray)) or hasattr(x, "__array__")
 
 
 @keras.saving.register_keras_serializable(package="keras_hpdm")
@@ -159,18 +171,26 @@ class PatchDiffusionModel(keras.Model):
     # ------------------------------------------------------------ conditions
     @property
     def text_encoder(self):
-        """The frozen text encoder (loaded on first use; not saved with the weights)."""
+        """The frozen text encoder (not saved with the weights).
+
+        Only built here, which is cheap: its weights load on the first `encode`. Keras'
+        saving walks every attribute of the model, so this must not load anything.
+        """
         if self._text_encoder is None and self._text_encoder_spec is not None:
             from keras_hpdm.conditioning import get_text_encoder
 
             self._text_encoder = get_text_encoder(self._text_encoder_spec)
-            dim = self._text_encoder.embedding_dim
-            if dim != self.backbone.text_dim:
-                raise ValueError(
-                    f"The text encoder's embedding width ({dim}) does not match the "
-                    f"backbone's `text_dim` ({self.backbone.text_dim})."
-                )
         return self._text_encoder
+
+    def encode_text(self, prompts):
+        """float32 `(B, T, text_dim)` embeddings of a list of `prompts` (str)."""
+        emb = np.asarray(self.text_encoder.encode(list(prompts))["embeddings"], "float32")
+        if emb.shape[-1] != self.backbone.text_dim:
+            raise ValueError(
+                f"The text encoder's embedding width ({emb.shape[-1]}) does not match the "
+                f"backbone's `text_dim` ({self.backbone.text_dim})."
+            )
+        return emb
 
     def null_conditions(self, batch_size):
         """The "no condition" inputs used for guidance: null label / zero text."""
@@ -314,9 +334,25 @@ class PatchDiffusionModel(keras.Model):
         A rejected batch raises and leaves the weights as the last completed step left
         them (under TensorFlow, a `tf.data` assert fails inside the compiled step, after its
         data-independent EMA and noise-seed updates).
+
+        Two defaults differ from Keras': `verbose="auto"` is a progress bar on a terminal
+        and one line per epoch elsewhere (a file, a pipe), and `shuffle` is False for data
+        Keras does not shuffle (`tf.data`, generators, infinite `PyDataset`s), where its
+        `shuffle=True` is ignored with a warning.
+
+        A callback that sets the learning rate (`LearningRateScheduler`,
+        `ReduceLROnPlateau`) fails before training if the optimizer follows a schedule, as
+        `hpdm_optimizer`'s does: pass the schedule to `hpdm_optimizer(learning_rate=...)`.
         """
         check_distribution()
+        check_learning_rate_callbacks(getattr(self, "optimizer", None), kwargs.get("callbacks"))
+        keras_shuffles = _keras_shuffles(x)
         x = batch_checks.prepare_inputs(self, x, kwargs.get("sample_weight"))
+        if not keras_shuffles:
+            # Keras only shuffles arrays and finite `PyDataset`s: for other data (tf.data,
+            # generators) its default `shuffle=True` does nothing but warn on every fit.
+            kwargs.setdefault("shuffle", False)
+        kwargs["verbose"] = progress_verbosity(kwargs.get("verbose", "auto"))
         if getattr(self, "optimizer", None) is not None and not self.optimizer.built:
             # Every weight exists since `__init__`: building the optimizer here spares
             # TensorFlow a second trace of the train step (variables created in a tf.function).
@@ -340,6 +376,38 @@ class PatchDiffusionModel(keras.Model):
             live = ops.convert_to_numpy(v.value)
             v.assign(ops.cast(ema.value, v.dtype))
             ema.assign(ops.cast(live, "float32"))
+
+    # --------------------------------------------------------------- summary
+    def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False,
+                show_trainable=False, layer_range=None):
+        """`keras.Model.summary`, then what its table leaves out: what the non-trainable
+        parameters are (the EMA copy of the backbone's weights, which `generate` samples
+        with, and its step counter) and the backbone's input and output shapes
+        (`model.backbone.summary()` lists the backbone's layers)."""
+        super().summary(line_length=line_length, positions=positions, print_fn=print_fn,
+                        expand_nested=expand_nested, show_trainable=show_trainable,
+                        layer_range=layer_range)
+        count = lambda weights: sum(int(np.prod(w.shape)) for w in weights)  # noqa: E731
+        ema, step = count(self.ema_weights), count([self.ema_step])
+        if self.ema_weights:
+            rate = (f"half-life {self.ema_half_life:g} steps" if self.ema_half_life
+                    else f"decay {self.ema_decay:g}")
+            lines = [f"of which the EMA copy of the backbone's trainable weights "
+                     f"(`ema_weights`, {rate}; `generate` samples with it): {ema:,}"]
+        else:
+            lines = ["No EMA copy of the weights (`ema_decay=None`)"]
+        lines.append(f"of which the EMA step counter (`ema_step`): {step}")
+        other = count(self.non_trainable_weights) - ema - step
+        if other:
+            lines.append(f"of which the backbone's own: {other:,}")
+        shapes = {k: "(B" + "".join(f", {d}" for d in v.shape[1:])
+                  + ("," if len(v.shape) == 1 else "") + ")"
+                  for k, v in self.backbone.symbolic_inputs().items()}
+        lines.append(
+            f"{self.backbone.name} maps " + ", ".join(f"{k} {v}" for k, v in shapes.items())
+            + f" to {shapes['patches']}; `model.backbone.summary()` lists its layers"
+        )
+        print_notes(lines, print_fn, line_length)
 
     # ------------------------------------------------------------ generation
     def generate(self, conditions=None, num_samples=None, num_steps=None, guidance_scale=1.0,
@@ -367,7 +435,8 @@ class PatchDiffusionModel(keras.Model):
             use_ema: sample with the EMA weights (the live weights are restored after).
             callbacks: callables `fn(info) -> bool`; `info` has level, step, num_steps, x,
                 denoised. Returning True stops the current level early.
-            verbose: progress bar per level ("auto", 0, 1).
+            verbose: 0 silent, 1 a progress bar per level, 2 one line per level; "auto"
+                (default) is 1 on a terminal, else 2.
             return_pyramid: also return the generated canvas of every level.
             num_levels: stop after this many levels (a coarser output:
                 `pyramid.level_size(num_levels - 1)`); default all.

@@ -48,4 +48,7 @@ def load_pretrained(name="moving_mnist"):
     """
     import keras
 
+    import keras_hpdm
+
+    keras_hpdm._load_all()  # registers the classes the file names
     return keras.saving.load_model(pretrained_path(name), compile=False)

@@ -1,0 +1,143 @@
+"""Argument checks shared by the whole library and the `keras-hpdm` command line.
+
+One message format: "`name` must be <allowed>, got <value>." Python bools are rejected
+where numbers are expected (True == 1 would slip through), and NaN fails every range
+(comparisons with NaN are False), so it is always named.
+
+This module imports neither Keras nor NumPy, so the CLI checks its arguments with it before
+any backend is loaded (and before a model file's weights are read: `check_conditions` runs
+on the model's config).
+"""
+
+import math
+import numbers
+import sys
+
+
+def _is_bool(value):
+    numpy = sys.modules.get("numpy")  # a NumPy bool exists only once NumPy is imported
+    return isinstance(value, bool) or (numpy is not None and isinstance(value, numpy.bool_))
+
+
+def _is_integer(value):
+    return isinstance(value, numbers.Integral) and not _is_bool(value)
+
+
+def _interval(low, high, low_open, high_open):
+    low, high = (f"{v:g}" if isinstance(v, float) else v for v in (low, high))
+    if high is None:
+        return f"{'>' if low_open else '>='} {low}"
+    if low is None:
+        return f"{'<' if high_open else '<='} {high}"
+    return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+
+def _in_range(value, low, high, low_open=False, high_open=False):
+    return ((low is None or (value > low if low_open else value >= low))
+            and (high is None or (value < high if high_open else value <= high)))
+
+
+def check_int(name, value, low=None, high=None, allow_none=False):
+    """Returns `value` as a Python int in `[low, high]`, or raises a `ValueError` naming
+    `name` and the allowed values. Bools and floats (even `2.0`) are rejected."""
+    if value is None and allow_none:
+        return None
+    if not (_is_integer(value) and _in_range(value, low, high)):
+        allowed = "an integer" + ("" if low is None and high is None
+                                  else " " + _interval(low, high, False, False))
+        raise ValueError(f"`{name}` must be {allowed}{' or None' if allow_none else ''}, "
+                         f"got {value!r}.")
+    return int(value)
+
+
+def check_number(name, value, low=None, high=None, low_open=False, high_open=False,
+                 allow_inf=False, allow_none=False):
+    """Returns `value` as a Python float in the given range, or raises a `ValueError` naming
+    `name` and the allowed values. NaN is always rejected, infinities unless `allow_inf`."""
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, numbers.Real) and not _is_bool(value)
+    ok = ok and not math.isnan(value) and (allow_inf or math.isfinite(value))
+    if not (ok and _in_range(value, low, high, low_open, high_open)):
+        allowed = "a number" if allow_inf else "a finite number"
+        if low is not None or high is not None:
+            allowed += " " + _interval(low, high, low_open, high_open)
+        raise ValueError(f"`{name}` must be {allowed}{' or None' if allow_none else ''}, "
+                         f"got {value!r}.")
+    return float(value)
+
+
+# ------------------------------------------------------------ generation requests
+def check_guidance_scale(value, name="guidance_scale"):
+    """Classifier-free guidance weight `w` (output `u + w (c - u)`): a finite number >= 0.
+    0 samples unconditionally, 1 conditionally without guidance; larger values guide.
+    Finite: an infinite or NaN weight turns every guided pixel into NaN (black videos)."""
+    return check_number(name, value, low=0.0)
+
+
+def condition_items(conditions):
+    """`conditions` (one or a sequence) as a list; any other number is a bad class id."""
+    if isinstance(conditions, (str, bytes, numbers.Number)) or (
+            getattr(conditions, "ndim", None) == 0 and hasattr(conditions, "item")):
+        return [conditions if isinstance(conditions, (str, bytes, numbers.Number))
+                else conditions.item()]
+    if not hasattr(conditions, "__iter__"):
+        raise TypeError(
+            "`conditions` must be None, a class id, a prompt, or a list of one kind; got "
+            f"{conditions!r}."
+        )
+    return list(conditions)
+
+
+def check_conditions(conditions, num_classes, text_dim, guidance_scale=1.0, num_samples=None):
+    """Checks a generation request against a model's conditioning: its backbone's
+    `num_classes` and `text_dim` (None or 0 when it has none).
+
+    The one check behind `PatchDiffusionModel.generate` and the CLI, which runs it on a
+    model file's config before loading the weights.
+
+    Returns:
+        `(num_samples, items)`: `items` is None (no conditions) or the list of prompts or of
+        class ids, one per sample (a single condition repeated `num_samples` times).
+    """
+    num_samples = check_int("num_samples", num_samples, low=1, allow_none=True)
+    guidance_scale = check_guidance_scale(guidance_scale)
+    conditional = bool(num_classes or text_dim)
+    if guidance_scale != 1.0 and not conditional:
+        raise ValueError("`guidance_scale` != 1 needs a class- or text-conditional model.")
+    if conditions is None:
+        if guidance_scale != 1.0:
+            raise ValueError("`guidance_scale` != 1 needs `conditions` to guide towards.")
+        return num_samples or 1, None
+    items = condition_items(conditions)
+    if not items:
+        raise ValueError("`conditions` is empty.")
+    if len(items) == 1 and num_samples:
+        items = items * num_samples
+    elif num_samples and len(items) != num_samples:
+        raise ValueError(
+            f"Got {len(items)} conditions but `num_samples={num_samples}`: pass one "
+            "condition (repeated) or one per sample."
+        )
+    if all(isinstance(c, str) for c in items):
+        if not text_dim:
+            raise ValueError(
+                "Prompts given, but the model is not text-conditional"
+                + (f" (it takes class ids in [0, {num_classes - 1}])."
+                   if num_classes else " (it is unconditional: pass conditions=None).")
+            )
+        return len(items), items
+    if all(_is_integer(c) for c in items):
+        if not num_classes:
+            raise ValueError(
+                "Class ids given, but the model is not class-conditional"
+                + (" (it takes prompt strings)." if text_dim
+                   else " (it is unconditional: pass conditions=None).")
+            )
+        if min(items) < 0 or max(items) >= num_classes:
+            raise ValueError(f"Class ids must be in [0, {num_classes - 1}], got {items}.")
+        return len(items), items
+    raise TypeError(
+        "`conditions` must be None, a class id, a prompt, or a list of one kind; got "
+        f"{conditions!r}."
+    )
