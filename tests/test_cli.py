@@ -47,18 +47,26 @@ def error_line(capsys):
     return err
 
 
-def as_torch_checkpoint(path):
-    """Rewrites a .keras file's optimizer as the torch backend recorded it before the fix:
-    a torch-only class that JAX and TensorFlow cannot train with."""
+def rewrite_archive(path, edit):
+    """Rewrites the zip at `path` after `edit(entries)` changed its {name: bytes} in place."""
     with zipfile.ZipFile(path) as archive:
         entries = {name: archive.read(name) for name in archive.namelist()}
-    config = json.loads(entries["config.json"])
-    config["compile_config"]["optimizer"].update(
-        module="keras.src.backend.torch.optimizers.torch_adamw", registered_name="AdamW")
-    entries["config.json"] = json.dumps(config).encode()
+    edit(entries)
     with zipfile.ZipFile(path, "w") as archive:
         for name, data in entries.items():
             archive.writestr(name, data)
+
+
+def as_torch_checkpoint(path):
+    """Rewrites a .keras file's optimizer as the torch backend recorded it before the fix:
+    a torch-only class that JAX and TensorFlow cannot train with."""
+    def edit(entries):
+        config = json.loads(entries["config.json"])
+        config["compile_config"]["optimizer"].update(
+            module="keras.src.backend.torch.optimizers.torch_adamw", registered_name="AdamW")
+        entries["config.json"] = json.dumps(config).encode()
+
+    rewrite_archive(path, edit)
 
 
 def gif_frames(path):
@@ -271,11 +279,7 @@ def test_writers_refuse_to_replace_a_checkpoint_or_their_input(run_dir, tmp_path
 
 def without_embedded_state(path):
     """Rewrites a checkpoint as written before its state moved into the archive."""
-    with zipfile.ZipFile(path) as archive:
-        entries = {n: archive.read(n) for n in archive.namelist() if n != "training_state.json"}
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
+    rewrite_archive(path, lambda entries: entries.pop("training_state.json"))
 
 
 def damage(path, how):
