@@ -1,6 +1,7 @@
 """The `keras-hpdm` command line end to end: train, resume, generate, export, prepare, demo,
 and clear failures for bad arguments."""
 
+import argparse
 import json
 import os
 import re
@@ -20,11 +21,12 @@ from keras_hpdm.cli import main
 DATA = "builtin:moving_mnist?num_videos=16&num_frames=8&size=32"
 TRAIN = ["train", DATA, "--labels", "auto", "--channels", "1", "--patch-size", "2", "8", "8",
          "--levels", "2", "--batch-size", "2", "--log-every", "2", "--save-every", "2",
-         "--verbose", "0"]
+         "--backbone-option", "num_latents=4", "--verbose", "0"]
 FAST = ["--steps", "2", "2", "--tile-batch-size", "64", "--verbose", "0"]
 # For what does not depend on the backend (argument checks, file checks before Keras).
-jax_pass_only = pytest.mark.skipif(keras.config.backend() != "jax",
-                                   reason="backend-independent: runs in the JAX pass")
+# Run once, in the torch pass: the shortest (scripts/test.sh runs the passes side by side).
+one_pass_only = pytest.mark.skipif(keras.config.backend() != "torch",
+                                   reason="backend-independent: runs in the torch pass")
 
 
 def run_cli(*argv):
@@ -90,6 +92,7 @@ def test_train_writes_checkpoint_state_and_samples(run_dir):
     assert state["args"]["patch_size"] == [2, 8, 8] and state["backend"] == keras.config.backend()
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
     assert model.backbone.num_classes == 10 and model.backbone.channels == 1
+    assert model.backbone.num_latents == 4  # --backbone-option over the preset's 8
     # Samples: the first 4 digit classes side by side, every frame of the 4x16x16 target.
     frames, size = gif_frames(run_dir / "samples" / "step_0000004.gif")
     assert frames == 4
@@ -256,7 +259,7 @@ def test_export_keeps_the_ema_samples(run_dir, tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-@jax_pass_only
+@one_pass_only
 def test_writers_refuse_to_replace_a_checkpoint_or_their_input(run_dir, tmp_path, capsys):
     """`export RUN RUN/model.keras` replaced the run's checkpoint with a sampling-only copy
     (no optimizer, no EMA): `--resume` then failed. Every writer refuses, before writing."""
@@ -293,7 +296,7 @@ def damage(path, how):
     }[how])
 
 
-@jax_pass_only
+@one_pass_only
 @pytest.mark.parametrize("name, how", [("model.keras", "empty"), ("model.keras", "truncated"),
                                        ("model.keras", "flipped"),
                                        ("training_state.json", "truncated")])
@@ -323,7 +326,7 @@ def test_a_damaged_checkpoint_gives_one_error_naming_the_file(run_dir, tmp_path,
         load(run)
 
 
-@jax_pass_only
+@one_pass_only
 def test_diverging_training_stops_and_keeps_no_nan_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli(*TRAIN, "--steps", 4, "--lr", "1e30", "--out", out) == 2
@@ -337,7 +340,7 @@ def test_diverging_training_stops_and_keeps_no_nan_checkpoint(tmp_path, capsys):
         assert "no checkpoint was written" in err
 
 
-@jax_pass_only
+@one_pass_only
 def test_a_model_file_never_makes_generate_download(tmp_path, capsys, monkeypatch):
     """A checkpoint naming an `hf://` text encoder made `generate` try the network for a
     minute: downloads need --allow-download, and failing ones say what to do instead."""
@@ -419,6 +422,10 @@ def test_demo_generates_digits_with_the_bundled_model(tmp_path):
     (["generate", "pretrained:moving_mnist", "--class", "12"], "12"),
     (["export", "pretrained:moving_mnist", "model.h5"], "must end in .keras"),
     (["prepare", DATA, "x", "--resize", "1", "2", "3"], "--resize takes SIZE or H W"),
+    ([*TRAIN, "--out", "x", "--steps", "2", "--backbone-option", "latents=3"],
+     "RINBackbone has no argument latents; allowed: tokenizer_patch,"),
+    ([*TRAIN, "--out", "x", "--steps", "2", "--backbone-option", "num_heads=x"],
+     "--backbone-option: `num_heads` must be an integer >= 1, got 'x'"),
 ])
 def test_bad_arguments_exit_2_with_a_message(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -429,6 +436,7 @@ def test_bad_arguments_exit_2_with_a_message(argv, message, capsys, tmp_path, mo
 @pytest.mark.parametrize("argv", [
     ["train", DATA, "--out", "x", "--steps", "0"],
     ["train", DATA, "--out", "x", "--backbone", "vit"],
+    ["train", DATA, "--out", "x", "--backbone-option", "num_latents"],
     ["generate", "ckpt", "--guidance", "-1"],
     ["generate", "ckpt", "--overlap", "0.5", "1.0", "0"],
     ["--backend", "numpy", "demo"],
@@ -457,7 +465,7 @@ def test_help_lists_every_command(capsys):
         assert command in text
 
 
-@jax_pass_only
+@one_pass_only
 def test_the_parser_imports_no_backend_and_the_backend_is_set_without_reexec():
     """`keras-hpdm --help` took 5-7 s: building the parser imported Keras (and with it
     TensorFlow or JAX). A fresh interpreter must build it, print help and choose the
@@ -483,7 +491,7 @@ print(sorted(heavy), os.environ["KERAS_BACKEND"], os.environ["TF_CPP_MIN_LOG_LEV
     assert proc.stderr == ""
 
 
-@jax_pass_only
+@one_pass_only
 @pytest.mark.parametrize("argv, message", [
     (["generate", "pretrained:moving_mnist", "--class", "12"], "Class ids must be in [0, 9]"),
     (["generate", "pretrained:moving_mnist", "--prompt", "a seven"], "not text-conditional"),
@@ -510,7 +518,7 @@ def test_requests_are_checked_against_the_model_file_before_loading_it(
     assert message in error_line(capsys)
 
 
-@jax_pass_only
+@one_pass_only
 def test_guidance_0_is_accepted_as_by_the_library(capsys):
     """`model.generate` takes any finite guidance >= 0 (0: unconditional): so does every
     command, with the library's own check."""
@@ -526,7 +534,7 @@ def test_guidance_0_is_accepted_as_by_the_library(capsys):
             assert "--guidance: must be a finite number >= 0" in capsys.readouterr().err
 
 
-@jax_pass_only
+@one_pass_only
 def test_progress_is_plain_lines_off_a_terminal():
     """Progress bars written to a file were ~36 KB of ANSI text: off a terminal (as here,
     under pytest's capture) `--verbose` defaults to 2, one line per epoch or level."""
@@ -539,7 +547,7 @@ def test_progress_is_plain_lines_off_a_terminal():
         assert parser.parse_args([*argv, "--verbose", "1"]).verbose == 1
 
 
-@jax_pass_only
+@one_pass_only
 def test_presets_in_help_and_the_bundled_models_preset(capsys):
     """`--preset`'s help lists every preset, `mini` included; `mini` is the bundled model's
     architecture, with the parameter count the README gives."""
@@ -559,7 +567,7 @@ def test_presets_in_help_and_the_bundled_models_preset(capsys):
     assert "845,520" in mini["description"] and "50 minutes" in mini["description"]
 
 
-@jax_pass_only
+@one_pass_only
 def test_a_data_error_during_training_is_one_line(monkeypatch, capsys):
     """The data pipeline's failure budget fires inside TensorFlow mid-run: the CLI prints
     its message on one line (exit 2), while any other error keeps its traceback."""
@@ -597,7 +605,7 @@ CUINIT = (b"E0000 00:00:1796032094.740737   27466 cuda_platform.cc:52] failed ca
           b"INTERNAL: CUDA error\n")
 
 
-@jax_pass_only
+@one_pass_only
 def test_tensorflows_start_up_lines_are_filtered_by_the_log_level(tmp_path, capfd,
                                                                    monkeypatch):
     """TensorFlow prints absl's banner and INFO lines while it loads, before it reads
@@ -631,7 +639,7 @@ def test_tensorflows_start_up_lines_are_filtered_by_the_log_level(tmp_path, capf
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] in ("2", "3")
 
 
-@jax_pass_only
+@one_pass_only
 def test_keras_imported_after_keras_hpdm_gets_its_classes(tmp_path, monkeypatch):
     """`import keras_hpdm` is light (no Keras): a later top-level `import keras` loads its
     modules (registering their classes for `keras.saving.load_model`), but not an import of
@@ -650,3 +658,21 @@ def test_keras_imported_after_keras_hpdm_gets_its_classes(tmp_path, monkeypatch)
     import fake_keras_for_test  # noqa: F401  (top level)
 
     assert calls == ["fake_keras_for_test"]
+
+
+@one_pass_only
+def test_a_short_run_keeps_the_default_intervals():
+    """`--steps 3` alone: --log-every (100) is cut to 3, and the default --save-every (500),
+    never due in this run, is rounded up to a multiple instead of refused; an interval that
+    would be due mid-run and is not a multiple is still refused."""
+    from keras_hpdm.cli import train
+    from keras_hpdm.cli.common import CommandError
+
+    args = argparse.Namespace(resume=False, data="d", log_every=100, steps=3, save_every=500,
+                              sample_every=0)
+    assert train._check_args(args) == 3
+    assert args.save_every == 501 and args.sample_every == 0
+    args = argparse.Namespace(resume=False, data="d", log_every=4, steps=20, save_every=6,
+                              sample_every=0)
+    with pytest.raises(CommandError, match=r"--save-every \(6\) must be a multiple"):
+        train._check_args(args)

@@ -8,7 +8,7 @@ names the bad argument (or file). Anything else (an IndexError, a backend shape 
 CLI traceback) is a bug: the cases that found one are pinned with `@example`.
 
 Runs are derandomized (every run and CI see the same cases) and bounded by `max_examples`.
-Backend-independent tests run in the JAX pass only.
+Backend-independent tests run in the torch pass only (the shortest).
 """
 
 import contextlib
@@ -44,8 +44,9 @@ from keras_hpdm.diffusion.schedules import MAX_NUM_STEPS
 from keras_hpdm.layers import CropResample, DeepContextFusion, PatchDetokenizer, PatchTokenizer
 from keras_hpdm.pyramid import MAX_TARGET_SIZE, MAX_TARGET_VOXELS
 
-jax_pass_only = pytest.mark.skipif(keras.config.backend() != "jax",
-                                   reason="backend-independent: runs in the JAX pass")
+# Run once, in the torch pass: the shortest (scripts/test.sh runs the passes side by side).
+one_pass_only = pytest.mark.skipif(keras.config.backend() != "torch",
+                                   reason="backend-independent: runs in the torch pass")
 
 
 def fuzz(max_examples, deadline=None):
@@ -124,7 +125,7 @@ PATCHES = st.one_of(
 )
 
 
-@jax_pass_only
+@one_pass_only
 @fuzz(150, HOST_DEADLINE)
 @given(patch=PATCHES, levels=st.one_of(st.integers(1, 16), SCALARS),
        time=st.one_of(st.booleans(), SCALARS), level=st.one_of(st.integers(-1, 4), SCALARS),
@@ -596,7 +597,7 @@ def check_cli_error(status, stderr, argv, layout):
     assert any(name in message for name in names), message
 
 
-@jax_pass_only
+@one_pass_only
 @fuzz(100, HOST_DEADLINE)
 @given(data=st.data())
 def test_cli_parser(data):
@@ -614,7 +615,7 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("fuzz")
 
 
-@jax_pass_only
+@one_pass_only
 @fuzz(30, HOST_DEADLINE)
 @given(command=st.sampled_from(["generate", "evaluate", "export"]),
        checkpoint=st.sampled_from(["missing.keras", "missing_run", "missing/model.keras"]),
@@ -676,7 +677,7 @@ MAGIC = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"GIF89a", b"BM", b"RIF
          b"\x1aE\xdf\xa3", b"\0\0\0\x18ftypmp42", b"RIFF\0\0\0\0AVI "]
 
 
-@jax_pass_only
+@one_pass_only
 @fuzz(40, HOST_DEADLINE)
 @given(ext=st.sampled_from(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS),
        magic=st.sampled_from(MAGIC), payload=st.binary(max_size=1024))
@@ -694,7 +695,7 @@ def test_random_bytes(media, ext, magic, payload):
         assert image is None or (image.dtype == np.uint8 and image.ndim == 3)
 
 
-@jax_pass_only
+@one_pass_only
 @fuzz(30, HOST_DEADLINE)
 @given(which=st.sampled_from(["shipped", "front"]), cut=st.floats(0, 1),
        damage=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)),
@@ -717,7 +718,7 @@ def test_truncated_and_damaged_clip(media, which, cut, damage, start, num_frames
         check_frames(video, num_frames)
 
 
-@jax_pass_only
+@one_pass_only
 @fuzz(25, HOST_DEADLINE)
 @given(name=st.sampled_from(["phantom.png", "chessboard_GRAY.png", "horse.png",
                              "microaneurysms.png", "rocket.jpg"]),
@@ -732,7 +733,7 @@ def test_truncated_image(media, name, cut, channels):
         assert probe_media(path)["height"] == image.shape[0]
 
 
-@jax_pass_only
+@one_pass_only
 @fuzz(40, HOST_DEADLINE)
 @given(kind=st.sampled_from(["video", "image"]),
        start=st.one_of(st.integers(0, 3), SCALARS),

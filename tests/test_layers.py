@@ -17,6 +17,7 @@ from keras_hpdm.layers import (
     SigmaEmbedding,
 )
 from keras_hpdm.layers.deep_context_fusion import relative_boxes
+from keras_hpdm.layers.patch_tokenizer import sincos_positions
 from keras_hpdm.testing import TestCase
 
 RNG = np.random.default_rng(123)
@@ -441,6 +442,32 @@ class NumpyReferenceTest(TestCase):
             dense.kernel.assign(np.eye(24, dtype="float32"))
         tokenizer.position.assign(np.zeros(tokenizer.position.shape, "float32"))
         self.assertAllClose(detokenizer(tokenizer(x)), x, atol=1e-5, rtol=0)
+
+    def test_tokenizer_fixed_positions(self):
+        x = np.random.default_rng(8).normal(size=(2, 4, 8, 12, 1)).astype("float32")
+        patch, dim = (2, 4, 4), 20  # grid (2, 2, 3); 3 features per axis and sign; 2 spare
+        tokenizer = PatchTokenizer(patch, dim, fixed_positions=True)
+        tokenizer(x)
+        randomize(tokenizer, seed=9)
+        table = sincos_positions((2, 2, 3), dim)
+        expected = (np_patchify(x.astype(np.float64), patch) @ n(tokenizer.proj.kernel)
+                    + n(tokenizer.proj.bias) + n(tokenizer.position) + table)
+        self.assertAllClose(tokenizer(x), expected, atol=1e-5, rtol=1e-5)
+        # The table itself, from its definition: axis a's block holds sin then cos of
+        # index * pi / n * n**(k / (K - 1)), K = dim // 6 = 3; the rest is zero.
+        for axis, n_tokens in enumerate((2, 2, 3)):
+            freqs = np.pi / n_tokens * n_tokens ** (np.arange(3) / 2)
+            index = np.indices((2, 2, 3))[axis][..., None]
+            block = table[..., 6 * axis:6 * axis + 6]
+            np.testing.assert_allclose(block[..., :3], np.sin(index * freqs), atol=1e-6)
+            np.testing.assert_allclose(block[..., 3:], np.cos(index * freqs), atol=1e-6)
+        np.testing.assert_array_equal(table[..., 18:], 0)
+        # On the grids the backbones use, every token gets its own position.
+        flat = sincos_positions((8, 8, 8), 64).reshape(-1, 64)
+        dist = np.sqrt(((flat[:, None] - flat[None]) ** 2).sum(-1))
+        self.assertGreater(dist[~np.eye(len(flat), dtype=bool)].min(), 0.5)
+        with pytest.raises(TypeError, match="fixed_positions"):
+            PatchTokenizer(patch, dim, fixed_positions="yes")
 
 
 class BuildingBlocksTest(TestCase):

@@ -14,8 +14,8 @@ from keras_hpdm.testing import run_in_backends
 
 SPEC = keras_hpdm.PyramidSpec((2, 16, 16), 2)
 BACKEND = keras.config.backend()
-# The subprocess tests run every backend themselves: once, in the JAX pass.
-subprocess_test = pytest.mark.skipif(BACKEND != "jax", reason="runs its backend itself")
+# The subprocess tests run their backends themselves: once, in the torch pass (the shortest).
+subprocess_test = pytest.mark.skipif(BACKEND != "torch", reason="runs its backend itself")
 
 # Both runs of a test start from the same weights and see the same global batches, in
 # the same order, with the same noise: a data-parallel step must then equal a one-device

@@ -45,6 +45,9 @@ class RINBackbone(HPDMBackbone):
         cond_dim: width of the noise-level/class conditioning vector.
         adaptive_norms: modulate every block's layer norms by the conditioning vector
             (see `RINBlock`); files saved before this option existed load with False.
+        fixed_positions: add fixed sinusoidal positions to the data tokens besides the
+            learned ones (see `PatchTokenizer`); files saved before this option existed
+            load with False.
 
     Example:
     ```python
@@ -80,6 +83,7 @@ class RINBackbone(HPDMBackbone):
         text_dim=None,
         cond_dim=256,
         adaptive_norms=True,
+        fixed_positions=True,
         **kwargs,
     ):
         super().__init__(
@@ -122,7 +126,8 @@ class RINBackbone(HPDMBackbone):
         )
         policy = self.dtype_policy
         self.tokenizer = PatchTokenizer(
-            self.tokenizer_patch, self.data_dim, dtype=policy, name="tokenizer"
+            self.tokenizer_patch, self.data_dim, fixed_positions=fixed_positions,
+            dtype=policy, name="tokenizer"
         )
         self.detokenizer = PatchDetokenizer(
             self.tokenizer_patch, self.channels, dtype=policy, name="detokenizer"
@@ -224,9 +229,12 @@ class RINBackbone(HPDMBackbone):
             "mlp_ratio": self.mlp_ratio,
             "data_mlp_ratio": self.data_mlp_ratio,
             "adaptive_norms": self.adaptive_norms,
+            "fixed_positions": self.tokenizer.fixed_positions,
         }
 
     @classmethod
     def from_config(cls, config):
-        # Files written before adaptive norms existed hold no weights for them.
-        return super().from_config({"adaptive_norms": False, **config})
+        # Files written before these options existed: no adaptive-norm weights, learned
+        # positions only.
+        return super().from_config({"adaptive_norms": False, "fixed_positions": False,
+                                    **config})

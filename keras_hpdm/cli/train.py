@@ -1,6 +1,8 @@
 """`keras-hpdm train`: train an HPDM on a folder of videos or built-in data, with
 checkpoints, resume and sample videos."""
 
+import argparse
+import inspect
 import json
 import math
 import os
@@ -43,7 +45,7 @@ def add_parser(sub):
         "--out runs/mine\n"
         "  keras-hpdm train videos/ --labels captions.csv --out runs/t2v   # text-conditional\n"
         "  keras-hpdm train --resume --out runs/mine --steps 20000",
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("data", nargs="?",
                    help="video/image folder, media file, shard folder (`keras-hpdm prepare`) "
@@ -64,6 +66,10 @@ def add_parser(sub):
     g.add_argument("--preset", default="tiny",
                    help="architecture preset: tiny, mini (rin only: the bundled Moving MNIST "
                         "model's), small, hpdm_s, hpdm_m, hpdm_l, t2v (default: tiny)")
+    g.add_argument("--backbone-option", action="append", type=backbone_option,
+                   metavar="KEY=VALUE",
+                   help="override one argument of the preset's backbone config (repeatable; "
+                        "VALUE is JSON, else text), e.g. --backbone-option num_latents=32")
     g.add_argument("--channels", type=int, choices=(1, 3), default=3,
                    help="1 = grayscale, 3 = RGB (default: 3)")
     g.add_argument("--labels", default="none",
@@ -128,7 +134,11 @@ def _check_args(args):
     log_every = min(args.log_every, args.steps)
     for name in ("save_every", "sample_every"):
         value = getattr(args, name)
-        if value and value % log_every:
+        if value and value % log_every and value >= args.steps:
+            # Never due in this run (a short run clamps --log-every to --steps): round it
+            # up rather than refuse; the last step is saved anyway.
+            setattr(args, name, math.ceil(value / log_every) * log_every)
+        elif value and value % log_every:
             raise CommandError(f"--{name.replace('_', '-')} ({value}) must be a multiple of "
                                f"--log-every ({log_every}).")
     return log_every
@@ -155,6 +165,33 @@ def _restore_args(args):
     return type(args)(**saved), state
 
 
+def backbone_option(text):
+    """`KEY=VALUE` -> `(KEY, VALUE)`, VALUE parsed as JSON (numbers, lists, true/false,
+    null), else kept as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE with KEY an argument name, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def backbone_overrides(cls, options):
+    """Checks `--backbone-option` keys against `cls`'s constructor arguments."""
+    allowed = [n for n in inspect.signature(cls.__init__).parameters
+               if n not in ("self", "pyramid", "kwargs", "channels", "num_classes",
+                            "text_dim")]
+    overrides = dict(options or [])
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise CommandError(f"--backbone-option: {cls.__name__} has no argument "
+                           f"{', '.join(unknown)}; allowed: {', '.join(allowed)} (channels, "
+                           "classes and text come from --channels / --labels).")
+    return overrides
+
+
 def build_model(args, num_classes, captions):
     import keras
 
@@ -164,13 +201,20 @@ def build_model(args, num_classes, captions):
     spec = keras_hpdm.PyramidSpec(tuple(args.patch_size), args.levels,
                                   pyramid_time=not args.no_pyramid_time)
     cls = {"rin": RINBackbone, "unet": UNet3DBackbone}[args.backbone]
-    text_encoder, overrides = None, {"channels": args.channels}
+    overrides = backbone_overrides(cls, getattr(args, "backbone_option", None))
+    text_encoder = None
+    overrides["channels"] = args.channels
     if num_classes:
         overrides["num_classes"] = num_classes
     if captions:
         text_encoder = keras_hpdm.conditioning.get_text_encoder(args.text_encoder)
         overrides["text_dim"] = text_encoder.embedding_dim
-    backbone = cls.from_preset(args.preset, pyramid=spec, **overrides)
+    try:
+        backbone = cls.from_preset(args.preset, pyramid=spec, **overrides)
+    except (TypeError, ValueError) as e:
+        if not getattr(args, "backbone_option", None):
+            raise
+        raise CommandError(f"--backbone-option: {e}") from None
     model = keras_hpdm.PatchDiffusionModel(
         backbone, condition_dropout=args.condition_dropout, text_encoder=text_encoder,
         ema_half_life=args.ema_half_life, seed=args.seed, p_mean=args.p_mean,

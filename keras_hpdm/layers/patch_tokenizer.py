@@ -1,6 +1,9 @@
 """3-D patchify / unpatchify between pixel patches and token grids."""
 
+import math
+
 import keras
+import numpy as np
 from keras import ops
 
 from keras_hpdm.pyramid import check_int, check_int_tuple
@@ -19,13 +22,44 @@ def _check_divisible(shape, patch_size, name):
             )
 
 
+def sincos_positions(grid_size, dim):
+    """Fixed 3-D sinusoidal positions `(f, h, w, dim)` float32 (numpy).
+
+    Each axis gets `2 * (dim // 6)` features: sin and cos of the token index at frequencies
+    spaced geometrically from half a turn over the axis (monotonic: tells every position
+    apart) to half a turn per token (the finest the grid resolves). Remaining features are 0.
+    """
+    per_axis = dim // 6
+    out = np.zeros(tuple(grid_size) + (dim,), np.float32)
+    if per_axis == 0:
+        return out
+    features = []
+    for axis, n in enumerate(grid_size):
+        pos = np.arange(n, dtype=np.float64)
+        freqs = (math.pi / n) * np.geomspace(1.0, n, per_axis) if per_axis > 1 else \
+            np.array([math.pi / n])
+        angles = pos[:, None] * freqs[None, :]
+        shape = [1, 1, 1, 2 * per_axis]
+        shape[axis] = n
+        axis_features = np.concatenate([np.sin(angles), np.cos(angles)], -1).reshape(shape)
+        features.append(np.broadcast_to(axis_features, tuple(grid_size) + (2 * per_axis,)))
+    out[..., : 6 * per_axis] = np.concatenate(features, -1)
+    return out
+
+
 @keras.saving.register_keras_serializable(package="keras_hpdm")
 class PatchTokenizer(keras.layers.Layer):
-    """Cuts `(B, F, H, W, C)` into `(pf, ph, pw)` cubes, embeds them, adds learned positions.
+    """Cuts `(B, F, H, W, C)` into `(pf, ph, pw)` cubes, embeds them, adds positions.
+
+    Positions are learned (ViT/RIN style) and, with `fixed_positions=True`, also fixed 3-D
+    sinusoids (see `sincos_positions`). Learned positions start near zero and take
+    thousands of steps to tell tokens apart; until then attention cannot tell *where* a
+    token is, and a denoiser cannot place a stroke (at high noise it leaves speckle).
 
     Args:
         patch_size: `(pf, ph, pw)` tokenizer stride (the paper's 1x4x4).
         dim: token width.
+        fixed_positions: also add fixed sinusoidal positions.
 
     Call arguments:
         x: `(B, F, H, W, C)`.
@@ -39,10 +73,14 @@ class PatchTokenizer(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, patch_size, dim, **kwargs):
+    def __init__(self, patch_size, dim, fixed_positions=False, **kwargs):
         super().__init__(**kwargs)
         self.patch_size = _check_patch(patch_size)
         self.dim = check_int("dim", dim, low=1)
+        if not isinstance(fixed_positions, bool):
+            raise TypeError(f"`fixed_positions` must be True or False, got "
+                            f"{fixed_positions!r}.")
+        self.fixed_positions = fixed_positions
 
     def build(self, input_shape):
         if len(input_shape) != 5 or input_shape[-1] == 0:
@@ -71,14 +109,19 @@ class PatchTokenizer(keras.layers.Layer):
         x = ops.reshape(x, (-1, gf, pf, gh, ph, gw, pw, c))
         x = ops.transpose(x, (0, 1, 3, 5, 2, 4, 6, 7))
         x = ops.reshape(x, (-1, gf, gh, gw, pf * ph * pw * c))
-        return self.proj(x) + ops.cast(self.position, self.compute_dtype)
+        positions = ops.cast(self.position, self.compute_dtype)
+        if self.fixed_positions:
+            positions = positions + ops.convert_to_tensor(
+                sincos_positions(self.grid_size, self.dim), self.compute_dtype)
+        return self.proj(x) + positions
 
     def compute_output_shape(self, input_shape):
         grid = tuple(n // p for n, p in zip(input_shape[1:4], self.patch_size, strict=True))
         return (input_shape[0],) + grid + (self.dim,)
 
     def get_config(self):
-        return {**super().get_config(), "patch_size": list(self.patch_size), "dim": self.dim}
+        return {**super().get_config(), "patch_size": list(self.patch_size), "dim": self.dim,
+                "fixed_positions": self.fixed_positions}
 
 
 @keras.saving.register_keras_serializable(package="keras_hpdm")
