@@ -36,8 +36,7 @@ def sincos_positions(grid_size, dim):
     features = []
     for axis, n in enumerate(grid_size):
         pos = np.arange(n, dtype=np.float64)
-        freqs = (math.pi / n) * np.geomspace(1.0, n, per_axis) if per_axis > 1 else \
-            np.array([math.pi / n])
+        freqs = (math.pi / n) * np.geomspace(1.0, n, per_axis)
         angles = pos[:, None] * freqs[None, :]
         shape = [1, 1, 1, 2 * per_axis]
         shape[axis] = n
@@ -97,6 +96,9 @@ class PatchTokenizer(keras.layers.Layer):
             name="position", shape=self.grid_size + (self.dim,),
             initializer=keras.initializers.TruncatedNormal(stddev=0.02),
         )
+        # A constant: computed once here, not at every call.
+        self._fixed_table = (sincos_positions(self.grid_size, self.dim)
+                             if self.fixed_positions else None)
 
     def call(self, x):
         # The learned positions fix the grid: another size would reshape into a wrong batch.
@@ -111,8 +113,7 @@ class PatchTokenizer(keras.layers.Layer):
         x = ops.reshape(x, (-1, gf, gh, gw, pf * ph * pw * c))
         positions = ops.cast(self.position, self.compute_dtype)
         if self.fixed_positions:
-            positions = positions + ops.convert_to_tensor(
-                sincos_positions(self.grid_size, self.dim), self.compute_dtype)
+            positions = positions + ops.cast(self._fixed_table, self.compute_dtype)
         return self.proj(x) + positions
 
     def compute_output_shape(self, input_shape):
