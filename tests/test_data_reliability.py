@@ -67,12 +67,10 @@ def flip_bytes(src, dst, positions):
 
 
 # ----------------------------------------------------------- 1: no endless retries
-def error_within(fn, timeout=240):
+def error_within(fn, timeout=60):
     """The exception `fn()` raises, or None. A data set still retrying after `timeout` s is
     stopped the way interpreter exit stops it (new decodes are refused, which ends its
-    iterator), and the test fails: a regression cannot hang the suite. (A hang never ends;
-    the bound is only generous: alone the slowest call takes ~8 s, but the suite runs three
-    backend passes side by side on 2 cores, where 60 s was once too short.)"""
+    iterator), and the test fails: a regression cannot hang the suite."""
     outcome = {}
 
     def target():
@@ -125,9 +123,12 @@ def test_undecodable_clips_end_with_an_error_not_a_hang(tmp_path, capsys):
     with pytest.warns(data.SkippedMediaWarning, match="intact.mp4 failed to decode"):
         error = error_within(lambda: next(iter(ds)))
     message = pipeline.data_error_message(error)
-    assert message.startswith(
-        f"keras_hpdm.data: {pipeline.FAILURE_BUDGET} clips in a row failed to decode "
-        f"(FAILURE_BUDGET={pipeline.FAILURE_BUDGET}) in {intact}"), error
+    # The count is the real one: decodes already in flight (parallel map) when the budget is
+    # reached can fail too, so a loaded machine may report 51 or more.
+    run = re.match(r"keras_hpdm\.data: (\d+) clips in a row failed to decode "
+                   rf"\(FAILURE_BUDGET={pipeline.FAILURE_BUDGET}\) in {re.escape(intact)}",
+                   message)
+    assert run and int(run.group(1)) >= pipeline.FAILURE_BUDGET, error
     assert f"{intact}: undecodable: needs frame" in message and "Traceback" not in str(error)
 
 
