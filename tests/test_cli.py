@@ -440,6 +440,7 @@ def test_bad_arguments_exit_2_with_a_message(argv, message, capsys, tmp_path, mo
     ["generate", "ckpt", "--guidance", "-1"],
     ["generate", "ckpt", "--overlap", "0.5", "1.0", "0"],
     ["--backend", "numpy", "demo"],
+    ["generate", "ckpt", "--guid", "2"],  # a prefix of a real option is not that option
     [],
 ])
 def test_parse_errors_exit_2(argv, capsys):

@@ -17,8 +17,18 @@ from keras_hpdm.cli.common import BACKENDS, CommandError, set_backend
 SUBCOMMANDS = (demo, train, generate, evaluate, prepare, export, pyramid, info)
 
 
+class _ExactOptionsParser(argparse.ArgumentParser):
+    """Options must be spelt out: argparse's default takes any unique prefix (`--label`
+    for `--labels`), so a typo that happens to be a prefix runs silently, and adding an
+    option later could change what an old command line means."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _ExactOptionsParser(
         prog="keras-hpdm",
         description="Hierarchical Patch Diffusion Models in Keras 3: train on patch pyramids "
         "and generate videos tile by tile, under JAX, TensorFlow or PyTorch.",
@@ -26,7 +36,8 @@ def build_parser():
     )
     parser.add_argument("--backend", choices=BACKENDS,
                         help="Keras backend (default: $KERAS_BACKEND, else jax)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_ExactOptionsParser)
     for module in SUBCOMMANDS:
         module.add_parser(sub)
     return parser
