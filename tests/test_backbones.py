@@ -233,7 +233,8 @@ def rin_parameter_count(config, spec, channels=3, num_classes=None, text_dim=Non
     coordinate kernels + bias; conditions enter the sinusoidal noise features (width
     `frequency_dim`) before the 2-layer sigma MLP, and the class and the text tokens also
     enter as latent tokens of their own; every block's norms are modulated by the
-    conditioning vector (scale and shift per norm)."""
+    conditioning vector (scale and shift per norm); token mixing (on unless the config says
+    otherwise) = a norm + a depthwise 3x3 spatial and 3-tap temporal kernel + bias."""
     d, dz, cond = config["data_dim"], config["latent_dim"], config["cond_dim"]
     ratio = config["mlp_ratio"]
     data_ratio = config.get("data_mlp_ratio") or ratio
@@ -260,6 +261,8 @@ def rin_parameter_count(config, spec, channels=3, num_classes=None, text_dim=Non
     modulated = (2 * dz + d) + 2 * config["num_latent_layers"] * dz + (dz + 2 * d)
     block = (read + config["num_latent_layers"] * latent + write
              + dense(cond, 2 * modulated))
+    if config.get("token_mixing", True):
+        block += norm(d) + 9 * d + 3 * d + d
     fusion = 2 * d * d + 3 * d + d
     total = (
         dense(pixels, d) + tokens * d  # tokenizer: patch projection, learned positions
@@ -280,13 +283,15 @@ def backbone_param_count(backbone):
     return sum(int(np.prod(w.shape)) for w in backbone.weights)
 
 
-def test_preset_parameter_counts():
+@pytest.mark.parametrize("token_mixing", [False, True])
+def test_preset_parameter_counts(token_mixing):
     """On every backend: "mini" (data and latent widths differ) with classes and text."""
     spec = PyramidSpec((2, 16, 16), 3)
     conditions = {"num_classes": 5, "text_dim": 12, "channels": 1}
-    backbone = RINBackbone.from_preset("mini", pyramid=spec, **conditions)
-    expected = rin_parameter_count(RINBackbone.presets["mini"]["config"], spec, **conditions)
-    assert backbone_param_count(backbone) == expected
+    backbone = RINBackbone.from_preset("mini", pyramid=spec, token_mixing=token_mixing,
+                                       **conditions)
+    config = {**RINBackbone.presets["mini"]["config"], "token_mixing": token_mixing}
+    assert backbone_param_count(backbone) == rin_parameter_count(config, spec, **conditions)
 
 
 @pytest.mark.skipif(keras.config.backend() != "tensorflow",

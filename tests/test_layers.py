@@ -15,6 +15,7 @@ from keras_hpdm.layers import (
     PatchTokenizer,
     RINBlock,
     SigmaEmbedding,
+    TokenGridMixing,
 )
 from keras_hpdm.layers.deep_context_fusion import relative_boxes
 from keras_hpdm.layers.patch_tokenizer import sincos_positions
@@ -307,8 +308,25 @@ def np_rin_block(block, tokens, latents, cond=None):
         z = z + np_attention(block.latent_attns[i], ln(z, block.latent_attn_norms[i]))
         z = z + np_mlp(ln(z, block.latent_mlp_norms[i]), block.latent_mlps[i])
     x = x + np_attention(block.write_attn, ln(x, block.write_norm_x), ln(z, block.write_norm_z))
+    if block.token_mixing is not None:
+        x = x + np_token_grid_mixing(block.token_mixing, np_layer_norm(x, block.mixing_norm))
     x = x + np_mlp(ln(x, block.write_mlp_norm), block.write_mlp)
     return x, z
+
+
+def np_token_grid_mixing(layer, tokens):
+    """Per-channel 3x3 (height, width) then 3-tap (time) cross-correlation of the token
+    grid, zeros outside it, by explicit loops over the neighbours."""
+    f, h, w = layer.grid_size
+    spatial = n(layer.spatial_kernel)[:, :, :, 0]  # (3, 3, d)
+    temporal = n(layer.temporal_kernel)  # (3, d)
+    grid = tokens.reshape(tokens.shape[0], f, h, w, -1)
+    padded = np.pad(grid, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
+    mixed = sum(padded[:, :, i:i + h, j:j + w] * spatial[i, j]
+                for i in range(3) for j in range(3))
+    padded = np.pad(mixed, ((0, 0), (1, 1), (0, 0), (0, 0), (0, 0)))
+    mixed = sum(padded[:, k:k + f] * temporal[k] for k in range(3))
+    return mixed.reshape(tokens.shape) + n(layer.bias)
 
 
 def np_sigma_features(sigma, frequency_dim, max_period):
@@ -364,10 +382,16 @@ class NumpyReferenceTest(TestCase):
             self.assertAllClose(layer(*args), expected, atol=1e-5, rtol=1e-5)
 
     def test_rin_block_matches_numpy(self):
+        for grid_size in (None, (3, 2, 2)):  # without and with token mixing
+            with self.subTest(grid_size=grid_size):
+                self._check_rin_block(grid_size)
+
+    def _check_rin_block(self, grid_size):
         rng = np.random.default_rng(1)
-        tokens = rng.normal(size=(2, 6, 8)).astype("float32")
+        tokens = rng.normal(size=(2, 12, 8)).astype("float32")
         latents = rng.normal(size=(2, 3, 4)).astype("float32")
-        block = RINBlock(num_latent_layers=2, num_heads=2, mlp_ratio=2, data_mlp_ratio=3)
+        block = RINBlock(num_latent_layers=2, num_heads=2, mlp_ratio=2, data_mlp_ratio=3,
+                         grid_size=grid_size)
         cond = rng.normal(size=(2, 5)).astype("float32")
         # The adaptive norms start at zero: a new block ignores `cond`.
         for got, want in zip(block(tokens, latents, cond), block(tokens, latents),
@@ -385,6 +409,23 @@ class NumpyReferenceTest(TestCase):
         moved = [np.abs(n(a) - n(b)).mean() for a, b in
                  zip(block(tokens, latents, cond), block(tokens, latents), strict=True)]
         self.assertGreater(min(moved), 1e-2)
+
+    def test_token_grid_mixing_matches_numpy_and_stays_local(self):
+        rng = np.random.default_rng(3)
+        grid = (4, 5, 3)  # unequal sides: a transposed (h, w) or (f, h) order fails
+        tokens = rng.normal(size=(2, 60, 6)).astype("float32")
+        layer = TokenGridMixing(grid)
+        layer(tokens)
+        randomize(layer, seed=4)
+        self.assertAllClose(layer(tokens), np_token_grid_mixing(layer, tokens.astype(np.float64)),
+                            atol=1e-5, rtol=1e-5)
+        # A change to one token reaches exactly its 3x3x3 neighbourhood.
+        moved = tokens.copy()
+        moved[:, 5 * 3 * 1 + 3 * 2 + 0] += 1.0  # token (1, 2, 0)
+        diff = np.abs(n(layer(moved)) - n(layer(tokens))).max(axis=(0, 2)).reshape(grid)
+        near = np.zeros(grid, bool)
+        near[0:3, 1:4, 0:2] = True
+        self.assertTrue(np.all(diff[near] > 0) and np.all(diff[~near] == 0))
 
     def test_sigma_features_and_mlp_match_numpy(self):
         sigma = np.array([[0.002, 0.05, 0.3], [1.0, 7.0, 80.0]], "float32")

@@ -5,11 +5,12 @@ from keras import ops
 
 from keras_hpdm.backbones.hpdm_backbone import HPDMBackbone, fold_levels, unfold_levels
 from keras_hpdm.backbones.rin_presets import rin_presets
+from keras_hpdm.checks import check_int, check_int_tuple, check_number
 from keras_hpdm.layers.class_embedding import ClassEmbedding
 from keras_hpdm.layers.deep_context_fusion import DeepContextFusion
 from keras_hpdm.layers.patch_tokenizer import PatchDetokenizer, PatchTokenizer
 from keras_hpdm.layers.rin_block import RINBlock
-from keras_hpdm.pyramid import AXES, check_int, check_int_tuple, check_number
+from keras_hpdm.pyramid import AXES
 
 
 @keras.saving.register_keras_serializable(package="keras_hpdm")
@@ -48,6 +49,8 @@ class RINBackbone(HPDMBackbone):
         fixed_positions: add fixed sinusoidal positions to the data tokens besides the
             learned ones (see `PatchTokenizer`); files saved before this option existed
             load with False.
+        token_mixing: mix neighbouring data tokens in every block's write step (see
+            `TokenGridMixing`); files saved before this option existed load with False.
 
     Example:
     ```python
@@ -84,6 +87,7 @@ class RINBackbone(HPDMBackbone):
         cond_dim=256,
         adaptive_norms=True,
         fixed_positions=True,
+        token_mixing=True,
         **kwargs,
     ):
         super().__init__(
@@ -114,6 +118,9 @@ class RINBackbone(HPDMBackbone):
         if not isinstance(adaptive_norms, bool):
             raise TypeError(f"`adaptive_norms` must be True or False, got {adaptive_norms!r}.")
         self.adaptive_norms = adaptive_norms
+        if not isinstance(token_mixing, bool):
+            raise TypeError(f"`token_mixing` must be True or False, got {token_mixing!r}.")
+        self.token_mixing = token_mixing
         self.num_latents = check_int("num_latents", num_latents, low=1)
         self.num_latent_layers = check_int("num_latent_layers", num_latent_layers, low=0)
         positive = dict(low=0.0, low_open=True)
@@ -153,6 +160,7 @@ class RINBackbone(HPDMBackbone):
                 self.num_heads,
                 mlp_ratio,
                 self.data_mlp_ratio,
+                grid_size=self.grid_size if token_mixing else None,
                 dtype=policy,
                 name=f"block_{b}",
             )
@@ -230,6 +238,7 @@ class RINBackbone(HPDMBackbone):
             "data_mlp_ratio": self.data_mlp_ratio,
             "adaptive_norms": self.adaptive_norms,
             "fixed_positions": self.tokenizer.fixed_positions,
+            "token_mixing": self.token_mixing,
         }
 
     @classmethod
@@ -237,4 +246,4 @@ class RINBackbone(HPDMBackbone):
         # Files written before these options existed: no adaptive-norm weights, learned
         # positions only.
         return super().from_config({"adaptive_norms": False, "fixed_positions": False,
-                                    **config})
+                                    "token_mixing": False, **config})

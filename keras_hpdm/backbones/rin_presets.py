@@ -34,6 +34,8 @@ rin_presets = {
             "tokenizer_patch": [1, 4, 4], "data_dim": 64, "latent_dim": 96, "num_latents": 16,
             "num_blocks": 3, "num_latent_layers": 2, "num_heads": 4, "mlp_ratio": 2,
             "levels_per_block": "linear", "cond_dim": 96,
+            # The bundled model predates these two (see `RINBackbone`).
+            "fixed_positions": False, "token_mixing": False,
         },
     },
     "small": {

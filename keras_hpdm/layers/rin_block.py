@@ -2,9 +2,10 @@
 
 import keras
 
+from keras_hpdm.checks import check_int, check_number
 from keras_hpdm.layers.attention import Attention
 from keras_hpdm.layers.mlp import MLP
-from keras_hpdm.pyramid import check_int, check_number
+from keras_hpdm.layers.token_grid_mixing import TokenGridMixing
 
 
 def _norm(name):
@@ -21,7 +22,9 @@ class RINBlock(keras.layers.Layer):
     compute: K x { z += Attn(LN(z));   z += MLP(LN(z)) }     latent self-attention
     write:   x += Attn(LN(x), LN(z));  x += MLP(LN(x))       data tokens read latents
     ```
-    There is no attention among data tokens: cost is linear in their number.
+    There is no attention among data tokens: cost is linear in their number. With a
+    `grid_size`, the write step also mixes neighbouring tokens, `x += Mix(LN(x))` after
+    its attention (`TokenGridMixing`, a depthwise convolution over the token grid).
 
     With a conditioning vector `cond` (noise level, class, text), every `LN(.)` above
     becomes `LN(.) * (1 + scale) + shift`, `scale, shift = Dense(SiLU(RMSNorm(cond)))`
@@ -36,6 +39,8 @@ class RINBlock(keras.layers.Layer):
         mlp_ratio: MLP hidden width multiple in the latent (read/compute) MLPs.
         data_mlp_ratio: MLP hidden width multiple of the data tokens' (write) MLP;
             defaults to `mlp_ratio`.
+        grid_size: `(f, h, w)` grid the data tokens form, to mix neighbours; None (RIN's
+            original block): no mixing among data tokens.
 
     Call arguments:
         tokens: `(B, N, d)` data (interface) tokens.
@@ -59,7 +64,7 @@ class RINBlock(keras.layers.Layer):
     """
 
     def __init__(self, num_latent_layers=4, num_heads=8, mlp_ratio=4, data_mlp_ratio=None,
-                 **kwargs):
+                 grid_size=None, **kwargs):
         super().__init__(**kwargs)
         self.num_latent_layers = check_int("num_latent_layers", num_latent_layers, low=0)
         self.num_heads = check_int("num_heads", num_heads, low=1)
@@ -68,6 +73,11 @@ class RINBlock(keras.layers.Layer):
         check_number("data_mlp_ratio", data_mlp_ratio, allow_none=True, **positive)
         self.mlp_ratio = mlp_ratio
         self.data_mlp_ratio = data_mlp_ratio or mlp_ratio
+        self.grid_size = None if grid_size is None else tuple(grid_size)
+        self.token_mixing = None
+        if grid_size is not None:
+            self.token_mixing = TokenGridMixing(grid_size, dtype=self.dtype_policy,
+                                                name="token_mixing")
 
     def build(self, tokens_shape, latents_shape, cond_shape=None):
         d, dz = tokens_shape[-1], latents_shape[-1]
@@ -99,6 +109,10 @@ class RINBlock(keras.layers.Layer):
                              (self.write_norm_x, tok), (self.write_norm_z, lat),
                              (self.write_mlp_norm, tok), (self.write_mlp, tok)):
             layer.build(shape)
+        if self.token_mixing is not None:
+            self.mixing_norm = _norm("mixing_norm")
+            self.mixing_norm.build(tok)
+            self.token_mixing.build(tok)
         self.read_attn.build(lat, tok)
         self.write_attn.build(tok, lat)
         for norm_a, attn, norm_m, mlp in self._latent_layers():
@@ -156,6 +170,9 @@ class RINBlock(keras.layers.Layer):
             z = z + attn(norm(norm_a, z))
             z = z + mlp(norm(norm_m, z))
         x = x + self.write_attn(norm(self.write_norm_x, x), norm(self.write_norm_z, z))
+        if self.token_mixing is not None:
+            # Not modulated: `_modulated_widths` (and so trained files) stay as they were.
+            x = x + self.token_mixing(self._norm(self.mixing_norm, x, None))
         x = x + self.write_mlp(norm(self.write_mlp_norm, x))
         return x, z
 
@@ -169,4 +186,5 @@ class RINBlock(keras.layers.Layer):
             "num_heads": self.num_heads,
             "mlp_ratio": self.mlp_ratio,
             "data_mlp_ratio": self.data_mlp_ratio,
+            "grid_size": None if self.grid_size is None else list(self.grid_size),
         }
