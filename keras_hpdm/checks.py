@@ -19,7 +19,8 @@ def _is_bool(value):
     return isinstance(value, bool) or (numpy is not None and isinstance(value, numpy.bool_))
 
 
-def _is_integer(value):
+def is_integer(value):
+    """Whether `value` is an integer (Python or NumPy), not a bool."""
     return isinstance(value, numbers.Integral) and not _is_bool(value)
 
 
@@ -42,7 +43,7 @@ def check_int(name, value, low=None, high=None, allow_none=False):
     `name` and the allowed values. Bools and floats (even `2.0`) are rejected."""
     if value is None and allow_none:
         return None
-    if not (_is_integer(value) and _in_range(value, low, high)):
+    if not (is_integer(value) and _in_range(value, low, high)):
         allowed = "an integer" + ("" if low is None and high is None
                                   else " " + _interval(low, high, False, False))
         raise ValueError(f"`{name}` must be {allowed}{' or None' if allow_none else ''}, "
@@ -67,7 +68,51 @@ def check_number(name, value, low=None, high=None, low_open=False, high_open=Fal
     return float(value)
 
 
+def check_seed(seed, name="seed", allow_none=True):
+    """Returns `seed` as a Python int, or raises a `ValueError` naming `name`."""
+    if seed is None and allow_none:
+        return None
+    if not is_integer(seed) or seed < 0:
+        allowed = "a non-negative integer" + (" or None" if allow_none else "")
+        raise ValueError(f"`{name}` must be {allowed}, got {seed!r}.")
+    return int(seed)
+
+
+def sequence_length(value):
+    """`len(value)` of a sequence, or None for strings, scalars and 0-d arrays (which have
+    `__len__` but raise a bare `TypeError` on it)."""
+    if isinstance(value, (str, bytes)):
+        return None
+    try:
+        return len(value)
+    except TypeError:
+        return None
+
+
+def check_int_tuple(name, value, length, low=1, labels=None):
+    """Returns `value` as a tuple of `length` ints >= `low` (entries named `name[i] (label)`)."""
+    if sequence_length(value) != length:
+        shape = f" `({', '.join(labels)})`" if labels else ""
+        raise ValueError(f"`{name}` must be a tuple of {length} integers >= {low}{shape}, "
+                         f"got {value!r}.")
+    labels = labels or [None] * length
+    return tuple(
+        check_int(f"{name}[{i}]" + (f" ({label})" if label else ""), v, low=low)
+        for i, (label, v) in enumerate(zip(labels, value, strict=True))
+    )
+
+
 # ------------------------------------------------------------ generation requests
+# The allowed values of generation arguments, defined here (no Keras) so that the command
+# line's parser offers the library's own; the modules that act on them re-export them.
+SAMPLERS = ("euler", "heun", "stochastic")  # `keras_hpdm.diffusion.samplers.SAMPLERS`
+BLENDS = ("uniform", "smooth")  # tile weights: `keras_hpdm.diffusion.tiling.BLENDS`
+# Far beyond any sampler budget (EDM uses at most a few hundred steps); larger counts used to
+# fail deep in numpy ("Maximum allowed size exceeded") or run for days.
+# `keras_hpdm.diffusion.schedules.MAX_NUM_STEPS`.
+MAX_NUM_STEPS = 100_000
+
+
 def check_guidance_scale(value, name="guidance_scale"):
     """Classifier-free guidance weight `w` (output `u + w (c - u)`): a finite number >= 0.
     0 samples unconditionally, 1 conditionally without guidance; larger values guide.
@@ -127,7 +172,7 @@ def check_conditions(conditions, num_classes, text_dim, guidance_scale=1.0, num_
                    if num_classes else " (it is unconditional: pass conditions=None).")
             )
         return len(items), items
-    if all(_is_integer(c) for c in items):
+    if all(is_integer(c) for c in items):
         if not num_classes:
             raise ValueError(
                 "Class ids given, but the model is not class-conditional"

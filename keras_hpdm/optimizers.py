@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_hpdm.pyramid import check_int, check_number
+from keras_hpdm.checks import check_int, check_number
 
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
 

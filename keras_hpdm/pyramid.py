@@ -11,54 +11,13 @@ TensorFlow ops for `tf.data` pipelines (no Python in the graph).
 """
 
 import math
-import numbers
 
 import keras
 import numpy as np
 
-# The argument checks (one message format for the whole library) live in the light
-# `keras_hpdm.checks`, which the CLI also uses; re-exported here.
-from keras_hpdm.checks import _is_integer, check_int, check_number  # noqa: F401
+from keras_hpdm.checks import check_int, check_seed, sequence_length
 
 AXES = ("frames", "height", "width")
-
-
-def sequence_length(value):
-    """`len(value)` of a sequence, or None for strings, scalars and 0-d arrays (which have
-    `__len__` but raise a bare `TypeError` on it)."""
-    if isinstance(value, (str, bytes)):
-        return None
-    try:
-        return len(value)
-    except TypeError:
-        return None
-
-
-def check_int_tuple(name, value, length, low=1, labels=None):
-    """Returns `value` as a tuple of `length` ints >= `low` (entries named `name[i] (label)`)."""
-    if sequence_length(value) != length:
-        shape = f" `({', '.join(labels)})`" if labels else ""
-        raise ValueError(f"`{name}` must be a tuple of {length} integers >= {low}{shape}, "
-                         f"got {value!r}.")
-    labels = labels or [None] * length
-    return tuple(
-        check_int(f"{name}[{i}]" + (f" ({label})" if label else ""), v, low=low)
-        for i, (label, v) in enumerate(zip(labels, value, strict=True))
-    )
-
-
-def _check_positive_int(name, value):
-    return check_int(name, value, low=1)
-
-
-def check_seed(seed, name="seed", allow_none=True):
-    """Returns `seed` as a Python int, or raises a `ValueError` naming `name`."""
-    if seed is None and allow_none:
-        return None
-    if not _is_integer(seed) or seed < 0:
-        allowed = "a non-negative integer" + (" or None" if allow_none else "")
-        raise ValueError(f"`{name}` must be {allowed}, got {seed!r}.")
-    return int(seed)
 
 
 # ------------------------------------------------------------- size limits
@@ -107,10 +66,10 @@ class PyramidSpec:
                 f"got {len(patch_size)}: {tuple(patch_size)!r}."
             )
         self.patch_size = tuple(
-            _check_positive_int(f"patch_size[{i}] ({axis})", v)
+            check_int(f"patch_size[{i}] ({axis})", v, low=1)
             for i, (axis, v) in enumerate(zip(AXES, patch_size, strict=True))
         )
-        self.num_levels = _check_positive_int("num_levels", num_levels)
+        self.num_levels = check_int("num_levels", num_levels, low=1)
         if not isinstance(pyramid_time, (bool, np.bool_)):
             raise ValueError(f"`pyramid_time` must be True or False, got {pyramid_time!r}.")
         self.pyramid_time = bool(pyramid_time)
@@ -180,14 +139,13 @@ class PyramidSpec:
         )
 
     def _check_level(self, level):
-        if isinstance(level, bool) or not isinstance(level, numbers.Integral):
-            raise ValueError(f"`level` must be an integer, got {level!r}.")
+        level = check_int("level", level)
         if not 0 <= level < self.num_levels:
             raise ValueError(
                 f"`level` must be in [0, {self.num_levels - 1}] for a "
                 f"{self.num_levels}-level pyramid, got {level}."
             )
-        return int(level)
+        return level
 
     # -------------------------------------------------------------- offsets
     def sample_offsets(self, seed=None):
@@ -272,6 +230,52 @@ class PyramidSpec:
         scales = np.array([self.level_scale(level) for level in range(self.num_levels)])
         canvas = np.array([self.level_size(level) for level in range(self.num_levels)])
         return np.concatenate([scales, offsets / canvas], axis=-1).astype(np.float32)
+
+    # ---------------------------------------------------------------- chains
+    def parent_offset(self, level, offset):
+        """Offset of the level `level - 1` patch that holds a level-`level` patch at `offset`.
+
+        Among the valid parents (`2 p <= o <= 2 p + r`, see `_parent_range`), take the one
+        that centres the child: generation cuts a tile's context there.
+
+        Args:
+            level: the child's level, in `[1, num_levels)`.
+            offset: the child's `(3,)` integer offset, in level-`level` canvas pixels.
+
+        Returns:
+            int64 numpy array `(3,)` (0 on axes that are not pyramided).
+        """
+        r = np.asarray(self.patch_size)
+        lo, hi = self._parent_range(level, np.asarray(offset, np.int64))
+        centred = np.round((offset + r / 2) / 2 - r / 2)
+        return np.where(self.pyramided, np.clip(centred, lo, hi), 0).astype(np.int64)
+
+    def context_offsets(self, level, offset):
+        """Offsets `(level + 1, 3)` of the nested chain of patches ending at `offset`: the
+        level-`level` patch, then each parent (`parent_offset`) up to level 0.
+
+        Example:
+        ```python
+        spec = keras_hpdm.PyramidSpec((2, 8, 8), 3)
+        spec.context_offsets(2, [6, 24, 12])  # [[0, 0, 0], [2, 8, 4], [6, 24, 12]]
+        ```
+        """
+        chain = [np.asarray(offset, np.int64)]
+        for lv in range(level, 0, -1):
+            chain.append(self.parent_offset(lv, chain[-1]))
+        return np.stack(chain[::-1])
+
+    def chain_coords(self, chain):
+        """Coordinates `(l + 1, 6)` (see `coords_from_offsets`) of a chain of offsets for
+        levels `[0, l]`, e.g. from `context_offsets`."""
+        return self.coords_from_offsets(self._pad_chain(chain))[: len(chain)]
+
+    def _pad_chain(self, chain):
+        """Pads a chain of offsets for levels `[0, l]` with zeros to all levels (the shape
+        `coords_from_offsets` takes; the padding rows are dropped after)."""
+        full = np.zeros((self.num_levels, 3), np.int64)
+        full[: len(chain)] = chain
+        return full
 
     # ------------------------------------------------------------ extraction
     def check_video(self, video, name="video"):

@@ -501,6 +501,13 @@ print(sorted(heavy), os.environ["KERAS_BACKEND"], os.environ["TF_CPP_MIN_LOG_LEV
     (["generate", "pretrained:moving_mnist", "--resolution", "4x4x4"], "level sizes"),
     (["generate", "RUN", "--class", "10"], "Class ids must be in [0, 9]"),
     (["demo", "--class", "10"], "Class ids must be in [0, 9]"),
+    # The whole `GenerationPlan`: one step count or sampler per level (bundled: 3, RUN: 2).
+    (["generate", "pretrained:moving_mnist", "--steps", "8", "4"],
+     "`num_steps` must be a positive int or 3 positive ints"),
+    (["generate", "RUN", "--sampler", "euler", "heun", "euler"], "`sampler` must be one of"),
+    (["demo", "--steps", "8", "4"], "`num_steps` must be a positive int or 3 positive ints"),
+    (["evaluate", "pretrained:moving_mnist", "--steps", "8", "4"],
+     "`num_steps` must be a positive int or 3 positive ints"),
 ])
 def test_requests_are_checked_against_the_model_file_before_loading_it(
         argv, message, run_dir, monkeypatch, capsys, tmp_path):
@@ -552,14 +559,20 @@ def test_progress_is_plain_lines_off_a_terminal():
 def test_presets_in_help_and_the_bundled_models_preset(capsys):
     """`--preset`'s help lists every preset, `mini` included; `mini` is the bundled model's
     architecture, with the parameter count the README gives."""
-    from keras_hpdm.backbones import RINBackbone, UNet3DBackbone
+    from keras_hpdm.backbones import BACKBONES, RINBackbone, UNet3DBackbone
+    from keras_hpdm.cli import train
     from keras_hpdm.pretrained import pretrained_path
 
+    # The parser's --backbone choices (it imports no Keras) name the registry's classes.
+    assert set(train.BACKBONES) == set(BACKBONES)
+    assert BACKBONES == {"rin": RINBackbone, "unet": UNet3DBackbone}
     assert run_cli("train", "--help") == 0
     words = set(re.findall(r"[a-z0-9_]+", capsys.readouterr().out))
     assert set(RINBackbone.presets) | set(UNet3DBackbone.presets) <= words
     with zipfile.ZipFile(pretrained_path("moving_mnist")) as archive:
-        bundled = json.loads(archive.read("config.json"))["config"]["backbone"]["config"]
+        bundled = json.loads(archive.read("config.json"))["config"]["backbone"]
+    # As the file loads: options it predates take their `from_config` values.
+    bundled = keras.saving.deserialize_keras_object(bundled).get_config()
     mini = RINBackbone.presets["mini"]
     assert {k: bundled[k] for k in mini["config"]} == mini["config"]
     readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")).read()

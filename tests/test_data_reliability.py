@@ -13,7 +13,6 @@ import threading
 import warnings
 
 import av
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -23,13 +22,18 @@ from keras_hpdm import PyramidSpec, data
 from keras_hpdm.cli import main
 from keras_hpdm.data import decode, pipeline, sources
 from keras_hpdm.data import shards as shards_module
-from tests.test_data_decode import noise_video, smooth_video, write_image, write_video
-from tests.test_data_pipeline import SPEC, take
-
-pytestmark = pytest.mark.skipif(
-    keras.config.backend() != "tensorflow",
-    reason="pure tf.data/NumPy, backend-independent: runs under the TensorFlow backend",
+from tests.data_helpers import (
+    SPEC,
+    noise_video,
+    smooth_video,
+    take,
+    tensorflow_only,
+    write_image,
+    write_video,
 )
+
+pytestmark = tensorflow_only
+
 
 def run_cli(*argv):
     try:

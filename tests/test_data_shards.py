@@ -7,25 +7,23 @@ import json
 import os
 import warnings
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_hpdm import PyramidSpec, data
+from keras_hpdm import data
 from keras_hpdm.data import decode, shards
-from tests.test_data_decode import noise_video, smooth_video, write_image, write_video
-
-pytestmark = pytest.mark.skipif(
-    keras.config.backend() != "tensorflow",
-    reason="pure tf.data/NumPy, backend-independent: runs under the TensorFlow backend",
+from tests.data_helpers import (
+    SPEC,
+    noise_video,
+    smooth_video,
+    take,
+    tensorflow_only,
+    write_image,
+    write_video,
 )
 
-SPEC = PyramidSpec((2, 4, 4), 3)  # target (8, 16, 16)
-
-
-def take(ds, n):
-    return [{k: v.numpy() for k, v in b.items()} for b in ds.take(n)]
+pytestmark = tensorflow_only
 
 
 def by_index(batches):

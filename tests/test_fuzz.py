@@ -40,6 +40,7 @@ from keras_hpdm.data import (
     read_image,
 )
 from keras_hpdm.data.decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from keras_hpdm.diffusion.samplers import SAMPLERS
 from keras_hpdm.diffusion.schedules import MAX_NUM_STEPS
 from keras_hpdm.layers import CropResample, DeepContextFusion, PatchDetokenizer, PatchTokenizer
 from keras_hpdm.pyramid import MAX_TARGET_SIZE, MAX_TARGET_VOXELS
@@ -387,7 +388,6 @@ def test_deep_context_fusion(fault, batch, levels, grid, dim, data):
 # --------------------------------------------------------------------- generate
 SPEC = PyramidSpec((2, 8, 8), 2)
 NUM_CLASSES = 3
-SAMPLERS = ("euler", "heun", "stochastic")
 
 
 @pytest.fixture(scope="module")

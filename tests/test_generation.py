@@ -7,7 +7,7 @@ import keras_hpdm
 from keras_hpdm.backbones import RINBackbone
 from keras_hpdm.diffusion import edm_sigmas, per_sample_normal, sample
 from keras_hpdm.diffusion.seeding import derive_seed
-from keras_hpdm.models.generation import PyramidGenerator, context_offsets
+from keras_hpdm.models.generation import PyramidGenerator
 
 SPEC = keras_hpdm.PyramidSpec((2, 8, 8), 2)
 
@@ -177,9 +177,48 @@ def test_callbacks_see_steps_and_stop_early(model):
 def test_context_chain_nests_tiles_in_parents():
     spec = keras_hpdm.PyramidSpec((2, 8, 8), 3)
     for offset in ([0, 0, 0], [6, 24, 12], [3, 17, 24], [1, 9, 5]):
-        chain = context_offsets(spec, 2, np.array(offset))
+        chain = spec.context_offsets(2, np.array(offset))
         np.testing.assert_array_equal(chain[-1], offset)
         spec.check_offsets(chain)  # raises unless every level lies inside its parent
+        np.testing.assert_array_equal(spec.chain_coords(chain), spec.coords_from_offsets(chain))
+        # A shorter chain (a coarser tile) has the same coordinates as the levels it covers.
+        np.testing.assert_array_equal(spec.chain_coords(chain[:2]),
+                                      spec.coords_from_offsets(chain)[:2])
+
+
+def test_the_plan_is_resolved_once_with_generates_defaults(model):
+    """`generate` builds one frozen `GenerationPlan` (every argument checked, every default
+    filled in) and hands it whole to the level-by-level code."""
+    import dataclasses
+    import inspect
+
+    from keras_hpdm.models.generation_plan import GenerationPlan
+
+    generate = inspect.signature(model.generate).parameters
+    resolve = inspect.signature(GenerationPlan.resolve).parameters
+    assert {k: p.default for k, p in generate.items()} == {
+        k: resolve[k].default for k in generate}  # one set of defaults
+    plan = GenerationPlan.resolve(SPEC.num_levels, model.sampling, 3, None, conditions=1,
+                                  num_samples=2, num_steps=9, seed=4)
+    assert (plan.num_samples, plan.conditions, plan.num_steps, plan.samplers) == (
+        2, (1, 1), (9, 4), ("stochastic", "euler"))
+    assert (plan.overlap, plan.tile_batch_size, plan.guided) == ((0.5, 0.5, 0.0), 16, False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.seed = 5
+    plans = []
+    original = PyramidGenerator.__call__
+
+    def spy(self, plan):
+        plans.append(plan)
+        return original(self, plan)
+
+    kwargs = dict(conditions=1, num_samples=2, num_steps=2, sampler="euler", seed=4,
+                  num_levels=1, verbose=0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PyramidGenerator, "__call__", spy)
+        video = model.generate(**kwargs)
+    assert plans == [GenerationPlan.resolve(SPEC.num_levels, model.sampling, 3, **kwargs)]
+    assert video.shape == (2,) + SPEC.level_size(0) + (3,)
 
 
 def test_bad_arguments(model):

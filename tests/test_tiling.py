@@ -169,6 +169,33 @@ class TiledDenoiserTest(TestCase):
         tiled_denoiser(tile_fn, CANVAS, TILE, 0.0, tile_batch_size=64)(x[:1], np.ones(1))
         self.assertEqual([c[0][0] for c in calls], [len(tile_grid(CANVAS, TILE, 0.0))])
 
+    def test_a_given_grid_is_the_one_tile_index_counts(self):
+        # A caller that prepared something per tile passes its grid: `tile_index` counts its
+        # rows, in whatever order they come, and the output is the computed grid's.
+        def tile_fn(tiles, sigma, sample_index, tile_index):
+            seen.append(starts[tile_index])
+            return tiles + ops.convert_to_tensor(
+                starts[tile_index].sum(-1).astype("float32")[:, None, None, None, None])
+
+        x = np.random.default_rng(1).standard_normal((1,) + CANVAS + (CHANNELS,)).astype(
+            "float32")
+        grid = tile_grid(CANVAS, TILE, 0.5)
+        outs = []
+        for starts in (grid, grid[::-1].copy()):
+            seen = []
+            outs.append(ops.convert_to_numpy(
+                tiled_denoiser(tile_fn, CANVAS, TILE, tile_batch_size=5, starts=starts)(
+                    x, np.ones(1, "float32"))))
+            self.assertEqual(set(map(tuple, np.concatenate(seen).tolist())),
+                             set(map(tuple, grid.tolist())))
+        self.assertAllClose(outs[0], outs[1], atol=1e-5)
+        expected = tiled_denoiser(lambda t, s, i, j: t + ops.convert_to_tensor(
+            grid[j].sum(-1).astype("float32")[:, None, None, None, None]), CANVAS, TILE, 0.5)
+        self.assertAllClose(outs[0], expected(x, np.ones(1, "float32")), atol=1e-6)
+        for bad in ([[0, 0]], [[0, 0, 0.5]], [[0, 0, 7]], [[-1, 0, 0]], np.zeros((0, 3), int)):
+            with pytest.raises(ValueError, match="`starts`"):
+                tiled_denoiser(tile_fn, CANVAS, TILE, starts=np.asarray(bad))
+
     def test_tiled_sampling_matches_untiled(self):
         # A pixel-wise denoiser is blind to tiling: tiled sampling must equal plain sampling,
         # for any overlap, blend and tile batch size.

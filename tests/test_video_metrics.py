@@ -12,9 +12,10 @@ import scipy.linalg
 import scipy.signal
 import scipy.stats
 
+import keras_hpdm
+from keras_hpdm.callbacks import FVDCallback
 from keras_hpdm.metrics import (
     FrechetVideoDistance,
-    FVDCallback,
     KernelVideoDistance,
     evaluate_videos,
     fid,
@@ -218,6 +219,7 @@ def test_functions_report_sizes_and_accept_batch_iterables(random_videos):
 
 def test_fvd_callback_logs_scores_of_generated_videos(random_videos):
     real, generated = random_videos
+    assert keras_hpdm.metrics.FVDCallback is FVDCallback  # its name before it moved
 
     class StandIn(keras.Model):
         def __init__(self):

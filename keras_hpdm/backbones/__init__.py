@@ -8,7 +8,11 @@ from keras_hpdm.backbones.levels_schedule import (
 from keras_hpdm.backbones.rin_backbone import RINBackbone
 from keras_hpdm.backbones.unet_backbone import UNet3DBackbone
 
+# The backbones by the name `keras-hpdm train --backbone` and the benchmarks take.
+BACKBONES = {"rin": RINBackbone, "unet": UNet3DBackbone}
+
 __all__ = [
+    "BACKBONES",
     "HPDMBackbone",
     "RINBackbone",
     "UNet3DBackbone",

@@ -9,9 +9,10 @@ import keras
 from keras import ops
 
 from keras_hpdm.backbones.levels_schedule import resolve_levels_per_block
+from keras_hpdm.checks import check_int
 from keras_hpdm.layers.class_embedding import ClassEmbedding
 from keras_hpdm.layers.sigma_embedding import SigmaEmbedding
-from keras_hpdm.pyramid import PyramidSpec, check_int
+from keras_hpdm.pyramid import PyramidSpec
 
 
 def print_notes(lines, print_fn=None, line_length=None):

@@ -1,9 +1,8 @@
 """Adaptive computation: how many pyramid levels each backbone block runs."""
 
 import math
-import numbers
 
-from keras_hpdm.pyramid import check_int
+from keras_hpdm.checks import check_int
 
 
 def linear_levels_per_block(num_blocks, num_levels):
@@ -38,12 +37,8 @@ def resolve_levels_per_block(levels_per_block, num_blocks, num_levels):
             f"`levels_per_block` must have one entry per block ({num_blocks}), got "
             f"{len(schedule)}: {schedule}."
         )
-    for n in schedule:
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= num_levels:
-            raise ValueError(
-                f"Every `levels_per_block` entry must be an integer in [1, {num_levels}], "
-                f"got {schedule}."
-            )
+    for i, n in enumerate(schedule):
+        check_int(f"levels_per_block[{i}]", n, low=1, high=num_levels)
     if any(a > b for a, b in zip(schedule, schedule[1:], strict=False)):
         raise ValueError(f"`levels_per_block` must be non-decreasing, got {schedule}.")
     if schedule[-1] != num_levels:

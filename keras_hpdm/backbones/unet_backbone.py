@@ -5,12 +5,12 @@ from keras import ops
 
 from keras_hpdm.backbones.hpdm_backbone import HPDMBackbone, fold_levels, unfold_levels
 from keras_hpdm.backbones.unet_presets import unet_presets
+from keras_hpdm.checks import check_int, check_number
 from keras_hpdm.layers.deep_context_fusion import DeepContextFusion
 from keras_hpdm.layers.downsample3d import Downsample3D
 from keras_hpdm.layers.factorized_attention import FactorizedAttention
 from keras_hpdm.layers.unet_res_block import UNetResBlock
 from keras_hpdm.layers.upsample3d import Upsample3D
-from keras_hpdm.pyramid import check_int, check_number
 
 
 def _check_sequence(name, value, allow_empty=False):

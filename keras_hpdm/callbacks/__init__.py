@@ -1,6 +1,7 @@
 """Training callbacks: crash-safe checkpoints with resume state, periodic sample videos,
-an exact step count."""
+FVD/KVD of samples, an exact step count."""
 
+from keras_hpdm.callbacks.fvd_callback import FVDCallback
 from keras_hpdm.callbacks.sample_videos import SampleVideos
 from keras_hpdm.callbacks.stop_at_step import StopAtStep
 from keras_hpdm.callbacks.training_checkpoint import (
@@ -9,5 +10,5 @@ from keras_hpdm.callbacks.training_checkpoint import (
     read_training_state,
 )
 
-__all__ = ["SampleVideos", "StopAtStep", "TrainingCheckpoint", "load_training_checkpoint",
-           "read_training_state"]
+__all__ = ["FVDCallback", "SampleVideos", "StopAtStep", "TrainingCheckpoint",
+           "load_training_checkpoint", "read_training_state"]

@@ -1,10 +1,9 @@
 """Logs FVD/KVD of the model's samples into the epoch logs during `fit`."""
 
-import numbers
-
 import keras
 import numpy as np
 
+from keras_hpdm.checks import check_int
 from keras_hpdm.metrics.features import (
     check_batch_size,
     extract_features,
@@ -48,17 +47,8 @@ class FVDCallback(keras.callbacks.Callback):
                  metrics=("fvd", "kvd"), batch_size=8, seed=0, num_frames=None,
                  feature_extractor=None):
         super().__init__()
-        if isinstance(every_n_epochs, bool) or not isinstance(
-            every_n_epochs, numbers.Integral
-        ) or every_n_epochs < 1:
-            raise ValueError(
-                f"`every_n_epochs` must be a positive integer, got {every_n_epochs!r}."
-            )
-        if num_samples is not None and (
-            isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral)
-            or num_samples < 2
-        ):
-            raise ValueError(f"`num_samples` must be None or an integer >= 2, got {num_samples!r}.")
+        every_n_epochs = check_int("every_n_epochs", every_n_epochs, low=1)
+        num_samples = check_int("num_samples", num_samples, low=2, allow_none=True)
         if generate_kwargs is not None and not isinstance(generate_kwargs, dict):
             raise TypeError(
                 f"`generate_kwargs` must be a dict or None, got {type(generate_kwargs).__name__}."

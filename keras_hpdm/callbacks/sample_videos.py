@@ -4,6 +4,7 @@ import os
 
 import keras
 
+from keras_hpdm.checks import check_int
 from keras_hpdm.media import save_videos
 
 
@@ -25,8 +26,7 @@ class SampleVideos(keras.callbacks.Callback):
     def __init__(self, directory, every_n_epochs=1, conditions=None, num_samples=None,
                  seed=0, **generate_kwargs):
         super().__init__()
-        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"`every_n_epochs` must be an int >= 1, got {every_n_epochs!r}.")
+        every_n_epochs = check_int("every_n_epochs", every_n_epochs, low=1)
         self.directory = os.fspath(directory)
         self.every_n_epochs = every_n_epochs
         self.conditions = conditions

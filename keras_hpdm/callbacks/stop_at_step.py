@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_hpdm.checks import check_int
+
 
 class StopAtStep(keras.callbacks.Callback):
     """Stops training once the optimizer has taken `total_steps` steps.
@@ -23,9 +25,7 @@ class StopAtStep(keras.callbacks.Callback):
 
     def __init__(self, total_steps, initial_step=0):
         super().__init__()
-        if not isinstance(total_steps, int) or total_steps < 1:
-            raise ValueError(f"`total_steps` must be an int >= 1, got {total_steps!r}.")
-        self.total_steps = total_steps
+        self.total_steps = check_int("total_steps", total_steps, low=1)
         self.step = int(initial_step)
 
     def on_train_batch_end(self, batch, logs=None):

@@ -11,6 +11,8 @@ import zipfile
 import keras
 import numpy as np
 
+from keras_hpdm.checks import check_int
+
 MODEL_NAME = "model.keras"
 STATE_NAME = "training_state.json"
 _CONFIG_NAME = "config.json"  # inside a .keras archive
@@ -222,8 +224,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
     def __init__(self, directory, every_n_epochs=1, metadata=None, history=None, verbose=1):
         super().__init__()
-        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"`every_n_epochs` must be an int >= 1, got {every_n_epochs!r}.")
+        every_n_epochs = check_int("every_n_epochs", every_n_epochs, low=1)
         self.directory = os.fspath(directory)
         self.every_n_epochs = every_n_epochs
         self.metadata = dict(metadata or {})

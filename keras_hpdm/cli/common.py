@@ -8,6 +8,7 @@ import sys
 import zipfile
 
 from keras_hpdm.checks import check_guidance_scale, check_int, check_number
+from keras_hpdm.models.generation_plan import DEFAULT_SAMPLING, GenerationPlan
 
 BACKENDS = ("jax", "tensorflow", "torch")
 
@@ -186,21 +187,31 @@ def resolve_levels(sizes, resolution):
     return sizes.index(size) + 1
 
 
-def check_request(checkpoint, conditions, guidance_scale=1.0, num_samples=None,
-                  resolution=None):
-    """Checks a generation request against the model file's config before its weights are
-    loaded (a second instead of the ~20 s a load takes): the same `check_conditions` that
-    `model.generate` runs. Returns the config, or None when it cannot be read."""
-    from keras_hpdm.checks import check_conditions
+def per_level(values):
+    """An `nargs="+"` option (`--steps`, `--sampler`) as `generate` takes it: one value
+    for all levels (or level 0's steps), else the list, one per level."""
+    return values[0] if values and len(values) == 1 else values
 
+
+def check_request(checkpoint, conditions, resolution=None, **options):
+    """Checks a generation request against the model file's config before its weights are
+    loaded (a second instead of the ~20 s a load takes): builds the `GenerationPlan` that
+    `model.generate(conditions, **options)` builds, from the file's settings. Returns the
+    config, or None when it cannot be read."""
     config = model_config(checkpoint)
-    if config is None:
-        return None
-    backbone = config["backbone"]
-    check_conditions(conditions, backbone.get("num_classes"), backbone.get("text_dim"),
-                     guidance_scale, num_samples)
-    resolve_levels(level_sizes(backbone["pyramid"]), resolution)
+    if config is not None:
+        check_plan(config, conditions, resolution, **options)
     return config
+
+
+def check_plan(config, conditions, resolution=None, **options):
+    """`check_request` on a config read by `model_config`: raises what `generate` would."""
+    backbone = config["backbone"]
+    pyramid = backbone["pyramid"]
+    GenerationPlan.resolve(
+        pyramid["num_levels"], {**DEFAULT_SAMPLING, **(config.get("sampling") or {})},
+        backbone.get("num_classes"), backbone.get("text_dim"), conditions=conditions,
+        num_levels=resolve_levels(level_sizes(pyramid), resolution), **options)
 
 
 # ------------------------------------------------------------------ output folders

@@ -13,6 +13,7 @@ from keras_hpdm.cli.common import (
     print_outputs,
     refuse_overwrite,
 )
+from keras_hpdm.models.generation_plan import DEFAULT_OVERLAP
 
 OUTPUTS = ("samples.mp4", "samples.gif", "samples.png", "levels.png", "pyramid.png")
 
@@ -40,13 +41,18 @@ def add_parser(sub):
 
 
 def run(args):
+    from keras_hpdm.cli.generate import generate_and_save, generate_options
+
     refuse_overwrite(output_folder(args.out, OUTPUTS))
+    options = argparse.Namespace(
+        steps=args.steps, sampler=None, guidance=args.guidance, num_samples=None,
+        overlap=list(DEFAULT_OVERLAP), tile_batch_size=32, seed=args.seed, no_ema=False,
+        verbose=args.verbose, resolution=None, fps=8, out=args.out, save_pyramid=True)
     # Seconds, not the ~20 s a model takes to load: the file's config tells what it accepts.
-    check_request("pretrained:moving_mnist", args.classes, args.guidance)
+    check_request("pretrained:moving_mnist", args.classes, **generate_options(options))
 
     import numpy as np
 
-    from keras_hpdm.cli.generate import generate_and_save
     from keras_hpdm.media import pyramid_sheet, save_png
     from keras_hpdm.pretrained import load_pretrained, model_card
 
@@ -61,10 +67,6 @@ def run(args):
         print(f"  judged by `keras-hpdm evaluate` (digit reader): requested "
               f"digit drawn in {scores['class_accuracy']:.0%} of videos, a digit visible in "
               f"{scores['persistence']:.0%} of frames")
-    options = argparse.Namespace(
-        steps=args.steps, sampler=None, guidance=args.guidance, num_samples=None,
-        overlap=[0.5, 0.5, 0.0], tile_batch_size=32, seed=args.seed, no_ema=False,
-        verbose=args.verbose, resolution=None, fps=8, out=args.out, save_pyramid=True)
     videos, canvases, seconds, outputs = generate_and_save(model, options, args.classes)
     sheet = pyramid_sheet(videos[0], spec, spec.sample_offsets(args.seed))
     outputs["patch pyramid (what one training step sees)"] = save_png(

@@ -3,17 +3,19 @@
 import json
 import os
 
+from keras_hpdm.checks import SAMPLERS
 from keras_hpdm.cli.common import (
     CommandError,
+    check_plan,
     checkpoint_inputs,
     guidance,
     model_config,
     non_negative_int,
+    per_level,
     positive_int,
     refuse_overwrite,
 )
 
-SAMPLERS = ("euler", "heun", "stochastic")
 SCORES = ("class_accuracy", "frame_accuracy", "persistence", "class_effect", "noise_effect",
           "fvd", "fvd_real_real", "kvd", "kvd_real_real")
 
@@ -90,12 +92,15 @@ def run(args):
         raise CommandError("evaluate scores Moving MNIST models (10 classes, 1 channel); this "
                            f"one has num_classes={backbone.get('num_classes')}, channels="
                            f"{backbone.get('channels')}.")
+    steps, sampler = per_level(args.steps), per_level(args.sampler)
     if model is None:
+        # The requests `evaluate_moving_mnist` makes (one digit, `per_class` samples).
+        check_plan(config, 0, num_samples=args.per_class, num_steps=steps, sampler=sampler,
+                   guidance_scale=args.guidance, tile_batch_size=args.tile_batch_size,
+                   seed=args.seed, verbose=args.verbose)
         model = load_checkpoint(args.checkpoint)
     from keras_hpdm.metrics import evaluate_moving_mnist
 
-    steps = args.steps[0] if args.steps and len(args.steps) == 1 else args.steps
-    sampler = args.sampler[0] if args.sampler and len(args.sampler) == 1 else args.sampler
     settings = {"per_class": args.per_class, "num_steps": steps, "sampler": sampler,
                 "guidance_scale": args.guidance, "seed": args.seed}
     scores = evaluate_moving_mnist(

@@ -3,6 +3,7 @@
 import os
 import time
 
+from keras_hpdm.checks import SAMPLERS
 from keras_hpdm.cli.common import (
     CommandError,
     add_allow_download,
@@ -15,13 +16,13 @@ from keras_hpdm.cli.common import (
     level_sizes,
     non_negative_int,
     output_folder,
+    per_level,
     positive_int,
     print_outputs,
     refuse_overwrite,
     resolve_levels,
 )
-
-SAMPLERS = ("euler", "heun", "stochastic")
+from keras_hpdm.models.generation_plan import DEFAULT_OVERLAP, DEFAULT_TILE_BATCH_SIZE
 
 
 def add_parser(sub):
@@ -58,10 +59,11 @@ def add_parser(sub):
     p.add_argument("--resolution", metavar="FxHxW",
                    help="output size: the model's target (default) or a coarser pyramid "
                         "level's size")
-    p.add_argument("--overlap", type=fraction, nargs=3, default=[0.5, 0.5, 0.0],
-                   metavar=("F", "H", "W"), help="tile overlap per axis (default: 0.5 0.5 0)")
-    p.add_argument("--tile-batch-size", type=positive_int, default=16,
-                   help="tiles per network call: bounds memory (default: 16)")
+    p.add_argument("--overlap", type=fraction, nargs=3, default=list(DEFAULT_OVERLAP),
+                   metavar=("F", "H", "W"), help="tile overlap per axis (default: "
+                   + " ".join(f"{v:g}" for v in DEFAULT_OVERLAP) + ")")
+    p.add_argument("--tile-batch-size", type=positive_int, default=DEFAULT_TILE_BATCH_SIZE,
+                   help="tiles per network call: bounds memory (default: %(default)s)")
     p.add_argument("--no-ema", action="store_true", help="sample with the live weights")
     p.add_argument("--seed", type=non_negative_int, default=0, help="default: 0")
     p.add_argument("--out", default="outputs/generated",
@@ -92,21 +94,27 @@ def load_checkpoint(path):
     return load_training_checkpoint(path, compile=False)
 
 
+def generate_options(args):
+    """`model.generate`'s keyword arguments from the command's options (all but the
+    conditions and the levels, which `--resolution` gives)."""
+    return dict(num_samples=args.num_samples, num_steps=per_level(args.steps),
+                guidance_scale=args.guidance, overlap=tuple(args.overlap),
+                tile_batch_size=args.tile_batch_size, seed=args.seed,
+                sampler=per_level(args.sampler), use_ema=not args.no_ema,
+                verbose=args.verbose)
+
+
 def generate_and_save(model, args, conditions):
     """Generates and writes `args.out`/samples.{mp4,gif,png} (and levels.png with
     `args.save_pyramid`); returns the videos, the generated levels, the seconds taken and
     `{what: path}` of the files written."""
     from keras_hpdm.media import levels_sheet, save_png, save_videos
 
-    steps = args.steps[0] if args.steps and len(args.steps) == 1 else args.steps
-    sampler = args.sampler[0] if args.sampler and len(args.sampler) == 1 else args.sampler
     start = time.time()
     videos, canvases = model.generate(
-        conditions, num_samples=args.num_samples, num_steps=steps,
-        guidance_scale=args.guidance, overlap=tuple(args.overlap),
-        tile_batch_size=args.tile_batch_size, seed=args.seed, sampler=sampler,
-        use_ema=not args.no_ema, verbose=args.verbose, return_pyramid=True,
-        num_levels=resolve_levels(level_sizes(model.pyramid), args.resolution))
+        conditions, return_pyramid=True,
+        num_levels=resolve_levels(level_sizes(model.pyramid), args.resolution),
+        **generate_options(args))
     seconds = time.time() - start
     outputs = {f"videos ({k})": v for k, v in save_videos(
         os.path.join(args.out, "samples"), videos, fps=args.fps).items()}
@@ -125,8 +133,7 @@ def run(args):
     conditions = args.classes if args.classes is not None else args.prompt
     refuse_overwrite(output_files(args), checkpoint_inputs(args.checkpoint))
     # Seconds, not the ~20 s a model takes to load: the file's config tells what it accepts.
-    check_request(args.checkpoint, conditions, args.guidance, args.num_samples,
-                  args.resolution)
+    check_request(args.checkpoint, conditions, args.resolution, **generate_options(args))
     with download_setting(args):
         model = load_checkpoint(args.checkpoint)
         videos, _, seconds, outputs = generate_and_save(model, args, conditions)

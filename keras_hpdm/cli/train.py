@@ -21,7 +21,7 @@ from keras_hpdm.cli.common import (
     positive_int,
 )
 
-BACKBONES = ("rin", "unet")
+BACKBONES = ("rin", "unet")  # `keras_hpdm.backbones.BACKBONES`' keys, without importing Keras
 OPTIMIZERS = ("adam", "lamb")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # Settings a resumed run takes from the command line when given there (the others, and
@@ -196,11 +196,11 @@ def build_model(args, num_classes, captions):
     import keras
 
     import keras_hpdm
-    from keras_hpdm.backbones import RINBackbone, UNet3DBackbone
+    from keras_hpdm.backbones import BACKBONES as BACKBONE_CLASSES
 
     spec = keras_hpdm.PyramidSpec(tuple(args.patch_size), args.levels,
                                   pyramid_time=not args.no_pyramid_time)
-    cls = {"rin": RINBackbone, "unet": UNet3DBackbone}[args.backbone]
+    cls = BACKBONE_CLASSES[args.backbone]
     overrides = backbone_overrides(cls, getattr(args, "backbone_option", None))
     text_encoder = None
     overrides["channels"] = args.channels

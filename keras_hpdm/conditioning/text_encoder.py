@@ -1,20 +1,15 @@
 """Base class of the frozen text encoders that condition the diffusion model on prompts."""
 
 import collections
-import numbers
 
 import keras
 import numpy as np
 
+from keras_hpdm.checks import check_int
+
 # Misses are encoded in chunks of at most this many prompts, each padded up to a power of
 # two rows, so the backbone sees a handful of batch shapes (few JAX/TF re-traces).
 _MAX_CHUNK = 32
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
 
 
 def _bucket(n):
@@ -64,8 +59,8 @@ class TextEncoder:
     """
 
     def __init__(self, sequence_length=64, cache_size=512):
-        self._sequence_length = _check_int("sequence_length", sequence_length, 2)
-        self._cache_size = _check_int("cache_size", cache_size, 0)
+        self._sequence_length = check_int("sequence_length", sequence_length, low=2)
+        self._cache_size = check_int("cache_size", cache_size, low=0)
         self._cache = collections.OrderedDict()
         self._hits = 0
         self._misses = 0

@@ -17,12 +17,11 @@ Frame size limits (one decoded frame or image):
 """
 
 import math
-import numbers
 import os
 
 import numpy as np
 
-from keras_hpdm.checks import check_int
+from keras_hpdm.checks import check_int, check_number, is_integer
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".gif", ".mov", ".m4v")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -50,8 +49,7 @@ def media_kind(path):
 
 def _check_channels(channels):
     # Type first: True == 1, and `in` on an array compares elementwise.
-    if isinstance(channels, (bool, np.bool_)) or not isinstance(channels, numbers.Integral) or (
-            channels not in (1, 3)):
+    if not is_integer(channels) or channels not in (1, 3):
         raise ValueError(f"`channels` must be 1 or 3, got {channels!r}.")
     return channels
 
@@ -182,15 +180,8 @@ def _decodable_frames(container, stream, first):
 
 def check_frame_rate(frame_stride, fps):
     """Validates `frame_stride` (positive int) and `fps` (positive number or None)."""
-    if isinstance(frame_stride, bool) or not isinstance(frame_stride, numbers.Integral) or (
-        frame_stride < 1
-    ):
-        raise ValueError(f"`frame_stride` must be a positive integer, got {frame_stride!r}.")
-    if fps is not None and (
-        isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not 0 < fps < math.inf
-    ):
-        raise ValueError(f"`fps` must be a finite positive number or None, got {fps!r}.")
-    return int(frame_stride), (None if fps is None else float(fps))
+    return (check_int("frame_stride", frame_stride, low=1),
+            check_number("fps", fps, low=0.0, low_open=True, allow_none=True))
 
 
 def clip_steps(num_frames, frame_stride=1, fps=None, source_fps=0.0):

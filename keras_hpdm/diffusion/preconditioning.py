@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_hpdm.pyramid import check_number
+from keras_hpdm.checks import check_number
 
 
 def expand_sigma(sigma, x):

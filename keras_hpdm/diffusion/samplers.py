@@ -9,10 +9,10 @@ import math
 import numpy as np
 from keras import ops
 
+# SAMPLERS: the sampler names ("euler", "heun", "stochastic"), the `method`s of `sample`;
+# defined in `keras_hpdm.checks`, without Keras, for the command line's parser.
+from keras_hpdm.checks import SAMPLERS, check_number, check_seed
 from keras_hpdm.diffusion.seeding import check_sample_ids, per_sample_normal
-from keras_hpdm.pyramid import check_number, check_seed
-
-METHODS = ("euler", "heun", "stochastic")
 
 
 class StopSampling(Exception):  # noqa: N818 (named like StopIteration)
@@ -115,8 +115,8 @@ def sample(
         raise TypeError(f"`denoise_fn` must be callable, got {denoise_fn!r}.")
     if callback is not None and not callable(callback):
         raise TypeError(f"`callback` must be callable or None, got {callback!r}.")
-    if method not in METHODS:
-        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+    if method not in SAMPLERS:
+        raise ValueError(f"`method` must be one of {SAMPLERS}, got {method!r}.")
     sigmas = _check_sigmas(sigmas)
     S_churn = check_number("S_churn", S_churn, low=0.0)
     S_min = check_number("S_min", S_min, low=0.0)

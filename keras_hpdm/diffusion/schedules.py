@@ -2,11 +2,8 @@
 
 import numpy as np
 
-from keras_hpdm.pyramid import check_int, check_number
-
-# Far beyond any sampler budget (EDM uses at most a few hundred steps); larger counts used to
-# fail deep in numpy ("Maximum allowed size exceeded") or run for days.
-MAX_NUM_STEPS = 100_000
+# MAX_NUM_STEPS: the most steps a schedule has (also checked before `generate` runs).
+from keras_hpdm.checks import MAX_NUM_STEPS, check_int, check_number
 
 
 def _check_positive_float(name, value):

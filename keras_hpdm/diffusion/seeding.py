@@ -9,7 +9,7 @@ single sample, or split a batch across calls or devices, and get the same noise.
 import numpy as np
 from keras import ops
 
-from keras_hpdm.pyramid import check_int, check_seed
+from keras_hpdm.checks import check_int, check_seed
 
 
 def _check_key(name, value):

@@ -13,14 +13,10 @@ import numbers
 import numpy as np
 from keras import ops
 
-from keras_hpdm.pyramid import check_int, check_int_tuple, check_number
+# BLENDS: the tile weights ("uniform", "smooth") of `blend_window`.
+from keras_hpdm.checks import BLENDS, check_int, check_int_tuple, check_number
 
 AXES = ("frames", "height", "width")
-BLENDS = ("uniform", "smooth")
-
-
-def _check_int(name, value, low=1):
-    return check_int(name, value, low=low)
 
 
 def _check_triple(name, value):
@@ -28,8 +24,8 @@ def _check_triple(name, value):
 
 
 def _starts(canvas, tile, overlap, names):
-    canvas = _check_int(names[0], canvas)
-    tile = _check_int(names[1], tile)
+    canvas = check_int(names[0], canvas, low=1)
+    tile = check_int(names[1], tile, low=1)
     overlap = check_number(names[2], overlap, low=0.0, high=1.0, high_open=True)
     if tile > canvas:
         raise ValueError(f"`{names[1]}` ({tile}) must not exceed `{names[0]}` ({canvas}).")
@@ -95,6 +91,19 @@ def tile_grid(canvas_size, tile_size, overlap):
     return np.asarray(list(itertools.product(*per_axis)), dtype=np.int64).reshape(-1, 3)
 
 
+def _check_starts(starts, canvas_shape, tile_size):
+    """`starts` as an int64 `(num_tiles, 3)` array of tiles inside the canvas."""
+    arr = np.asarray(starts)
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] != 3 or not np.issubdtype(
+            arr.dtype, np.integer):
+        raise ValueError(f"`starts` must be an int array (num_tiles, 3), got {starts!r}.")
+    high = np.asarray(canvas_shape) - tile_size
+    if np.any(arr < 0) or np.any(arr > high):
+        raise ValueError(f"`starts` must lie in [0, {high.tolist()}] (canvas_shape - "
+                         f"tile_size), got {arr.tolist()}.")
+    return arr.astype(np.int64)
+
+
 def blend_window(tile_size, kind="uniform"):
     """Per-pixel weights of a tile's output in the overlap average.
 
@@ -131,6 +140,7 @@ def tiled_denoiser(
     tile_batch_size=16,
     blend="uniform",
     progress=None,
+    starts=None,
 ):
     """Turns a tile denoiser into a denoiser of a whole `(N, F, H, W, C)` canvas.
 
@@ -144,16 +154,20 @@ def tiled_denoiser(
     Args:
         tile_denoise_fn: `tile_denoise_fn(tiles, sigma, sample_index, tile_index)` with `tiles`
             a float32 tensor `(n, f, h, w, C)`, `sigma` a float32 tensor `(n,)` and the two
-            indices int numpy arrays `(n,)` (sample in the batch, tile in
-            `tile_grid(canvas_shape, tile_size, overlap)`), e.g. to look up context cached
-            per tile; returns the denoised tiles `(n, f, h, w, C)`.
+            indices int numpy arrays `(n,)`: the sample in the batch, and the tile as a row
+            of `starts`, e.g. to look up context cached per tile; returns the denoised
+            tiles `(n, f, h, w, C)`.
         canvas_shape: `(F, H, W)` of the canvas.
         tile_size: `(f, h, w)` of a tile (the model's patch size).
-        overlap: a number in `[0, 1)` or one per axis (see `tile_grid`).
+        overlap: a number in `[0, 1)` or one per axis (see `tile_grid`); unused when
+            `starts` is given.
         tile_batch_size: how many tiles go through `tile_denoise_fn` at once.
         blend: `"uniform"` or `"smooth"` window weights (see `blend_window`).
         progress: `None` or a `keras.utils.Progbar` (anything with `.add(n)`), advanced by 1
             per tile batch: `ceil(N * num_tiles / tile_batch_size)` per call.
+        starts: int array `(num_tiles, 3)` of tile corners, the rows `tile_index` counts;
+            None computes `tile_grid(canvas_shape, tile_size, overlap)`. A caller that
+            prepares something per tile passes the grid it prepared it for.
 
     Returns:
         `denoise_fn(x, sigma)`: `x` `(N, F, H, W, C)`, `sigma` `(N,)`; returns a float32 tensor
@@ -177,8 +191,11 @@ def tiled_denoiser(
         raise TypeError(f"`tile_denoise_fn` must be callable, got {tile_denoise_fn!r}.")
     canvas_shape = _check_triple("canvas_shape", canvas_shape)
     tile_size = _check_triple("tile_size", tile_size)
-    starts = tile_grid(canvas_shape, tile_size, overlap)
-    tile_batch_size = _check_int("tile_batch_size", tile_batch_size)
+    if starts is None:
+        starts = tile_grid(canvas_shape, tile_size, overlap)
+    else:
+        starts = _check_starts(starts, canvas_shape, tile_size)
+    tile_batch_size = check_int("tile_batch_size", tile_batch_size, low=1)
     if progress is not None and not callable(getattr(progress, "add", None)):
         raise TypeError(f"`progress` must be a keras.utils.Progbar or None, got {progress!r}.")
     window = blend_window(tile_size, blend)[..., None]

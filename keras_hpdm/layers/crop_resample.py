@@ -4,7 +4,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_hpdm.pyramid import AXES, check_int_tuple
+from keras_hpdm.checks import check_int_tuple
+from keras_hpdm.pyramid import AXES
 
 # Float32 boxes computed as differences and ratios of coordinates (deep context fusion) can
 # overshoot [0, 1] by a few ulps.

@@ -3,8 +3,8 @@
 import keras
 from keras import ops
 
+from keras_hpdm.checks import check_int
 from keras_hpdm.layers.crop_resample import CropResample
-from keras_hpdm.pyramid import check_int
 
 
 def relative_boxes(coords, parent_coords):

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_hpdm.pyramid import check_int, check_int_tuple
+from keras_hpdm.checks import check_int, check_int_tuple
 
 
 def _check_patch(patch_size):

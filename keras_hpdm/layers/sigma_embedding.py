@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from keras_hpdm.pyramid import check_int, check_number
+from keras_hpdm.checks import check_int, check_number
 
 
 @keras.saving.register_keras_serializable(package="keras_hpdm")

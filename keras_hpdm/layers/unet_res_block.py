@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_hpdm.pyramid import check_int, check_number
+from keras_hpdm.checks import check_int, check_number
 
 
 def _conv2plus1d(filters, temporal_kernel, dtype, name, zero_init=False):

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_hpdm.pyramid import check_int
+from keras_hpdm.checks import check_int
 
 
 @keras.saving.register_keras_serializable(package="keras_hpdm")

@@ -1,5 +1,6 @@
-"""Evaluation: FVD/KVD with the Kinetics-400 I3D, image metrics, an FVD callback, and the
-Moving MNIST judge (a digit reader: class accuracy and persistence of generated digits)."""
+"""Evaluation: FVD/KVD with the Kinetics-400 I3D, image metrics, and the Moving MNIST judge
+(a digit reader: class accuracy and persistence of generated digits). The FVD callback
+lives in `keras_hpdm.callbacks`."""
 
 from keras_hpdm.metrics.digit_reader import DigitReader, centre_digits
 from keras_hpdm.metrics.digit_scores import digit_video_scores, read_videos
@@ -10,7 +11,6 @@ from keras_hpdm.metrics.frechet_video_distance import (
     frechet_distance_from_stats,
 )
 from keras_hpdm.metrics.functions import evaluate_videos, fvd, kvd
-from keras_hpdm.metrics.fvd_callback import FVDCallback
 from keras_hpdm.metrics.i3d import I3D, kinetics400_labels, preprocess_videos
 from keras_hpdm.metrics.i3d_weights import load_i3d_checkpoint, locate_i3d_checkpoint
 from keras_hpdm.metrics.image_metrics import fid, image_kid_proxy, inception_score, psnr, ssim
@@ -19,7 +19,6 @@ from keras_hpdm.metrics.moving_mnist_evaluation import evaluate_moving_mnist, mo
 
 __all__ = [
     "DigitReader",
-    "FVDCallback",
     "FrechetVideoDistance",
     "I3D",
     "centre_digits",
@@ -46,3 +45,13 @@ __all__ = [
     "read_videos",
     "ssim",
 ]
+
+
+def __getattr__(name):
+    # `keras_hpdm.metrics.FVDCallback`, its home before it joined the other callbacks:
+    # resolved on use, so importing metrics never imports callbacks (no cycle).
+    if name == "FVDCallback":
+        from keras_hpdm.callbacks.fvd_callback import FVDCallback
+
+        return FVDCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

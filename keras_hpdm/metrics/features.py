@@ -4,12 +4,12 @@ Videos go in as uint8 `(n, frames, height, width, 3)` arrays (or any iterable of
 so sets larger than memory stream through), come out as a float32 numpy `(n, d)` matrix.
 """
 
-import numbers
 import weakref
 
 import keras
 import numpy as np
 
+from keras_hpdm.checks import check_int
 from keras_hpdm.metrics.i3d import I3D, MIN_FRAMES_WITH_TOP, preprocess_videos
 
 _SHARED = {}
@@ -18,23 +18,11 @@ _TRACED = weakref.WeakKeyDictionary()
 
 
 def check_batch_size(batch_size, name="batch_size"):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or (
-        batch_size < 1
-    ):
-        raise ValueError(f"`{name}` must be a positive integer, got {batch_size!r}.")
-    return int(batch_size)
+    return check_int(name, batch_size, low=1)
 
 
 def check_num_frames(num_frames, minimum=1):
-    if num_frames is None:
-        return None
-    if isinstance(num_frames, bool) or not isinstance(num_frames, numbers.Integral) or (
-        num_frames < minimum
-    ):
-        raise ValueError(
-            f"`num_frames` must be None or an integer >= {minimum}, got {num_frames!r}."
-        )
-    return int(num_frames)
+    return check_int("num_frames", num_frames, low=minimum, allow_none=True)
 
 
 def pretrained_i3d(include_top=True):

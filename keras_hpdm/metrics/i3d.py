@@ -13,6 +13,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from keras_hpdm.checks import check_int
 from keras_hpdm.metrics import i3d_weights
 
 IMAGE_SIZE = 224  # the network's input height and width (the top's 7x7 pool needs it)
@@ -199,8 +200,7 @@ class I3D(keras.Model):
         super().__init__(**kwargs)
         if not isinstance(include_top, bool):
             raise ValueError(f"`include_top` must be True or False, got {include_top!r}.")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"`num_classes` must be a positive integer, got {num_classes!r}.")
+        num_classes = check_int("num_classes", num_classes, low=1)
         if weights is not None and not isinstance(weights, (str, os.PathLike)):
             raise ValueError(
                 f"`weights` must be one of {_WEIGHTS}, a checkpoint path or None, got {weights!r}."

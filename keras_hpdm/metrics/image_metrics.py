@@ -12,13 +12,13 @@
 """
 
 import functools
-import numbers
 import os
 
 import keras
 import numpy as np
 from keras import ops
 
+from keras_hpdm.checks import check_int
 from keras_hpdm.metrics.features import (
     check_batch_size,
     check_num_frames,
@@ -83,10 +83,7 @@ def ssim(x, y, max_val=255.0, filter_size=11, filter_sigma=1.5, k1=0.01, k2=0.03
     x, y = _pair(x, y)
     shape = tuple(x.shape)
     height, width, channels = shape[-3:]
-    if isinstance(filter_size, bool) or not isinstance(filter_size, numbers.Integral) or (
-        filter_size < 1
-    ):
-        raise ValueError(f"`filter_size` must be a positive integer, got {filter_size!r}.")
+    filter_size = check_int("filter_size", filter_size, low=1)
     if height < filter_size or width < filter_size:
         raise ValueError(
             f"Images of {height}x{width} are smaller than `filter_size`={filter_size}."
@@ -217,8 +214,7 @@ def inception_score(images, weights_path, splits=10, batch_size=32):
     Returns:
         `{"inception_score": mean, "inception_score_std": std, "num_images": n}`.
     """
-    if isinstance(splits, bool) or not isinstance(splits, numbers.Integral) or splits < 1:
-        raise ValueError(f"`splits` must be a positive integer, got {splits!r}.")
+    splits = check_int("splits", splits, low=1)
     _, probs = _inception_outputs(images, weights_path, batch_size, "images")
     if len(probs) < splits:
         raise ValueError(f"Need at least `splits`={splits} images, got {len(probs)}.")

@@ -1,10 +1,9 @@
 """Kernel Video Distance (KVD): unbiased polynomial-kernel MMD^2 of I3D features (KID formula)."""
 
-import numbers
-
 import keras
 import numpy as np
 
+from keras_hpdm.checks import check_int
 from keras_hpdm.metrics.features import VideoFeatureMetric
 from keras_hpdm.metrics.frechet_video_distance import _as_features
 
@@ -34,8 +33,7 @@ def kernel_distance(features_a, features_b, degree=3, gamma=None, coef0=1.0, blo
     b = _as_features(features_b, "features_b")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"Feature sizes differ: {a.shape[1]} vs {b.shape[1]}.")
-    if isinstance(degree, bool) or not isinstance(degree, numbers.Integral) or degree < 1:
-        raise ValueError(f"`degree` must be a positive integer, got {degree!r}.")
+    degree = check_int("degree", degree, low=1)
     gamma = 1.0 / a.shape[1] if gamma is None else float(gamma)
     n, m = len(a), len(b)
 
@@ -85,9 +83,8 @@ class KernelVideoDistance(VideoFeatureMetric):
                  gamma=None, coef0=1.0, name="kvd", dtype=None):
         super().__init__(batch_size=batch_size, num_frames=num_frames,
                          feature_extractor=feature_extractor, name=name, dtype=dtype)
-        if isinstance(degree, bool) or not isinstance(degree, numbers.Integral) or degree < 1:
-            raise ValueError(f"`degree` must be a positive integer, got {degree!r}.")
-        self.degree, self.gamma, self.coef0 = int(degree), gamma, float(coef0)
+        degree = check_int("degree", degree, low=1)
+        self.degree, self.gamma, self.coef0 = degree, gamma, float(coef0)
 
     def compute(self, real, fake):
         return kernel_distance(real, fake, self.degree, self.gamma, self.coef0)

@@ -1,18 +1,12 @@
 """Quality of a class-conditional Moving MNIST model: digits, persistence, class effect, FVD."""
 
-import numbers
 import time
 
 import numpy as np
 
+from keras_hpdm.checks import check_int
 from keras_hpdm.metrics.digit_reader import DIGIT
 from keras_hpdm.metrics.digit_scores import digit_video_scores
-
-
-def _check_count(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
 
 
 def _mean_abs(a, b):
@@ -62,8 +56,8 @@ def evaluate_moving_mnist(model, per_class=2, seed=0, fvd_videos=0, fvd_batch_si
     if min(model.pyramid.target_size[1:]) < DIGIT:
         raise ValueError(f"The digit reader needs frames of at least {DIGIT}x{DIGIT} pixels; "
                          f"this model makes {model.pyramid.target_size} videos.")
-    per_class = _check_count("per_class", per_class, 1)
-    fvd_videos = _check_count("fvd_videos", fvd_videos, 0)
+    per_class = check_int("per_class", per_class, low=1)
+    fvd_videos = check_int("fvd_videos", fvd_videos, low=0)
     generate_kwargs.setdefault("verbose", 0)
     start = time.time()
     by_class = [model.generate(digit, num_samples=per_class, seed=seed, **generate_kwargs)
@@ -100,7 +94,7 @@ def moving_mnist_fvd(model, num_videos, seed=0, batch_size=8, **generate_kwargs)
     from keras_hpdm.metrics.frechet_video_distance import frechet_distance
     from keras_hpdm.metrics.kernel_video_distance import kernel_distance
 
-    num_videos = _check_count("num_videos", num_videos, 2)
+    num_videos = check_int("num_videos", num_videos, low=2)
     size = model.pyramid.target_size
     if size[1] != size[2]:
         raise ValueError(f"Moving MNIST videos are square; this model makes {size}.")

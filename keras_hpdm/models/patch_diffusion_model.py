@@ -7,6 +7,7 @@ import numpy as np
 from keras import ops
 
 from keras_hpdm.backbones.hpdm_backbone import HPDMBackbone, print_notes
+from keras_hpdm.checks import check_number, check_seed
 from keras_hpdm.diffusion.loss import PyramidDenoisingLoss
 from keras_hpdm.diffusion.noise import LevelNoiseDistribution
 from keras_hpdm.diffusion.preconditioning import EDMPreconditioning, expand_sigma
@@ -17,30 +18,15 @@ from keras_hpdm.models.backend_quirks import (
     reattach_jax_variables_on_error,
     scale_loss_for_replicas,
 )
-from keras_hpdm.models.generation import (
-    PyramidGenerator,
+from keras_hpdm.models.generation import PyramidGenerator, progress_verbosity
+from keras_hpdm.models.generation_plan import (
+    DEFAULT_OVERLAP,
+    DEFAULT_SAMPLING,
+    DEFAULT_TILE_BATCH_SIZE,
+    GenerationPlan,
     check_sampling,
-    progress_verbosity,
 )
 from keras_hpdm.optimizers import check_learning_rate_callbacks
-from keras_hpdm.pyramid import check_number, check_seed
-
-DEFAULT_SAMPLING = {
-    # Paper App. C: 128 steps at level 0, halved per level (128/64/32); stochastic Heun at
-    # level 0, deterministic Euler above.
-    "num_steps": 128,
-    "methods": ["stochastic", "euler"],
-    "sigma_min": 0.002,
-    "sigma_max": 80.0,
-    "rho": 7.0,
-    # "auto": EDM's churn per step (S_churn 40 over 256 steps), whatever the step count;
-    # a fixed 40 saturates the churn at every sigma below ~100 steps.
-    "S_churn": "auto",
-    "S_min": 0.05,
-    "S_max": 50.0,
-    "S_noise": 1.003,
-    "context_sigma": 0.002,
-}
 
 _RNG_STATE_KEY = "training_noise_state"
 
@@ -411,9 +397,9 @@ class PatchDiffusionModel(keras.Model):
 
     # ------------------------------------------------------------ generation
     def generate(self, conditions=None, num_samples=None, num_steps=None, guidance_scale=1.0,
-                 overlap=(0.5, 0.5, 0.0), tile_batch_size=16, seed=None, sampler=None,
-                 blend="uniform", cache_context=True, use_ema=True, callbacks=None,
-                 verbose="auto", return_pyramid=False, num_levels=None):
+                 overlap=DEFAULT_OVERLAP, tile_batch_size=DEFAULT_TILE_BATCH_SIZE, seed=None,
+                 sampler=None, blend="uniform", cache_context=True, use_ema=True,
+                 callbacks=None, verbose="auto", return_pyramid=False, num_levels=None):
         """Generates videos at `pyramid.target_size`, level by level, tile by tile.
 
         Args:
@@ -445,13 +431,16 @@ class PatchDiffusionModel(keras.Model):
             uint8 numpy array `(N, T, H, W, 3)` (and the list of level canvases in [-1, 1]
             if `return_pyramid`).
         """
-        return PyramidGenerator(self)(
-            conditions=conditions, num_samples=num_samples, num_steps=num_steps,
-            guidance_scale=guidance_scale, overlap=overlap,
+        # Every argument is checked here, before any level runs (or a prompt is encoded).
+        plan = GenerationPlan.resolve(
+            self.pyramid.num_levels, self.sampling, self.backbone.num_classes,
+            self.backbone.text_dim, conditions=conditions, num_samples=num_samples,
+            num_steps=num_steps, guidance_scale=guidance_scale, overlap=overlap,
             tile_batch_size=tile_batch_size, seed=seed, sampler=sampler, blend=blend,
-            cache_context=cache_context, callbacks=callbacks, verbose=verbose,
-            return_pyramid=return_pyramid, num_levels=num_levels, use_ema=use_ema,
+            cache_context=cache_context, use_ema=use_ema, callbacks=callbacks,
+            verbose=verbose, return_pyramid=return_pyramid, num_levels=num_levels,
         )
+        return PyramidGenerator(self)(plan)
 
     # ---------------------------------------------------------------- saving
     def save_own_variables(self, store):
