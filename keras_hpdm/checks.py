@@ -51,6 +51,14 @@ def check_int(name, value, low=None, high=None, allow_none=False):
     return int(value)
 
 
+def check_bool(name, value):
+    """Returns `value` as a Python bool (NumPy bools too), or raises a `ValueError` naming
+    `name`: a truthy `"no"` or `0.5` would otherwise pass silently as True."""
+    if not _is_bool(value):
+        raise ValueError(f"`{name}` must be True or False, got {value!r}.")
+    return bool(value)
+
+
 def check_number(name, value, low=None, high=None, low_open=False, high_open=False,
                  allow_inf=False, allow_none=False):
     """Returns `value` as a Python float in the given range, or raises a `ValueError` naming

@@ -261,6 +261,9 @@ def test_bad_numeric_arguments(model):
         ({"tile_batch_size": 2.0}, r"`tile_batch_size` must be an integer >= 1"),
         ({"overlap": (0.5, float("nan"), 0.0)}, r"`overlap\[1\]` must be a finite number in"),
         ({"verbose": 3}, r"`verbose` must be one of"),
+        ({"use_ema": "no"}, r"`use_ema` must be True or False, got 'no'"),
+        ({"cache_context": 1}, r"`cache_context` must be True or False"),
+        ({"return_pyramid": None}, r"`return_pyramid` must be True or False"),
     ]
     for kwargs, match in cases:
         with pytest.raises(ValueError, match=match):

@@ -12,6 +12,7 @@ from keras_hpdm.checks import (
     BLENDS,
     MAX_NUM_STEPS,
     SAMPLERS,
+    check_bool,
     check_conditions,
     check_int,
     check_number,
@@ -145,8 +146,9 @@ class GenerationPlan:
             conditions=None if items is None else tuple(items), num_steps=tuple(steps),
             samplers=tuple(samplers), guidance_scale=float(guidance_scale), overlap=overlap,
             tile_batch_size=tile_batch_size, seed=seed, blend=blend,
-            cache_context=cache_context, use_ema=use_ema, callbacks=tuple(callbacks),
-            verbose=verbose, return_pyramid=return_pyramid,
+            cache_context=check_bool("cache_context", cache_context),
+            use_ema=check_bool("use_ema", use_ema), callbacks=tuple(callbacks),
+            verbose=verbose, return_pyramid=check_bool("return_pyramid", return_pyramid),
         )
 
 
