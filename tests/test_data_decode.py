@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_hpdm import data
-from keras_hpdm.data import builtin, decode
+from keras_hpdm import data, package_files
+from keras_hpdm.data import decode
 from tests.data_helpers import noise_video, smooth_video, write_image, write_video
 
 
@@ -136,7 +136,7 @@ def test_builtin_images():
 
 def test_missing_carrier_names_the_package(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(builtin.importlib.util, "find_spec",
+    monkeypatch.setattr(package_files.importlib.util, "find_spec",
                         lambda name, *a: None if name == "skimage" else real(name, *a))
     with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps scikit-image==0\.26"):
         data.builtin_images()

@@ -20,7 +20,7 @@ from PIL import Image
 
 from keras_hpdm import PyramidSpec, data
 from keras_hpdm.cli import main
-from keras_hpdm.data import decode, pipeline, sources
+from keras_hpdm.data import builder, decode, exit_guard, pipeline, sources
 from keras_hpdm.data import shards as shards_module
 from tests.data_helpers import (
     SPEC,
@@ -87,9 +87,9 @@ def error_within(fn, timeout=60):
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        pipeline._CALLS.stopping.set()
+        exit_guard.CALLS.stopping.set()
         thread.join(30)
-        pipeline._CALLS.stopping.clear()
+        exit_guard.CALLS.stopping.clear()
         pytest.fail(f"still retrying undecodable clips after {timeout} s")
     return outcome.get("error")
 
@@ -130,9 +130,9 @@ def test_undecodable_clips_end_with_an_error_not_a_hang(tmp_path, capsys):
     # The count is the real one: decodes already in flight (parallel map) when the budget is
     # reached can fail too, so a loaded machine may report 51 or more.
     run = re.match(r"keras_hpdm\.data: (\d+) clips in a row failed to decode "
-                   rf"\(FAILURE_BUDGET={pipeline.FAILURE_BUDGET}\) in {re.escape(intact)}",
+                   rf"\(FAILURE_BUDGET={builder.FAILURE_BUDGET}\) in {re.escape(intact)}",
                    message)
-    assert run and int(run.group(1)) >= pipeline.FAILURE_BUDGET, error
+    assert run and int(run.group(1)) >= builder.FAILURE_BUDGET, error
     assert f"{intact}: undecodable: needs frame" in message and "Traceback" not in str(error)
 
 

