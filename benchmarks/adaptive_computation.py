@@ -27,7 +27,10 @@ import argparse
 import os
 import time
 
-import common
+from machine import machine_info
+from paper import PAPER
+from report import RESULTS, median, ratio, report
+from workers import finish_all, interleave, start_workers
 
 SIZES = {  # patch, levels, batch, presets, generation steps per level
     "small": {"patch": (2, 16, 16), "levels": 3, "batch": 4, "rin": "small", "unet": "tiny",
@@ -77,25 +80,25 @@ def main():
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's; 1 on a busy machine)")
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--out", default=common.RESULTS)
+    parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
     size = SIZES[args.size]
     args.batch_size = args.batch_size or size["batch"]
     args.rin_preset = args.rin_preset or size["rin"]
     args.unet_preset = args.unet_preset or size["unet"]
-    machine = common.machine_info()
+    machine = machine_info()
     t0 = time.perf_counter()
 
     specs = configs(args, size)
     print(f"adaptive computation: setting up {len(specs)} workers (backend {args.backend})",
           flush=True)
-    workers = common.start_workers(specs, jobs=args.jobs)
+    workers = start_workers(specs, jobs=args.jobs)
     live = [w for w in workers if not w.error]
     calls = [("train", {"min_seconds": args.min_round_s})]
     if args.generate:
         calls.append(("generate", {}))
-    replies = common.interleave(live, args.repeats, *calls)
-    finals = common.finish_all(live)
+    replies = interleave(live, args.repeats, *calls)
+    finals = finish_all(live)
 
     rows = []
     for w, (_, cfg, _) in zip(workers, specs, strict=True):
@@ -107,14 +110,14 @@ def main():
         times = [t for r in rep["train"] for t in r["times"]]
         gen = [r["seconds"] for r in rep.get("generate", [])]
         xla = info.get("xla") or {}
-        step_s = common.median(times)
+        step_s = median(times)
         rows.append({
             "backbone": backbone, "mode": mode, "preset": cfg["preset"],
             "levels_per_block": info["levels_per_block"],
             "level_blocks": sum(info["levels_per_block"]), "params": info["params"],
             "step_s": step_s, "num_steps_timed": len(times),
-            "videos_per_s": common.ratio(args.batch_size, step_s),
-            "generate_s": common.median(gen), "generate_runs": len(gen),
+            "videos_per_s": ratio(args.batch_size, step_s),
+            "generate_s": median(gen), "generate_runs": len(gen),
             "output_shape": info.get("output_shape"),
             "first_generate_s": info.get("first_generate_s"),
             "gflops_per_step": xla["flops"] / 1e9 if "flops" in xla else None,
@@ -129,28 +132,17 @@ def main():
             continue
         ac, no = by["ac"], by["no_ac"]
         speedups[backbone] = {
-            "train_speedup": common.ratio(ac["videos_per_s"], no["videos_per_s"]),
-            "generate_speedup": common.ratio(no["generate_s"], ac["generate_s"]),
-            "flop_ratio": common.ratio(no["gflops_per_step"], ac["gflops_per_step"]),
+            "train_speedup": ratio(ac["videos_per_s"], no["videos_per_s"]),
+            "generate_speedup": ratio(no["generate_s"], ac["generate_s"]),
+            "flop_ratio": ratio(no["gflops_per_step"], ac["gflops_per_step"]),
             "level_block_ratio": no["level_blocks"] / ac["level_blocks"],
-            "paper_train_speedup": (common.PAPER["ac_rin_speedup"] if backbone == "rin"
-                                    else common.PAPER["ac_unet_speedup"]),
+            "paper_train_speedup": (PAPER["ac_rin_speedup"] if backbone == "rin"
+                                    else PAPER["ac_unet_speedup"]),
         }
         ac.update(speedups[backbone])
 
     patch = "x".join(map(str, size["patch"]))
-    print(f"\nadaptive computation, backend={args.backend}, size={args.size} (patch {patch}, "
-          f"{size['levels']} levels), batch {args.batch_size}, RIN '{args.rin_preset}' "
-          f"(6 blocks), UNet '{args.unet_preset}'; {machine['cpu']}, "
-          f"{machine['cpu_count']} cores")
-    print(common.text_table(TABLE, [r for r in rows if "error" not in r]))
-    for r in rows:
-        if "error" in r:
-            print(f"{r['backbone']}/{r['mode']} FAILED: {r['error'].splitlines()[-1]}")
-    print(f"paper: RIN {common.PAPER['ac_rin_videos_per_s']} vs "
-          f"{common.PAPER['noac_rin_videos_per_s']} videos/s "
-          f"({common.PAPER['ac_rin_speedup']:.2f}x); UNet ~{common.PAPER['ac_unet_speedup']}x")
-    common.write_json(os.path.join(args.out, f"adaptive_computation_{args.backend}.json"), {
+    result = {
         "benchmark": "adaptive_computation", "backend": args.backend, "size": args.size,
         "patch_size": list(size["patch"]), "num_levels": size["levels"],
         "batch_size": args.batch_size, "rin_preset": args.rin_preset,
@@ -158,9 +150,19 @@ def main():
         "torch_threads": args.torch_threads,
         "generation": {"num_steps": size["gen_steps"], "sampler": "euler",
                        "cache_context": True, "tile_batch_size": 16} if args.generate else None,
-        "rows": rows, "speedups": speedups, "paper": common.PAPER, "machine": machine,
+        "rows": rows, "speedups": speedups, "paper": PAPER, "machine": machine,
         "load_avg_end": round(os.getloadavg()[0], 2), "wall_s": time.perf_counter() - t0,
-    })
+    }
+    report(
+        f"adaptive_computation_{args.backend}", TABLE, rows, result, out=args.out,
+        title=f"\nadaptive computation, backend={args.backend}, size={args.size} (patch "
+              f"{patch}, {size['levels']} levels), batch {args.batch_size}, RIN "
+              f"'{args.rin_preset}' (6 blocks), UNet '{args.unet_preset}'; {machine['cpu']}, "
+              f"{machine['cpu_count']} cores",
+        failed=lambda r: f"{r['backbone']}/{r['mode']}",
+        notes=[f"paper: RIN {PAPER['ac_rin_videos_per_s']} vs {PAPER['noac_rin_videos_per_s']} "
+               f"videos/s ({PAPER['ac_rin_speedup']:.2f}x); UNet ~{PAPER['ac_unet_speedup']}x"],
+    )
 
 
 TABLE = [

@@ -29,7 +29,9 @@ import argparse
 import os
 import time
 
-import common
+from machine import machine_info
+from report import RESULTS, fmt, median, ratio, report
+from workers import finish_all, interleave, start_workers
 
 SIZES = {  # patch, levels, batch, matmul size
     "small": {"patch": (2, 16, 16), "levels": 3, "batch": 4, "matmul": 2048},
@@ -60,11 +62,11 @@ def main():
     parser.add_argument("--no-torch-1thread", dest="torch_1thread", action="store_false",
                         help="skip the torch variant limited to one intra-op thread")
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--out", default=common.RESULTS)
+    parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
     size = SIZES[args.size]
     batch = args.batch_size or size["batch"]
-    machine = common.machine_info()
+    machine = machine_info()
     t0 = time.perf_counter()
 
     variants = []
@@ -89,18 +91,18 @@ def main():
             specs.append((f"flops/{preset}", cfg, "jax"))
 
     print(f"backends: setting up {len(specs)} workers", flush=True)
-    workers = common.start_workers(specs, jobs=args.jobs)
+    workers = start_workers(specs, jobs=args.jobs)
     timed = [w for w in workers if not w.error and not w.name.startswith("flops/")]
-    replies = common.interleave(timed, args.repeats,
-                                ("train", {"min_seconds": args.min_round_s}), ("matmul", {}))
-    finals = common.finish_all([w for w in workers if not w.error])
+    replies = interleave(timed, args.repeats,
+                         ("train", {"min_seconds": args.min_round_s}), ("matmul", {}))
+    finals = finish_all([w for w in workers if not w.error])
 
     flops = {}
     for w in workers:
         xla = (w.info or {}).get("xla") or {}
         if "flops" in xla:
             flops.setdefault(w.name.split("/")[1], xla["flops"])
-    matmul = {w.name: common.median([r["gflops"] for r in replies[w.name]["matmul"]])
+    matmul = {w.name: median([r["gflops"] for r in replies[w.name]["matmul"]])
               for w in timed}
     peak = max((v for v in matmul.values() if v), default=None)
 
@@ -113,19 +115,18 @@ def main():
             rows.append({"backend": variant, "preset": preset, "error": w.error[-2000:]})
             continue
         times = [t for r in replies[w.name]["train"] for t in r["times"]]
-        step_s = common.median(times)
+        step_s = median(times)
         f = flops.get(preset)
         achieved = None if f is None or not step_s else f / step_s / 1e9
         rows.append({
             "backend": variant, "keras_backend": backend, "preset": preset,
             "params": w.info["params"], "jit_compile": w.info.get("jit_compile"),
             "how": NOTES[variant], "step_s": step_s, "step_s_min": min(times),
-            "num_steps_timed": len(times), "steps_per_s": common.ratio(1.0, step_s),
-            "videos_per_s": common.ratio(batch, step_s),
-            "first_step_s": w.info.get("first_step_s"), "gflops_per_step": common.ratio(f, 1e9),
+            "num_steps_timed": len(times), "steps_per_s": ratio(1.0, step_s),
+            "videos_per_s": ratio(batch, step_s),
+            "first_step_s": w.info.get("first_step_s"), "gflops_per_step": ratio(f, 1e9),
             "achieved_gflops": achieved, "matmul_gflops": matmul[w.name],
-            "mfu": common.ratio(achieved, peak), "mfu_own_matmul": common.ratio(
-                achieved, matmul[w.name]),
+            "mfu": ratio(achieved, peak), "mfu_own_matmul": ratio(achieved, matmul[w.name]),
             "step_mb": finals.get(w.name, {}).get("step_rss_growth_mb"),
             "torch_threads": w.info.get("torch_threads"),
         })
@@ -134,27 +135,26 @@ def main():
                     and "error" not in r), None)
         for r in rows:
             if ref and r["preset"] == preset and "error" not in r:
-                r["step_vs_jax"] = common.ratio(r["step_s"], ref["step_s"])
+                r["step_vs_jax"] = ratio(r["step_s"], ref["step_s"])
 
     p = "x".join(map(str, size["patch"]))
-    print(f"\nbackends, size={args.size} (RIN, patch {p}, {size['levels']} levels, batch {batch});"
-          f" {machine['cpu']}, {machine['cpu_count']} cores; float32 matmul peak "
-          f"{common.fmt(peak, '.1f')} GFLOP/s (n={size['matmul']}, best backend's median)")
-    print(common.text_table(TABLE, [r for r in rows if "error" not in r]))
-    for r in rows:
-        if "error" in r:
-            print(f"{r['backend']}/{r['preset']} FAILED: {r['error'].splitlines()[-1]}")
-    for variant, note in NOTES.items():
-        if any(r["backend"] == variant for r in rows):
-            print(f"  {variant}: {note}")
-    common.write_json(os.path.join(args.out, "backends.json"), {
+    result = {
         "benchmark": "backends", "size": args.size, "patch_size": list(size["patch"]),
         "num_levels": size["levels"], "batch_size": batch, "presets": args.presets,
         "repeats": args.repeats, "matmul_n": size["matmul"], "peak_matmul_gflops": peak,
         "flops_per_step": flops, "flops_source": "XLA cost analysis of the JAX train step",
         "rows": rows, "machine": machine, "load_avg_end": round(os.getloadavg()[0], 2),
         "wall_s": time.perf_counter() - t0,
-    })
+    }
+    report(
+        "backends", TABLE, rows, result, out=args.out,
+        title=f"\nbackends, size={args.size} (RIN, patch {p}, {size['levels']} levels, batch "
+              f"{batch}); {machine['cpu']}, {machine['cpu_count']} cores; float32 matmul peak "
+              f"{fmt(peak, '.1f')} GFLOP/s (n={size['matmul']}, best backend's median)",
+        failed=lambda r: f"{r['backend']}/{r['preset']}",
+        notes=[f"  {variant}: {note}" for variant, note in NOTES.items()
+               if any(r["backend"] == variant for r in rows)],
+    )
 
 
 TABLE = [

@@ -13,7 +13,6 @@ Prints a table and writes benchmarks/results/data_pipeline.json.
 """
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -22,10 +21,9 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
+from report import RESULTS, report  # noqa: E402
 
 from keras_hpdm import PyramidSpec, data  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def measure(ds, batches, warmup):
@@ -51,7 +49,7 @@ def main():
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--source", default="builtin:clips")
-    parser.add_argument("--output", default=os.path.join(HERE, "results", "data_pipeline.json"))
+    parser.add_argument("--output", default=os.path.join(RESULTS, "data_pipeline.json"))
     args = parser.parse_args()
 
     spec = PyramidSpec((4, 32, 32), 3)
@@ -81,27 +79,28 @@ def main():
             rows.append(result)
             del ds
 
-    print(f"\nPyramidSpec(patch_size=(4, 32, 32), num_levels=3), target {spec.target_size}, "
-          f"batch {args.batch_size}, {args.batches} timed batches, source {args.source}")
-    print(f"{'source':<26}{'pyramids/s':>12}{'build s':>10}{'first batches s':>17}")
-    for r in rows:
-        print(f"{r['case']:<26}{r['pyramids_per_s']:>12.1f}{r['build_seconds']:>10.2f}"
-              f"{r['warmup_seconds']:>17.2f}")
-    for fmt, p in preps.items():
-        print(f"prepare ({fmt}): {p['records']} records, {p['frames']} frames, "
-              f"{p['bytes'] / 1e6:.1f} MB in {p['seconds']:.1f} s")
+    result = {
+        "spec": {"patch_size": [4, 32, 32], "num_levels": 3,
+                 "target_size": list(spec.target_size)},
+        "batch_size": args.batch_size, "batches": args.batches, "source": args.source,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "tensorflow": tf.__version__},
+        "prepare": preps, "results": rows,
+    }
+    report(
+        "data_pipeline", TABLE, rows, result, path=args.output,
+        title=f"\nPyramidSpec(patch_size=(4, 32, 32), num_levels=3), target "
+              f"{spec.target_size}, batch {args.batch_size}, {args.batches} timed batches, "
+              f"source {args.source}",
+        notes=[f"prepare ({fmt}): {p['records']} records, {p['frames']} frames, "
+               f"{p['bytes'] / 1e6:.1f} MB in {p['seconds']:.1f} s" for fmt, p in preps.items()],
+    )
 
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump({
-            "spec": {"patch_size": [4, 32, 32], "num_levels": 3,
-                     "target_size": list(spec.target_size)},
-            "batch_size": args.batch_size, "batches": args.batches, "source": args.source,
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                        "tensorflow": tf.__version__},
-            "prepare": preps, "results": rows,
-        }, f, indent=1)
-    print(f"wrote {args.output}")
+
+TABLE = [
+    ("source", "case", None), ("pyramids/s", "pyramids_per_s", ".1f"),
+    ("build s", "build_seconds", ".2f"), ("first batches s", "warmup_seconds", ".2f"),
+]
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ import argparse
 import os
 import time
 
-import common
+from machine import machine_info
+from report import RESULTS, median, ratio, report
+from workers import finish_all, interleave, start_workers
 
 SIZES = {  # patch size, levels, steps at level 0
     "small": ((2, 16, 16), 3, 4),
@@ -46,10 +48,10 @@ def main():
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's; 1 on a busy machine)")
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--out", default=common.RESULTS)
+    parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
     patch, levels, steps = SIZES[args.size]
-    machine = common.machine_info()
+    machine = machine_info()
     t0 = time.perf_counter()
 
     specs = []
@@ -65,12 +67,12 @@ def main():
             specs.append((f"L{out_levels}/{'cached' if cache else 'fresh'}", cfg, args.backend))
     print(f"generation scaling: setting up {len(specs)} workers (backend {args.backend})",
           flush=True)
-    workers = common.start_workers(specs, jobs=args.jobs)
+    workers = start_workers(specs, jobs=args.jobs)
     live = [w for w in workers if not w.error]
-    replies = common.interleave(live, args.repeats, ("generate", {}))
+    replies = interleave(live, args.repeats, ("generate", {}))
     memory = {w.name: w.call("memory") or {} for w in live}  # before the probe's allocations
     probes = {w.name: w.call("probe") or {} for w in live}  # untimed, after the timed runs
-    finals = common.finish_all(live)
+    finals = finish_all(live)
 
     rows = []
     for w, (_, cfg, _) in zip(workers, specs, strict=True):
@@ -82,7 +84,7 @@ def main():
         info, fin, probe = w.info, dict(finals[w.name], **memory[w.name]), probes[w.name]
         _, t, h, wd, _ = info["output_shape"]
         pixels = t * h * wd
-        seconds = common.median([r["seconds"] for r in replies[w.name]["generate"]])
+        seconds = median([r["seconds"] for r in replies[w.name]["generate"]])
         ctx = probe.get("context_mb_by_level") or {}
         finest = ctx.get(str(g["num_levels"] - 1))
         timed = fin.get("step_rss_growth_mb")
@@ -110,40 +112,40 @@ def main():
 
     ok = [r for r in rows if "error" not in r]
     base = min((r["pixels"] for r in ok), default=1)
-    print(f"\ngeneration scaling, backend={args.backend}, size={args.size}, RIN "
-          f"'{args.preset}' (untrained), euler {steps} steps/level, tile batch "
-          f"{args.tile_batch_size}; {machine['cpu']}, {machine['cpu_count']} cores")
-    print(common.text_table(table(base), ok))
-    for r in rows:
-        if "error" in r:
-            print(f"L{r['levels']} cache={r['cache_context']} FAILED: "
-                  f"{r['error'].splitlines()[-1]}")
-    speedups = {}
+    speedups, notes = {}, []
     for lv in range(2, levels + 1):
         pair = {r["cache_context"]: r for r in ok if r["levels"] == lv}
         if True in pair and False in pair:
-            speedups[lv] = common.ratio(pair[False]["seconds"], pair[True]["seconds"])
-            print(f"cached-context speedup at {lv} levels: {speedups[lv]:.2f}x")
-    common.write_json(os.path.join(args.out, f"generation_scaling_{args.backend}.json"), {
+            speedups[lv] = ratio(pair[False]["seconds"], pair[True]["seconds"])
+            notes.append(f"cached-context speedup at {lv} levels: {speedups[lv]:.2f}x")
+    result = {
         "benchmark": "generation_scaling", "backend": args.backend, "size": args.size,
         "preset": args.preset, "patch_size": list(patch), "num_levels": levels,
         "steps": steps, "tile_batch_size": args.tile_batch_size, "repeats": args.repeats,
         "torch_threads": args.torch_threads,
         "rows": rows, "cached_speedup": speedups, "machine": machine,
         "load_avg_end": round(os.getloadavg()[0], 2), "wall_s": time.perf_counter() - t0,
-    })
+    }
     cached = [r for r in ok if r["cache_context"]]
+    chart = None
     if cached:
-        common.bar_chart(
-            os.path.join(args.out, f"generation_scaling_{args.backend}.png"),
-            f"Generation per output pixel and memory ({args.backend}, cached context)",
-            [f"{'x'.join(map(str, r['output']))} ({r['pixels'] // base}x pixels)"
-             for r in cached],
-            {"us per output pixel": [r["us_per_pixel"] for r in cached],
-             "warm-up RSS growth (MB)": [r["warmup_growth_mb"] for r in cached],
-             "timed peak over baseline (MB)": [r["timed_growth_mb"] for r in cached]},
-            note=f"{machine['cpu']}, {machine['cpu_count']} cores; median of {args.repeats}",
-        )
+        chart = {
+            "title": f"Generation per output pixel and memory ({args.backend}, cached context)",
+            "labels": [f"{'x'.join(map(str, r['output']))} ({r['pixels'] // base}x pixels)"
+                       for r in cached],
+            "series": {"us per output pixel": [r["us_per_pixel"] for r in cached],
+                       "warm-up RSS growth (MB)": [r["warmup_growth_mb"] for r in cached],
+                       "timed peak over baseline (MB)": [r["timed_growth_mb"] for r in cached]},
+            "note": f"{machine['cpu']}, {machine['cpu_count']} cores; median of {args.repeats}",
+        }
+    report(
+        f"generation_scaling_{args.backend}", table(base), rows, result, out=args.out,
+        title=f"\ngeneration scaling, backend={args.backend}, size={args.size}, RIN "
+              f"'{args.preset}' (untrained), euler {steps} steps/level, tile batch "
+              f"{args.tile_batch_size}; {machine['cpu']}, {machine['cpu_count']} cores",
+        failed=lambda r: f"L{r['levels']} cache={r['cache_context']}",
+        notes=notes, chart=chart,
+    )
 
 
 def table(base):

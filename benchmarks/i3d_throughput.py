@@ -7,20 +7,21 @@ Usage:
 Prints a table and writes `benchmarks/results/i3d_throughput_<backend>.json`. `predict` is
 `model.predict_on_batch` (compiled under JAX/TensorFlow), `call` is an eager `model(x)`. The
 first call per shape (tracing/compilation) is timed separately and excluded from the rate.
+The clips are random uint8 frames made I3D input by `keras_hpdm.metrics.preprocess_videos`.
 """
 
 import argparse
-import json
 import os
 import platform
 import time
 
 import keras
 import numpy as np
+from report import report
 
-from keras_hpdm.metrics.i3d import I3D, IMAGE_SIZE
+from keras_hpdm.metrics import I3D, preprocess_videos
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+SOURCE_SIZE = 56  # random uint8 frames, resized by `preprocess_videos` to I3D's input size
 
 
 def _run(model, x, mode):
@@ -46,8 +47,8 @@ def main(argv=None):
     rows = []
     for mode in args.modes:
         for batch in args.batch_sizes:
-            x = rng.uniform(-1, 1, (batch, args.frames, IMAGE_SIZE, IMAGE_SIZE, 3))
-            x = x.astype("float32")
+            frames = rng.integers(0, 256, (batch, args.frames, SOURCE_SIZE, SOURCE_SIZE, 3))
+            x = keras.ops.convert_to_numpy(preprocess_videos(frames.astype("uint8")))
             start = time.perf_counter()
             _run(model, x, mode)
             first_s = time.perf_counter() - start
@@ -64,28 +65,21 @@ def main(argv=None):
                 "median_s_per_clip": round(float(np.median(times)) / batch, 3),
             })
 
-    print(f"I3D throughput, backend={backend}, frames={args.frames}, "
-          f"build+load {load_s:.2f}s, cpus={os.cpu_count()}")
-    header = (f"{'mode':8s} {'batch':>5s} {'first call s':>12s} {'s/clip':>8s} "
-              f"{'median s/clip':>13s}")
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(f"{r['mode']:8s} {r['batch_size']:5d} {r['first_call_s']:12.3f} "
-              f"{r['s_per_clip']:8.3f} {r['median_s_per_clip']:13.3f}")
-
     result = {
         "benchmark": "i3d_throughput", "backend": backend, "keras": keras.__version__,
         "machine": platform.machine(), "processor": platform.processor(),
         "cpu_count": os.cpu_count(), "load_s": round(load_s, 3),
         "load_avg_1min": round(os.getloadavg()[0], 2), "rows": rows,
     }
-    path = args.output or os.path.join(RESULTS, f"i3d_throughput_{backend}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {path}")
+    report(f"i3d_throughput_{backend}", TABLE, rows, result, path=args.output,
+           title=f"I3D throughput, backend={backend}, frames={args.frames}, "
+                 f"build+load {load_s:.2f}s, cpus={os.cpu_count()}")
 
+
+TABLE = [
+    ("mode", "mode", None), ("batch", "batch_size", "d"), ("first call s", "first_call_s", ".3f"),
+    ("s/clip", "s_per_clip", ".3f"), ("median s/clip", "median_s_per_clip", ".3f"),
+]
 
 if __name__ == "__main__":
     main()

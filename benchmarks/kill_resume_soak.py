@@ -28,17 +28,14 @@ import tempfile
 import time
 
 import numpy as np
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from common import machine_info, text_table, write_json  # noqa: E402
+from library_internals import checkpoint_temp_path
+from report import report
 
 DATA = "builtin:moving_mnist?num_videos=16&num_frames=8&size=32"
 LOG_EVERY = 2
 TRAIN = ["train", DATA, "--labels", "auto", "--channels", "1", "--patch-size", "2", "8", "8",
          "--levels", "2", "--preset", "tiny", "--batch-size", "2",
          "--log-every", str(LOG_EVERY), "--save-every", str(LOG_EVERY), "--verbose", "2"]
-TMP_NAME = ".model.keras.tmp.keras"  # TrainingCheckpoint's temporary file
 EPOCH_LINE = re.compile(r"^\d+/\d+ - .*loss: ", re.M)
 
 
@@ -89,7 +86,7 @@ def kill_during_write(run, process, timeout):
     """Kills as soon as a checkpoint write has begun (the temporary file exists)."""
     began = time.time()
     deadline = began + timeout
-    path = os.path.join(run, TMP_NAME)
+    path = checkpoint_temp_path(run)
     while time.time() < deadline and process.poll() is None:
         # (A temporary file left by an earlier kill does not count.)
         if os.path.exists(path) and os.path.getmtime(path) >= began:
@@ -106,8 +103,9 @@ def fail(message, log_path):
 
 
 def history(run):
-    with open(os.path.join(run, "training_state.json")) as f:
-        return [h["loss"] for h in json.load(f)["history"]]
+    from keras_hpdm.callbacks import read_training_state
+
+    return [h["loss"] for h in read_training_state(run)["history"]]
 
 
 def weights(run):
@@ -128,7 +126,6 @@ def main():
     args = parser.parse_args()
     os.environ["KERAS_BACKEND"] = args.backend
     rng = random.Random(args.seed)
-    out = args.out or os.path.join(HERE, "results", f"kill_resume_soak_{args.backend}.json")
 
     with tempfile.TemporaryDirectory() as tmp:
         reference, soak = os.path.join(tmp, "reference"), os.path.join(tmp, "soak")
@@ -189,11 +186,6 @@ def main():
         pairs = list(zip(weights(reference), weights(soak), strict=True))
         max_weight_diff = max(float(np.max(np.abs(a - b))) if a.size else 0.0 for a, b in pairs)
 
-    print(text_table([("kill", "kill", "d"), ("when", "when", None),
-                      ("resumed from", "resumed_from", "d"),
-                      ("checkpoint step", "checkpoint_step", "d"),
-                      ("steps lost", "steps_lost", "d"),
-                      ("checkpoint lost", "checkpoint_lost", None)], rows))
     summary = {
         "kills": len(rows), "kills_during_write": sum(r["when"] == "during write" for r in rows),
         "checkpoints_lost": sum(r["checkpoint_lost"] for r in rows),
@@ -202,10 +194,18 @@ def main():
         "reference_seconds": round(reference_seconds, 1),
         "final_resume_seconds": round(final_seconds, 1),
     }
-    print(json.dumps(summary, indent=1))
-    write_json(out, {"machine": machine_info(), "backend": args.backend, "steps": args.steps,
-                     "train_args": TRAIN, "summary": summary, "kills": rows})
+    result = {"backend": args.backend, "steps": args.steps, "train_args": TRAIN,
+              "summary": summary, "kills": rows}  # `report` adds "machine"
+    report(f"kill_resume_soak_{args.backend}", TABLE, rows, result, path=args.out,
+           notes=[json.dumps(summary, indent=1)])
     return 0 if summary["checkpoints_lost"] == 0 else 1
+
+
+TABLE = [
+    ("kill", "kill", "d"), ("when", "when", None), ("resumed from", "resumed_from", "d"),
+    ("checkpoint step", "checkpoint_step", "d"), ("steps lost", "steps_lost", "d"),
+    ("checkpoint lost", "checkpoint_lost", None),
+]
 
 
 if __name__ == "__main__":

@@ -34,7 +34,10 @@ import argparse
 import os
 import time
 
-import common
+from machine import machine_info
+from paper import PAPER
+from report import RESULTS, median, ratio, report
+from workers import finish_all, interleave, start_workers
 
 SIZES = {  # patch, levels, batch, RIN preset, UNet preset
     "small": {"patch": (2, 16, 16), "levels": 3, "batch": 2, "rin": "small", "unet": "tiny"},
@@ -66,13 +69,13 @@ def configs(args, size):
 def summarise(name, info, steps, fin, batch):
     backbone, mode = name.split("/")
     times = [t for reply in steps for t in reply["times"]]
-    step_s = common.median(times)
+    step_s = median(times)
     row = {"backbone": backbone, "mode": mode, "preset": info.get("preset"),
            "levels_per_block": info.get("levels_per_block"), "params": info.get("params"),
            "target": info.get("target_size"), "step_s": step_s,
            "step_s_min": min(times) if times else None,
            "step_s_max": max(times) if times else None, "num_steps_timed": len(times),
-           "videos_per_s": common.ratio(batch, step_s), "first_step_s": info.get("first_step_s"),
+           "videos_per_s": ratio(batch, step_s), "first_step_s": info.get("first_step_s"),
            "state_mb": info.get("state_mb"), "step_mb": fin.get("step_rss_growth_mb"),
            "peak_rss_mb": fin.get("peak_rss_mb"),
            "peak_rss_setup_mb": info.get("peak_rss_setup_mb"),
@@ -112,21 +115,21 @@ def main():
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's; 1 on a busy machine)")
     parser.add_argument("--jobs", type=int, default=2, help="workers setting up at once")
-    parser.add_argument("--out", default=common.RESULTS)
+    parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
     size = SIZES[args.size]
     args.batch_size = args.batch_size or size["batch"]
     args.rin_preset = args.rin_preset or size["rin"]
     args.unet_preset = args.unet_preset or size["unet"]
-    machine = common.machine_info()
+    machine = machine_info()
     t0 = time.perf_counter()
 
     specs = configs(args, size)
     print(f"patch vs full: setting up {len(specs)} workers (backend {args.backend})", flush=True)
-    workers = common.start_workers(specs, jobs=args.jobs)
+    workers = start_workers(specs, jobs=args.jobs)
     live = [w for w in workers if not w.error]
-    replies = common.interleave(live, args.repeats, ("train", {"min_seconds": args.min_round_s}))
-    finals = common.finish_all(live)
+    replies = interleave(live, args.repeats, ("train", {"min_seconds": args.min_round_s}))
+    finals = finish_all(live)
     rows = []
     for w, (_, cfg, _) in zip(workers, specs, strict=True):
         if w.error:
@@ -145,54 +148,52 @@ def main():
             r = by_mode.get(mode)
             if not (r and full):
                 continue
-            r["throughput_vs_full"] = common.ratio(r["videos_per_s"], full["videos_per_s"])
-            r["memory_vs_full"] = common.ratio(r["peak_mb"], full["peak_mb"])
-            r["rss_memory_vs_full"] = common.ratio(r["peak_rss_est_mb"], full["peak_rss_est_mb"])
-            r["xla_memory_vs_full"] = common.ratio(r["peak_xla_mb"], full["peak_xla_mb"])
-            r["flops_vs_full"] = common.ratio(r["gflops_per_step"], full["gflops_per_step"])
+            r["throughput_vs_full"] = ratio(r["videos_per_s"], full["videos_per_s"])
+            r["memory_vs_full"] = ratio(r["peak_mb"], full["peak_mb"])
+            r["rss_memory_vs_full"] = ratio(r["peak_rss_est_mb"], full["peak_rss_est_mb"])
+            r["xla_memory_vs_full"] = ratio(r["peak_xla_mb"], full["peak_xla_mb"])
+            r["flops_vs_full"] = ratio(r["gflops_per_step"], full["gflops_per_step"])
             ratios[f"{backbone}/{mode}"] = {k: r[k] for k in (
                 "throughput_vs_full", "memory_vs_full", "rss_memory_vs_full",
                 "xla_memory_vs_full", "flops_vs_full")}
 
     patch = "x".join(map(str, size["patch"]))
     target = "x".join(str(p * 2 ** (size["levels"] - 1)) for p in size["patch"])
-    print(f"\npatch vs full resolution, backend={args.backend}, size={args.size} (patch {patch}, "
-          f"{size['levels']} levels, target {target}), batch {args.batch_size}, "
-          f"RIN '{args.rin_preset}', UNet '{args.unet_preset}'; {machine['cpu']}, "
-          f"{machine['cpu_count']} cores")
-    print(common.text_table(TABLE, [r for r in rows if "error" not in r]))
-    for r in rows:
-        if "error" in r:
-            print(f"{r['backbone']}/{r['mode']} FAILED: {r['error'].splitlines()[-1]}")
-    print(f"paper (A100, 64x256x256, RIN): HPDM+AC vs full = "
-          f"{common.PAPER['memory_ratio']:.2f}x memory, "
-          f"{common.PAPER['throughput_ratio']:.1f}x throughput")
     result = {
         "benchmark": "patch_vs_full", "backend": args.backend, "size": args.size,
         "patch_size": list(size["patch"]), "num_levels": size["levels"],
         "batch_size": args.batch_size, "rin_preset": args.rin_preset,
         "unet_preset": args.unet_preset, "repeats": args.repeats, "min_round_s": args.min_round_s,
         "warmup": args.warmup, "torch_threads": args.torch_threads, "rows": rows,
-        "ratios": ratios, "paper": common.PAPER,
+        "ratios": ratios, "paper": PAPER,
         "machine": machine, "load_avg_end": round(os.getloadavg()[0], 2),
         "wall_s": time.perf_counter() - t0,
     }
-    common.write_json(os.path.join(args.out, f"patch_vs_full_{args.backend}.json"), result)
     ok = [r for r in rows if "throughput_vs_full" in r]
+    chart = None
     if ok:
-        labels = [f"{r['backbone']} {r['mode']}" for r in ok] + ["paper RIN hpdm_ac"]
-        common.bar_chart(
-            os.path.join(args.out, f"patch_vs_full_{args.backend}.png"),
-            f"HPDM vs full-resolution training ({args.backend}, target {target}, "
-            f"batch {args.batch_size}): ratio to full resolution",
-            labels,
-            {"throughput (x)": [r["throughput_vs_full"] for r in ok]
-             + [common.PAPER["throughput_ratio"]],
-             "peak memory (x)": [r["memory_vs_full"] for r in ok]
-             + [common.PAPER["memory_ratio"]]},
-            unit="x", note=f"{machine['cpu']}, {machine['cpu_count']} cores; "
-                           f"medians of {args.repeats} interleaved rounds",
-        )
+        chart = {
+            "title": f"HPDM vs full-resolution training ({args.backend}, target {target}, "
+                     f"batch {args.batch_size}): ratio to full resolution",
+            "labels": [f"{r['backbone']} {r['mode']}" for r in ok] + ["paper RIN hpdm_ac"],
+            "series": {"throughput (x)": [r["throughput_vs_full"] for r in ok]
+                       + [PAPER["throughput_ratio"]],
+                       "peak memory (x)": [r["memory_vs_full"] for r in ok]
+                       + [PAPER["memory_ratio"]]},
+            "unit": "x", "note": f"{machine['cpu']}, {machine['cpu_count']} cores; "
+                                 f"medians of {args.repeats} interleaved rounds",
+        }
+    report(
+        f"patch_vs_full_{args.backend}", TABLE, rows, result, out=args.out,
+        title=f"\npatch vs full resolution, backend={args.backend}, size={args.size} (patch "
+              f"{patch}, {size['levels']} levels, target {target}), batch {args.batch_size}, "
+              f"RIN '{args.rin_preset}', UNet '{args.unet_preset}'; {machine['cpu']}, "
+              f"{machine['cpu_count']} cores",
+        failed=lambda r: f"{r['backbone']}/{r['mode']}",
+        notes=[f"paper (A100, 64x256x256, RIN): HPDM+AC vs full = "
+               f"{PAPER['memory_ratio']:.2f}x memory, {PAPER['throughput_ratio']:.1f}x throughput"],
+        chart=chart,
+    )
 
 
 TABLE = [

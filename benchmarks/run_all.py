@@ -25,7 +25,11 @@ import subprocess
 import sys
 import time
 
-import common
+from machine import machine_info
+from paper import PAPER
+from report import RESULTS, fmt, markdown_table, report
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 SCRIPTS = ("backends", "patch_vs_full", "adaptive_computation", "generation_scaling")
 
@@ -41,8 +45,8 @@ def script_args(name, args):
 
 def result_path(name, backend):
     if name in ("backends", "data_pipeline"):
-        return os.path.join(common.RESULTS, f"{name}.json")
-    return os.path.join(common.RESULTS, f"{name}_{backend}.json")
+        return os.path.join(RESULTS, f"{name}.json")
+    return os.path.join(RESULTS, f"{name}_{backend}.json")
 
 
 def load(path):
@@ -56,11 +60,11 @@ def load(path):
 def run_suite(args, names):
     timings = {}
     for name in names:
-        cmd = [sys.executable, os.path.join(common.HERE, f"{name}.py"), *script_args(name, args)]
+        cmd = [sys.executable, os.path.join(HERE, f"{name}.py"), *script_args(name, args)]
         print(f"\n=== {' '.join(os.path.relpath(c) if c.endswith('.py') else c for c in cmd)}",
               flush=True)
         t = time.perf_counter()
-        rc = subprocess.call(cmd, cwd=os.path.dirname(common.HERE))
+        rc = subprocess.call(cmd, cwd=os.path.dirname(HERE))
         timings[name] = {"seconds": time.perf_counter() - t, "returncode": rc}
         print(f"=== {name}: {timings[name]['seconds']:.0f} s, exit code {rc}", flush=True)
     return timings
@@ -101,7 +105,7 @@ def section_patch_vs_full(d):
             f"state + the train step's temporaries (from: `xla` = XLA's buffer assignment of "
             f"the compiled step, `rss` = peak RSS growth during timed steps, `device` = GPU "
             f"peak statistics); `RSS memory` is the ratio from RSS alone.\n")
-    return head + "\n" + common.markdown_table(cols, rows)
+    return head + "\n" + markdown_table(cols, rows)
 
 
 def section_ac(d):
@@ -129,7 +133,7 @@ def section_ac(d):
             f"{'x'.join(map(str, d['patch_size']))}, {d['num_levels']} levels, batch "
             f"{d['batch_size']}; RIN with 6 blocks; generation {gen}; medians of {d['repeats']} "
             f"interleaved rounds; FLOP ratio from XLA's cost analysis of the train steps.\n")
-    return head + "\n" + common.markdown_table(cols, rows)
+    return head + "\n" + markdown_table(cols, rows)
 
 
 def section_backends(d):
@@ -142,9 +146,9 @@ def section_backends(d):
     head = (f"## Backends\n\nRIN, patch {'x'.join(map(str, d['patch_size']))}, "
             f"{d['num_levels']} levels, batch {d['batch_size']}; FLOPs per step from "
             f"{d['flops_source']}; float32 matmul peak "
-            f"{common.fmt(d['peak_matmul_gflops'], '.1f')} GFLOP/s "
+            f"{fmt(d['peak_matmul_gflops'], '.1f')} GFLOP/s "
             f"(n={d['matmul_n']}, measured in the same run).\n")
-    return head + "\n" + common.markdown_table(cols, [r for r in d["rows"] if "error" not in r])
+    return head + "\n" + markdown_table(cols, [r for r in d["rows"] if "error" not in r])
 
 
 def section_generation(d):
@@ -165,7 +169,7 @@ def section_generation(d):
     head = (f"## Generation scaling ({d['backend']})\n\nRIN `{d['preset']}` (untrained), "
             f"patch {'x'.join(map(str, d['patch_size']))}, euler {d['steps']} steps per level, "
             f"tile batch {d['tile_batch_size']}; median of {d['repeats']}.\n")
-    return head + "\n" + common.markdown_table(cols, ok)
+    return head + "\n" + markdown_table(cols, ok)
 
 
 def section_data(d, rerun):
@@ -178,7 +182,7 @@ def section_data(d, rerun):
             f"`{d['source']}`"
             + ("." if rerun else "; from an earlier `data_pipeline.py` run (not re-run: pass "
                "`--data-pipeline`).") + "\n")
-    return head + "\n" + common.markdown_table(cols, d["results"])
+    return head + "\n" + markdown_table(cols, d["results"])
 
 
 def section_other_backends(backend):
@@ -211,23 +215,22 @@ def section_other_backends(backend):
             ("rounds (pvf / AC)", "rounds", None), ("run", "date", None)]
     head = ("## Other backends (shorter runs of patch_vs_full.py / adaptive_computation.py)\n\n"
             "Same sizes; fewer interleaved rounds, so noisier; separate runs (dates).\n")
-    return head + "\n" + common.markdown_table(cols, rows)
+    return head + "\n" + markdown_table(cols, rows)
 
 
 def write_summary(args, timings, wall_s):
     results = {name: load(result_path(name, args.backend)) for name in SCRIPTS}
     results["data_pipeline"] = load(result_path("data_pipeline", args.backend))
-    machine = common.machine_info()
+    machine = machine_info()
     reproduce = ("python benchmarks/run_all.py --size " + args.size + " --backend "
                  + args.backend + " --backends " + " ".join(args.backends)
                  + (" --data-pipeline" if args.data_pipeline else ""))
     summary = {"command": reproduce, "size": args.size, "backend": args.backend,
                "backends": args.backends, "machine": machine, "timings": timings,
-               "wall_s": wall_s, "paper": common.PAPER, "headline": headline(results),
+               "wall_s": wall_s, "paper": PAPER, "headline": headline(results),
                "results": results}
-    common.write_json(os.path.join(common.RESULTS, "summary.json"), summary)
     v = machine["versions"]
-    lines = [
+    head = [
         "# keras_hpdm benchmark summary", "",
         f"Reproduce: `{reproduce}`", "",
         f"Machine: {machine['cpu']}, {machine['cpu_count']} cores"
@@ -241,9 +244,8 @@ def write_summary(args, timings, wall_s):
             "" if t["returncode"] == 0 else " (FAILED)") for n, t in timings.items()) or "-"),
         "",
         "## Headline: our ratios beside the paper's", "",
-        common.markdown_table([("measure", "measure", None), ("ours", "ours", None),
-                               ("paper (A100, HPDM-S)", "paper", None)], summary["headline"]),
     ]
+    lines = head + [markdown_table(HEADLINE, summary["headline"])]
     for section in (section_patch_vs_full(results["patch_vs_full"]),
                     section_ac(results["adaptive_computation"]),
                     section_other_backends(args.backend),
@@ -252,11 +254,12 @@ def write_summary(args, timings, wall_s):
                     section_data(results["data_pipeline"], "data_pipeline" in timings)):
         if section:
             lines += ["", section]
-    path = os.path.join(common.RESULTS, "summary.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"wrote {path}")
-    print("\n" + "\n".join(lines[:12]))
+    report("summary", HEADLINE, summary["headline"], summary, title="\n" + "\n".join(head),
+           markdown="\n".join(lines) + "\n")
+
+
+HEADLINE = [("measure", "measure", None), ("ours", "ours", None),
+            ("paper (A100, HPDM-S)", "paper", None)]
 
 
 def headline(results):
@@ -267,19 +270,19 @@ def headline(results):
         label = "with AC" if mode == "hpdm_ac" else "without AC"
         paper = (mode == "hpdm_ac" and backbone == "rin")
         out.append({"measure": f"{backbone}: HPDM {label} vs full res, throughput",
-                    "ours": common.fmt(r["throughput_vs_full"], ".2f") + "x",
-                    "paper": f"{common.PAPER['throughput_ratio']:.1f}x" if paper else "-"})
+                    "ours": fmt(r["throughput_vs_full"], ".2f") + "x",
+                    "paper": f"{PAPER['throughput_ratio']:.1f}x" if paper else "-"})
         out.append({"measure": f"{backbone}: HPDM {label} vs full res, peak memory",
-                    "ours": common.fmt(r["memory_vs_full"], ".3f") + "x",
-                    "paper": f"{common.PAPER['memory_ratio']:.2f}x" if paper else "-"})
+                    "ours": fmt(r["memory_vs_full"], ".3f") + "x",
+                    "paper": f"{PAPER['memory_ratio']:.2f}x" if paper else "-"})
     ac = results.get("adaptive_computation") or {}
     for backbone, s in (ac.get("speedups") or {}).items():
         paper = "1.61x" if backbone == "rin" else "~1.1x"
         out.append({"measure": f"{backbone}: AC training speedup (FLOP ratio)",
-                    "ours": f"{common.fmt(s['train_speedup'])}x "
-                            f"({common.fmt(s['flop_ratio'])}x)", "paper": paper})
+                    "ours": f"{fmt(s['train_speedup'])}x "
+                            f"({fmt(s['flop_ratio'])}x)", "paper": paper})
         out.append({"measure": f"{backbone}: AC generation speedup",
-                    "ours": common.fmt(s["generate_speedup"]) + "x", "paper": "-"})
+                    "ours": fmt(s["generate_speedup"]) + "x", "paper": "-"})
     gen = results.get("generation_scaling") or {}
     rows = [r for r in gen.get("rows", []) if r.get("cache_context") and "error" not in r]
     if len(rows) >= 2:
@@ -291,7 +294,7 @@ def headline(results):
     for backend_row in (results.get("backends") or {}).get("rows", []):
         if "error" not in backend_row and backend_row["preset"] == "small":
             out.append({"measure": f"MFU, RIN small, {backend_row['backend']}",
-                        "ours": common.fmt(backend_row["mfu"], ".1%"), "paper": "-"})
+                        "ours": fmt(backend_row["mfu"], ".1%"), "paper": "-"})
     return out
 
 
@@ -314,7 +317,7 @@ def main():
         names.append("data_pipeline")
     t = time.perf_counter()
     if args.summary_only:  # keep the timings of the run that produced the results
-        previous = load(os.path.join(common.RESULTS, "summary.json")) or {}
+        previous = load(os.path.join(RESULTS, "summary.json")) or {}
         timings, wall_s = previous.get("timings", {}), previous.get("wall_s")
     else:
         timings = run_suite(args, names)
