@@ -16,7 +16,7 @@ averaged where tiles overlap. With 3 levels the finest output has 16x the patch'
 The model comes from `--checkpoint`: a `.keras` file (e.g. the `model.keras` of the other
 examples or of `keras-hpdm train`), or `pretrained:moving_mnist` (the default: the
 class-conditional Moving MNIST model bundled with the package,
-`keras_hpdm.pretrained.load_pretrained("moving_mnist")`). The example
+`keras_hpdm.PatchDiffusionModel.from_preset("moving_mnist")`). The example
 
 1. generates at every level's resolution in one call
    (`generate(..., return_pyramid=True)`), printing per level the canvas size against the

@@ -20,7 +20,7 @@ writes to `--output`:
   keras.saving.load_model(path)`).
 
 A few hundred steps on CPU give digit-shaped blobs; the bundled pretrained model
-(`keras_hpdm.pretrained.load_pretrained("moving_mnist")`) was trained the same way, longer.
+(`keras_hpdm.PatchDiffusionModel.from_preset("moving_mnist")`) was trained the same way, longer.
 
 `--quick` (or `HPDM_EXAMPLE_QUICK=1`) runs three one-step epochs of a tiny pyramid on 32x32
 videos: the smoke test.

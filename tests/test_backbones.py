@@ -233,8 +233,8 @@ def rin_parameter_count(config, spec, channels=3, num_classes=None, text_dim=Non
     coordinate kernels + bias; conditions enter the sinusoidal noise features (width
     `frequency_dim`) before the 2-layer sigma MLP, and the class and the text tokens also
     enter as latent tokens of their own; every block's norms are modulated by the
-    conditioning vector (scale and shift per norm); token mixing (on unless the config says
-    otherwise) = a norm + a depthwise 3x3 spatial and 3-tap temporal kernel + bias."""
+    conditioning vector (scale and shift per norm), and token mixing = a norm + a depthwise
+    3x3 spatial and 3-tap temporal kernel + bias (both on unless the config says otherwise)."""
     d, dz, cond = config["data_dim"], config["latent_dim"], config["cond_dim"]
     ratio = config["mlp_ratio"]
     data_ratio = config.get("data_mlp_ratio") or ratio
@@ -259,8 +259,9 @@ def rin_parameter_count(config, spec, channels=3, num_classes=None, text_dim=Non
     write = norm(d) + norm(dz) + attention(d, dz) + norm(d) + mlp(d, data_ratio)
     # Adaptive norms: a (scale, shift) pair per norm from the conditioning vector.
     modulated = (2 * dz + d) + 2 * config["num_latent_layers"] * dz + (dz + 2 * d)
-    block = (read + config["num_latent_layers"] * latent + write
-             + dense(cond, 2 * modulated))
+    block = read + config["num_latent_layers"] * latent + write
+    if config.get("adaptive_norms", True):
+        block += dense(cond, 2 * modulated)
     if config.get("token_mixing", True):
         block += norm(d) + 9 * d + 3 * d + d
     fusion = 2 * d * d + 3 * d + d
@@ -292,6 +293,34 @@ def test_preset_parameter_counts(token_mixing):
                                        **conditions)
     config = {**RINBackbone.presets["mini"]["config"], "token_mixing": token_mixing}
     assert backbone_param_count(backbone) == rin_parameter_count(config, spec, **conditions)
+
+
+def _params_for(metadata):
+    reference = dict(metadata["params_for"])
+    spec = PyramidSpec(tuple(reference.pop("patch_size")), 3)
+    return spec, reference
+
+
+@pytest.mark.parametrize("name", sorted(RINBackbone.presets))
+def test_rin_preset_metadata_counts_its_parameters(name):
+    """Every RIN preset's `metadata["params"]` is what its architecture counts for the
+    instantiation `params_for` names (the big ones are never built here)."""
+    preset = RINBackbone.presets[name]
+    spec, reference = _params_for(preset["metadata"])
+    text_dim = preset["config"].get("text_dim")
+    assert preset["metadata"]["params"] == rin_parameter_count(
+        preset["config"], spec, text_dim=text_dim, **reference)
+
+
+@pytest.mark.parametrize("cls", [RINBackbone, UNet3DBackbone])
+def test_small_presets_metadata_matches_the_built_backbone(cls):
+    """The presets small enough to build: the count a built backbone has."""
+    for name in ("tiny", "mini", "small"):
+        if name not in cls.presets:
+            continue
+        spec, reference = _params_for(cls.presets[name]["metadata"])
+        backbone = cls.from_preset(name, pyramid=spec, **reference)
+        assert backbone_param_count(backbone) == cls.presets[name]["metadata"]["params"], name
 
 
 @pytest.mark.skipif(keras.config.backend() != "tensorflow",

@@ -561,6 +561,7 @@ def test_presets_in_help_and_the_bundled_models_preset(capsys):
     architecture, with the parameter count the README gives."""
     from keras_hpdm.backbones import BACKBONES, RINBackbone, UNet3DBackbone
     from keras_hpdm.cli import train
+    from keras_hpdm.models.patch_diffusion_model import PatchDiffusionModel
     from keras_hpdm.pretrained import pretrained_path
 
     # The parser's --backbone choices (it imports no Keras) name the registry's classes.
@@ -578,7 +579,9 @@ def test_presets_in_help_and_the_bundled_models_preset(capsys):
     readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")).read()
     readme = " ".join(readme.split())
     assert "RIN preset `mini` (845,520 parameters)" in readme and "for 50 minutes" in readme
-    assert "845,520" in mini["description"] and "50 minutes" in mini["description"]
+    assert mini["metadata"]["params"] == 845_520 == PatchDiffusionModel.presets[
+        "moving_mnist"]["params"]
+    assert "50 minutes" in mini["metadata"]["description"]
 
 
 @one_pass_only

@@ -256,3 +256,24 @@ OUTPUTS = {{"live": live, "ema": ema,
         self.assertEqual(resumed.epoch, [2, 3])
         np.testing.assert_array_equal(resumed.history["loss"], reference.history["loss"][2:])
         assert_same_arrays(numpy_state(all_state(model)), final, "resumed vs uninterrupted")
+
+
+def test_from_preset_loads_the_bundled_model(monkeypatch):
+    """keras-hub's convention: a bundled model by name, its metadata counting what loads;
+    `pretrained.load_pretrained` is the same call; an unknown name lists the presets."""
+    from keras_hpdm.pretrained import pretrained_path
+
+    model = keras_hpdm.PatchDiffusionModel.from_preset("moving_mnist")
+    assert isinstance(model, keras_hpdm.PatchDiffusionModel)
+    metadata = keras_hpdm.PatchDiffusionModel.presets["moving_mnist"]
+    assert model.backbone.count_params() == metadata["params"]
+    assert "Moving MNIST" in metadata["description"] and "file" not in metadata
+    reference = keras.saving.load_model(pretrained_path("moving_mnist"), compile=False)
+    assert_same_arrays(numpy_state(model.weights), numpy_state(reference.weights))
+    with pytest.raises(ValueError, match=r"Unknown pretrained model 'nope'; available: "):
+        keras_hpdm.PatchDiffusionModel.from_preset("nope")
+    calls = []
+    monkeypatch.setattr(keras_hpdm.PatchDiffusionModel, "from_preset",
+                        classmethod(lambda cls, name: calls.append(name) or "model"))
+    assert keras_hpdm.pretrained.load_pretrained("moving_mnist") == "model"
+    assert calls == ["moving_mnist"]

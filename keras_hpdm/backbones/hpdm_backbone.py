@@ -1,6 +1,7 @@
 """Shared machinery of HPDM backbones: inputs, conditioning, adaptive computation, DCF."""
 
 import copy
+import dataclasses
 import re
 import shutil
 import textwrap
@@ -37,6 +38,25 @@ def unfold_levels(x, num_levels):
     return ops.reshape(x, (-1, num_levels) + tuple(x.shape[1:]))
 
 
+@dataclasses.dataclass
+class PyramidPass:
+    """What one forward pass shares across blocks (built by `HPDMBackbone.call`).
+
+    `cond` is the per-(sample, level) conditioning `(B, L, cond_dim)` of the running levels;
+    `coords` covers the context levels first, then the running ones; `recorder` collects the
+    block inputs when the caller asked for context (else None).
+    """
+
+    cond: object
+    coords: object
+    label: object
+    text: object
+    num_levels: int
+    num_context: int
+    context: object
+    recorder: list | None
+
+
 class HPDMBackbone(keras.Model):
     """Base class of pyramid backbones (`RINBackbone`, `UNet3DBackbone`).
 
@@ -46,10 +66,13 @@ class HPDMBackbone(keras.Model):
     `L` may be smaller than `pyramid.num_levels` (a pyramid cut after level `L - 1`):
     levels never see finer levels, so their outputs do not change.
 
-    Subclasses route every deep-context-fusion point through `self.fuse(...)`, which makes
-    cached inference generic: `encode_context(inputs)` records, per block, the block-input
-    features of finished coarse levels, and `call(inputs, context=...)` runs only new levels
-    against them (paper §4.4 "cached inference").
+    `call` is a template: it checks the inputs, joins cached context coordinates and embeds
+    the conditions once, then hands a `PyramidPass` to the subclass's `_forward(patches,
+    state)`. Subclasses run each block through `self.run_block(...)` (adaptive computation,
+    then deep context fusion through `self.fuse(...)` with their `self.fusions[block]`),
+    which makes cached inference generic: `encode_context(inputs)` records, per block, the
+    block-input features of finished coarse levels, and `call(inputs, context=...)` runs
+    only new levels against them (paper §4.4 "cached inference").
     """
 
     presets = {}
@@ -171,21 +194,75 @@ class HPDMBackbone(keras.Model):
             raise ValueError(
                 f"`coords` must have shape (B, {num_levels}, 6), got {coords.shape}."
             )
-        label = inputs.get("label")
-        if self.num_classes and label is None:
-            raise ValueError("This backbone is class-conditional: pass `label` (B,) ints.")
-        if not self.num_classes and label is not None:
-            raise ValueError("`label` given, but the backbone has `num_classes=None`.")
-        text = inputs.get("text_embeddings")
-        if self.text_dim and text is None:
-            raise ValueError("This backbone is text-conditional: pass `text_embeddings`.")
-        if not self.text_dim and text is not None:
-            raise ValueError("`text_embeddings` given, but the backbone has `text_dim=None`.")
+        label, text = inputs.get("label"), inputs.get("text_embeddings")
+        self.check_condition_keys(label is not None, text is not None)
         if text is not None and (len(text.shape) != 3 or text.shape[-1] != self.text_dim):
             raise ValueError(
                 f"`text_embeddings` must have shape (B, S, {self.text_dim}), got {text.shape}."
             )
         return patches, sigma, coords, label, text
+
+    # ------------------------------------------------------------ forward pass
+    def call(self, inputs, context=None, return_context=False, training=None):
+        num_context = 0 if context is None else context["coords"].shape[1]
+        patches, sigma, coords, label, text = self.check_inputs(inputs, num_context)
+        if context is not None:
+            coords = ops.concatenate([ops.cast(context["coords"], coords.dtype), coords], 1)
+        state = PyramidPass(
+            cond=self.condition_vectors(sigma, label, text), coords=coords, label=label,
+            text=text, num_levels=patches.shape[1], num_context=num_context,
+            context=context, recorder=[] if return_context else None,
+        )
+        out = self._forward(ops.cast(patches, self.compute_dtype), state)
+        out = ops.cast(out, "float32")
+        return (out, state.recorder) if return_context else out
+
+    def _forward(self, patches, state):
+        """The subclass's network: `(B, L, f, h, w, C)` patches -> the same shape."""
+        raise NotImplementedError(f"{type(self).__name__} must implement `_forward`.")
+
+    def run_block(self, block, state, step, features, *streams):
+        """Runs block `block` on the levels adaptive computation gives it.
+
+        `features` (B, L, ...) are the block inputs DCF fuses; `streams` are other per-level
+        tensors the block carries (e.g. RIN's latents). `step(fused, *streams, n)` gets the
+        first `n` levels of each (fused features first) and returns their outputs with the
+        same structure; the other levels pass through unchanged. Returns `features` alone,
+        or `(features, *streams)` when streams are given.
+        """
+        n = self.active_levels(block, state.num_levels, state.num_context)
+        if n == 0:
+            return (features, *streams) if streams else features
+        fused = self.fuse(block, self.fusions[block], features[:, :n], state.coords,
+                          state.context, state.recorder)
+        outputs = step(fused, *(s[:, :n] for s in streams), n)
+        outputs = outputs if streams else (outputs,)
+        if n < state.num_levels:
+            outputs = tuple(ops.concatenate([o, x[:, n:]], axis=1)
+                            for o, x in zip(outputs, (features, *streams), strict=True))
+        return tuple(outputs) if streams else outputs[0]
+
+    def check_condition_keys(self, has_label, has_text, text_key="text_embeddings",
+                             label_hint=""):
+        """The one rule for which conditions an input needs: a label exactly when the
+        backbone is class-conditional, text exactly when it is text-conditional (training
+        batches and backbone inputs both go through here; `label_hint` says how to get
+        labels, `text_key` names the key the caller's input holds text under). A condition
+        of the wrong kind is reported before a missing one: it says what the model takes."""
+        if not self.text_dim and has_text:
+            kind = (f"class-conditional: give 'label' ints in [0, {self.num_classes - 1}]"
+                    if self.num_classes else "unconditional: give no conditions")
+            raise ValueError(f"'{text_key}' given, but the model is not text-conditional "
+                             f"(backbone `text_dim=None`); it is {kind}.")
+        if not self.num_classes and has_label:
+            raise ValueError("'label' given, but the model is not class-conditional "
+                             "(backbone `num_classes=None`).")
+        if self.num_classes and not has_label:
+            raise ValueError(
+                f"This model is class-conditional (backbone `num_classes={self.num_classes}`):"
+                f" pass a 'label' of (B,) ints in [0, {self.num_classes - 1}].{label_hint}")
+        if self.text_dim and not has_text:
+            raise ValueError(f"This model is text-conditional: pass '{text_key}'.")
 
     def condition_vectors(self, sigma, label, text):
         """Per (sample, level) conditioning `(B, L, cond_dim)`: noise level, class and

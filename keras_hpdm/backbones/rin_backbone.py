@@ -177,48 +177,35 @@ class RINBackbone(HPDMBackbone):
         )
         super().build(input_shape)
 
-    def call(self, inputs, context=None, return_context=False, training=None):
-        num_context = 0 if context is None else context["coords"].shape[1]
-        patches, sigma, coords, label, text = self.check_inputs(inputs, num_context)
-        if context is not None:
-            coords = ops.concatenate([ops.cast(context["coords"], coords.dtype), coords], 1)
-        num_levels = patches.shape[1]
-        recorder = [] if return_context else None
-
-        cond = self.condition_vectors(sigma, label, text)
-        tokens = self.tokenizer(fold_levels(ops.cast(patches, self.compute_dtype)))
-        tokens = unfold_levels(tokens, num_levels)  # (B, L, f', h', w', d)
+    def _forward(self, patches, state):
+        num_levels = state.num_levels
+        cond = state.cond
+        tokens = unfold_levels(self.tokenizer(fold_levels(patches)), num_levels)
         latent_tokens = [self.cond_to_latent(cond)[:, :, None, :]]
         if self.class_token is not None:
-            class_token = self.class_token(label)[:, None, None, :]  # (B, 1, 1, dz)
+            class_token = self.class_token(state.label)[:, None, None, :]  # (B, 1, 1, dz)
             latent_tokens.append(class_token + ops.zeros_like(latent_tokens[0]))
         if self.text_to_latent is not None:
-            text_tokens = ops.cast(text, self.compute_dtype)
+            text_tokens = ops.cast(state.text, self.compute_dtype)
             text_latents = self.text_to_latent(text_tokens)[:, None]  # (B, 1, S, dz)
             latent_tokens.append(text_latents + ops.zeros_like(latent_tokens[0][:, :, :1, :1]))
         init = ops.cast(self.initial_latents, self.compute_dtype)[None, None]
         latents = ops.concatenate(
             [init + ops.zeros_like(latent_tokens[0][:, :, :1, :1])] + latent_tokens, axis=2
-        )  # (B, L, M + 1 (+ 1) (+ S), dz)
+        )  # (B, L, M + 1 (+ 1) (+ S), dz); tokens are (B, L, f', h', w', d)
 
         for b in range(self.num_blocks):
-            n = self.active_levels(b, num_levels, num_context)
-            if n == 0:
-                continue
-            fused = self.fuse(b, self.fusions[b], tokens[:, :n], coords, context, recorder)
-            flat, z = self.blocks[b](
-                ops.reshape(fold_levels(fused), (-1, self.num_tokens, self.data_dim)),
-                fold_levels(latents[:, :n]),
-                fold_levels(cond[:, :n]) if self.adaptive_norms else None,
-            )
-            flat = unfold_levels(ops.reshape(flat, (-1,) + tuple(tokens.shape[2:])), n)
-            z = unfold_levels(z, n)
-            tokens = flat if n == num_levels else ops.concatenate([flat, tokens[:, n:]], 1)
-            latents = z if n == num_levels else ops.concatenate([z, latents[:, n:]], 1)
+            def step(fused, z, n, b=b):
+                flat, z = self.blocks[b](
+                    ops.reshape(fold_levels(fused), (-1, self.num_tokens, self.data_dim)),
+                    fold_levels(z),
+                    fold_levels(cond[:, :n]) if self.adaptive_norms else None,
+                )
+                flat = ops.reshape(flat, (-1,) + tuple(fused.shape[2:]))
+                return unfold_levels(flat, n), unfold_levels(z, n)
 
-        out = self.detokenizer(fold_levels(tokens))
-        out = ops.cast(unfold_levels(out, num_levels), "float32")
-        return (out, recorder) if return_context else out
+            tokens, latents = self.run_block(b, state, step, tokens, latents)
+        return unfold_levels(self.detokenizer(fold_levels(tokens)), num_levels)
 
     @property
     def num_tokens(self):

@@ -134,34 +134,24 @@ class UNet3DBackbone(HPDMBackbone):
         self.conv_out = keras.layers.Conv3D(self.channels, 3, padding="same", dtype=policy,
                                             name="conv_out")
 
-    def _run_block(self, b, h, cond, coords, num_levels, num_context, context, recorder):
-        n = self.active_levels(b, num_levels, num_context)
-        if n == 0:
-            return h
-        hb = fold_levels(self.fuse(b, self.fusions[b], h[:, :n], coords, context, recorder))
-        c = fold_levels(cond[:, :n])
-        for layer in self.stage_layers[b]:
-            hb = layer(hb, c) if isinstance(layer, UNetResBlock) else layer(hb)
-        hb = unfold_levels(hb, n)
-        return hb if n == num_levels else ops.concatenate([hb, h[:, n:]], axis=1)
-
     @staticmethod
     def _per_level(layer, h, num_levels):
         return unfold_levels(layer(fold_levels(h)), num_levels)
 
-    def call(self, inputs, context=None, return_context=False, training=None):
-        num_context = 0 if context is None else context["coords"].shape[1]
-        patches, sigma, coords, label, text = self.check_inputs(inputs, num_context)
-        if context is not None:
-            coords = ops.concatenate([ops.cast(context["coords"], coords.dtype), coords], 1)
-        num_levels = patches.shape[1]
-        recorder = [] if return_context else None
-        cond = self.condition_vectors(sigma, label, text)
-        cond = self.cond_mlp(cond)
-        run = lambda b, h: self._run_block(  # noqa: E731
-            b, h, cond, coords, num_levels, num_context, context, recorder)
+    def _forward(self, patches, state):
+        num_levels = state.num_levels
+        cond = self.cond_mlp(state.cond)
 
-        h = self._per_level(self.conv_in, ops.cast(patches, self.compute_dtype), num_levels)
+        def run(b, h):
+            def step(fused, n):
+                hb, c = fold_levels(fused), fold_levels(cond[:, :n])
+                for layer in self.stage_layers[b]:
+                    hb = layer(hb, c) if isinstance(layer, UNetResBlock) else layer(hb)
+                return unfold_levels(hb, n)
+
+            return self.run_block(b, state, step, h)
+
+        h = self._per_level(self.conv_in, patches, num_levels)
         num_stages = len(self.channel_multipliers)
         skips = []
         for s in range(num_stages):
@@ -176,9 +166,7 @@ class UNet3DBackbone(HPDMBackbone):
                 h = self._per_level(self.upsamplers[s - 1], h, num_levels)
         h = fold_levels(h)
         h = ops.cast(self.norm_out(ops.cast(h, "float32")), self.compute_dtype)
-        out = self.conv_out(ops.silu(h))
-        out = ops.cast(unfold_levels(out, num_levels), "float32")
-        return (out, recorder) if return_context else out
+        return unfold_levels(self.conv_out(ops.silu(h)), num_levels)
 
     def get_config(self):
         config = super().get_config()

@@ -45,7 +45,7 @@ def evaluate_moving_mnist(model, per_class=2, seed=0, fvd_videos=0, fvd_batch_si
 
     Example:
     ```python
-    model = keras_hpdm.pretrained.load_pretrained("moving_mnist")
+    model = keras_hpdm.PatchDiffusionModel.from_preset("moving_mnist")
     keras_hpdm.metrics.evaluate_moving_mnist(model, per_class=2, num_steps=32)
     ```
     """

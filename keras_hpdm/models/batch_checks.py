@@ -70,29 +70,18 @@ def check_batch_structure(model, batch):
             f"`coords` must have shape (B, {model.pyramid.num_levels}, 6), got {shape}."
         )
     bb = model.backbone
-    if "text" in batch and not bb.text_dim:
-        raise ValueError(_not_text_conditional(bb))
-    if bb.num_classes:
-        if "label" not in batch:
-            raise ValueError(
-                f"This model is class-conditional (backbone `num_classes={bb.num_classes}`): "
-                "batches need a 'label' key. Build the data with labels, e.g. "
-                "`keras_hpdm.data.pyramid_dataset(source, spec, batch_size, labels=True)` "
-                "(the data's own classes: sub-folders, built-in digits) or `labels=` a "
-                "CSV/JSON file, or use a backbone without `num_classes` for unconditional "
-                "training.")
+    has_text = "text" in batch or "text_embeddings" in batch
+    bb.check_condition_keys(
+        "label" in batch, has_text,
+        text_key="text" if "text" in batch or bb.text_dim else "text_embeddings",
+        label_hint=" Build the data with labels, e.g. "
+        "`keras_hpdm.data.pyramid_dataset(source, spec, batch_size, labels=True)` (the "
+        "data's own classes: sub-folders, built-in digits) or `labels=` a CSV/JSON file, or "
+        "use a backbone without `num_classes` for unconditional training.")
+    if "label" in batch:
         shape = _shape(batch["label"])
         if not _matches(shape, (None,)):
             raise ValueError(f"`label` must have shape (B,), got {shape}.")
-    elif "label" in batch:
-        raise ValueError("Batch has 'label' but the model is not class-conditional "
-                         "(backbone `num_classes=None`).")
-    if bb.text_dim:
-        if "text_embeddings" not in batch and "text" not in batch:
-            raise ValueError("This model is text-conditional: batches need 'text' prompts.")
-    elif "text_embeddings" in batch:
-        raise ValueError("Batch has text but the model is not text-conditional "
-                         "(backbone `text_dim=None`).")
 
 
 def check_training_batch(model, batch):
@@ -112,13 +101,6 @@ def check_training_batch(model, batch):
         conditions["text_embeddings"] = batch["text_embeddings"]
     return (ops.cast(batch["patches"], "float32"), ops.cast(batch["coords"], "float32"),
             conditions)
-
-
-def _not_text_conditional(backbone):
-    kind = (f"class-conditional: give 'label' ints in [0, {backbone.num_classes - 1}]"
-            if backbone.num_classes else "unconditional: give no conditions")
-    return (f"Batch has 'text' prompts, but the model is not text-conditional (backbone "
-            f"`text_dim=None`); it is {kind}.")
 
 
 def _host_array(value):

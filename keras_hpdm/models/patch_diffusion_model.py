@@ -27,6 +27,7 @@ from keras_hpdm.models.generation_plan import (
     check_sampling,
 )
 from keras_hpdm.optimizers import check_learning_rate_callbacks
+from keras_hpdm.pretrained import PRETRAINED, pretrained_path
 
 _RNG_STATE_KEY = "training_noise_state"
 
@@ -84,6 +85,11 @@ class PatchDiffusionModel(keras.Model):
           Video Generation, CVPR 2024](https://arxiv.org/abs/2406.07792)
         - [Karras et al., EDM, NeurIPS 2022](https://arxiv.org/abs/2206.00364)
     """
+
+    # The bundled, trained models `from_preset` loads: name -> metadata (`description`,
+    # `params`); `keras_hpdm.pretrained.model_card(name)` says how each was trained.
+    presets = {name: {k: v for k, v in entry.items() if k != "file"}
+               for name, entry in PRETRAINED.items()}
 
     def __init__(self, backbone, sigma_data=0.5, p_mean=-1.2, p_std=1.2, level_noise_scale=2.0,
                  condition_dropout=0.1, text_encoder=None, ema_decay=0.999, ema_half_life=None,
@@ -475,6 +481,30 @@ class PatchDiffusionModel(keras.Model):
             "seed": self.seed,
             "sampling": self.sampling,
         }
+
+    @classmethod
+    def from_preset(cls, preset):
+        """Loads a bundled, trained model by name (keras-hub's convention); for sampling,
+        not compiled (compile it to fine-tune).
+
+        Args:
+            preset: a name in `PatchDiffusionModel.presets` (e.g. `"moving_mnist"`).
+
+        Example:
+        ```python
+        model = keras_hpdm.PatchDiffusionModel.from_preset("moving_mnist")
+        videos = model.generate([3, 7], seed=0)  # uint8 (2, 16, 64, 64, 3)
+        ```
+        """
+        import keras_hpdm
+
+        path = pretrained_path(preset)  # an unknown name raises, listing the presets
+        keras_hpdm._load_all()  # registers every class the file names
+        model = keras.saving.load_model(path, compile=False)
+        if not isinstance(model, cls):
+            raise TypeError(f"Preset {preset!r} holds a {type(model).__name__}, not a "
+                            f"{cls.__name__}.")
+        return model
 
     @classmethod
     def from_config(cls, config):

@@ -11,20 +11,26 @@ import json
 import os
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+# name -> the file and what a user needs to choose (keras-hub's preset metadata).
 PRETRAINED = {
-    "moving_mnist": "moving_mnist.keras",
+    "moving_mnist": {
+        "file": "moving_mnist.keras",
+        "description": "Class-conditional Moving MNIST (one bouncing digit, 16x64x64 "
+                       "grayscale); RIN `mini` backbone, 3 levels of 4x16x16 patches.",
+        "params": 845_520,
+    },
 }
 
 
 def _check_name(name):
-    if name not in PRETRAINED:
+    if not isinstance(name, str) or name not in PRETRAINED:
         raise ValueError(f"Unknown pretrained model {name!r}; available: {sorted(PRETRAINED)}.")
 
 
 def pretrained_path(name="moving_mnist"):
     """Path of a bundled `.keras` file."""
     _check_name(name)
-    path = os.path.join(_HERE, PRETRAINED[name])
+    path = os.path.join(_HERE, PRETRAINED[name]["file"])
     if not os.path.isfile(path):
         raise FileNotFoundError(f"The bundled model file {path} is missing from this install.")
     return path
@@ -33,12 +39,13 @@ def pretrained_path(name="moving_mnist"):
 def model_card(name="moving_mnist"):
     """How a bundled model was trained: command, steps, seconds, final loss, machine."""
     _check_name(name)
-    with open(os.path.join(_HERE, os.path.splitext(PRETRAINED[name])[0] + ".json")) as f:
+    card = os.path.splitext(PRETRAINED[name]["file"])[0] + ".json"
+    with open(os.path.join(_HERE, card)) as f:
         return json.load(f)
 
 
 def load_pretrained(name="moving_mnist"):
-    """Loads a bundled `PatchDiffusionModel` (for sampling; not compiled).
+    """Loads a bundled model: `keras_hpdm.PatchDiffusionModel.from_preset(name)`.
 
     Example:
     ```python
@@ -46,9 +53,7 @@ def load_pretrained(name="moving_mnist"):
     videos = model.generate([3, 7], seed=0)  # uint8 (2, 16, 64, 64, 3)
     ```
     """
-    import keras
-
     import keras_hpdm
 
-    keras_hpdm._load_all()  # registers the classes the file names
-    return keras.saving.load_model(pretrained_path(name), compile=False)
+    # Through the package's public name: this leaf module imports no model code.
+    return keras_hpdm.PatchDiffusionModel.from_preset(name)
