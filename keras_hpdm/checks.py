@@ -110,6 +110,21 @@ def check_int_tuple(name, value, length, low=1, labels=None):
     )
 
 
+def check_level_weights(name, value, num_levels=None):
+    """Returns `value` as a tuple of finite floats >= 0 with a positive sum (per-level
+    weights; `num_levels` of them, or any number >= 1 for None), or raises a `ValueError`
+    naming `name`."""
+    length = sequence_length(value)
+    if length is None or length == 0 or num_levels not in (None, length):
+        count = "" if num_levels is None else f"{num_levels} "
+        raise ValueError(f"`{name}` must be a sequence of {count}numbers >= 0 (one per "
+                         f"pyramid level), got {value!r}.")
+    weights = tuple(check_number(f"{name}[{i}]", v, low=0.0) for i, v in enumerate(value))
+    if sum(weights) <= 0:
+        raise ValueError(f"`{name}` must be numbers >= 0 with a positive sum, got {value!r}.")
+    return weights
+
+
 # ------------------------------------------------------------ generation requests
 # The allowed values of generation arguments, defined here (no Keras) so that the command
 # line's parser offers the library's own; the modules that act on them re-export them.

@@ -80,7 +80,8 @@ def gif_frames(path):
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
     assert run_cli(*TRAIN, "--steps", 4, "--sample-every", 4, "--sample-steps", 2,
-                   "--p-mean", -0.8, "--p-std", 1.4, "--out", out) == 0
+                   "--p-mean", -0.8, "--p-std", 1.4, "--level-loss-weights", 2, 1,
+                   "--out", out) == 0
     return out
 
 
@@ -93,6 +94,7 @@ def test_train_writes_checkpoint_state_and_samples(run_dir):
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
     assert model.backbone.num_classes == 10 and model.backbone.channels == 1
     assert model.backbone.num_latents == 4  # --backbone-option over the preset's 8
+    assert model.loss_fn.level_weights == (2.0, 1.0)  # --level-loss-weights
     # Samples: the first 4 digit classes side by side, every frame of the 4x16x16 target.
     frames, size = gif_frames(run_dir / "samples" / "step_0000004.gif")
     assert frames == 4
@@ -414,6 +416,10 @@ def test_demo_generates_digits_with_the_bundled_model(tmp_path):
     (["train", DATA, "--out", "x", "--steps", "10", "--log-every", "4", "--save-every", "6"],
      "--save-every (6) must be a multiple of --log-every (4)"),
     (["train", "--resume", "--out", "/nonexistent/run"], "holds no checkpoint"),
+    (["train", DATA, "--out", "x", "--levels", "2", "--level-loss-weights", "1"],
+     "one weight per level (2), got 1"),
+    (["train", DATA, "--out", "x", "--levels", "2", "--level-loss-weights", "0", "0"],
+     "must not all be 0"),
     (["generate", "/nonexistent/model.keras"], "does not exist"),
     (["generate", "pretrained:nope"], "Unknown pretrained model"),
     (["generate", "pretrained:moving_mnist", "--resolution", "3x3x3"],

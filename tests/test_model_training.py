@@ -151,6 +151,18 @@ class OverfitClipTest(TestCase):
         # The loss depends on sigma per level: a different sigma gives a different loss.
         self.assertNotAlmostEqual(pyramid_loss(model, batch, sigma * 2.0, noise)[0], total,
                                   places=3)
+        # Level weights: the total is their weighted mean, the per-level losses unweighted;
+        # the same weights come back from the config.
+        weights = np.arange(1.0, SPEC.num_levels + 1.0)
+        weighted = tiny_model(level_loss_weights=list(weights))
+        weighted.set_weights(model.get_weights())
+        total, got_levels = pyramid_loss(weighted, batch, sigma, noise)
+        np.testing.assert_allclose(got_levels, per_level, rtol=1e-5)
+        np.testing.assert_allclose(total, (weights * per_level).sum() / weights.sum(),
+                                   rtol=1e-5)
+        self.assertEqual(weighted.get_config()["level_loss_weights"], list(weights))
+        restored = keras_hpdm.PatchDiffusionModel.from_config(weighted.get_config())
+        self.assertEqual(restored.loss_fn.level_weights, tuple(weights))
 
     def test_overfits_real_clip(self):
         # Observed (fixed-noise loss before -> after 120 steps, CPU): jax 1.761 -> 0.612,

@@ -55,6 +55,11 @@ CASES = [
     (lambda: LevelNoiseDistribution(p_mean=INF), "p_mean", "finite"),
     (lambda: EDMPreconditioning(NAN), "sigma_data", "> 0"),
     (lambda: PyramidDenoisingLoss(INF), "sigma_data", "> 0"),
+    (lambda: model(level_loss_weights=[1.0]), "level_loss_weights", "sequence of 2 numbers"),
+    (lambda: model(level_loss_weights=[1.0, NAN]), r"level_loss_weights\[1\]", ">= 0"),
+    (lambda: model(level_loss_weights=[-1.0, 1.0]), r"level_loss_weights\[0\]", ">= 0"),
+    (lambda: model(level_loss_weights=[0, 0]), "level_loss_weights", "positive sum"),
+    (lambda: model(level_loss_weights=2.0), "level_loss_weights", "one per pyramid level"),
     # Diffusion functions (already checked; here so a refactor keeps them).
     (lambda: edm_sigmas(4, sigma_min=NAN), "sigma_min", "> 0"),
     (lambda: tile_grid((4, 8, 8), (2, 4, 4), NAN), r"overlap\[0\]", r"in \[0, 1\)"),

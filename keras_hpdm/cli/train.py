@@ -16,6 +16,7 @@ from keras_hpdm.cli.common import (
     add_verbose,
     download_setting,
     fraction,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -90,6 +91,9 @@ def add_parser(sub):
                    help="std of log(sigma) in training (default: 1.2)")
     g.add_argument("--level-noise-scale", type=positive_float, default=2.0,
                    help="sigma multiplier per finer level (default: 2)")
+    g.add_argument("--level-loss-weights", type=non_negative_float, nargs="+", metavar="W",
+                   help="one loss weight per level, coarsest first (the loss is their "
+                        "weighted mean; default: equal)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=positive_int,
                    help="total steps (default: 2000; with --resume: the run's)")
@@ -131,6 +135,12 @@ def _check_args(args):
     if not args.resume and not args.data:
         raise CommandError("give the training data (a folder, file or builtin:NAME), or "
                            "--resume a run.")
+    weights = getattr(args, "level_loss_weights", None)
+    if weights is not None and len(weights) != args.levels:
+        raise CommandError(f"--level-loss-weights needs one weight per level ({args.levels}), "
+                           f"got {len(weights)}.")
+    if weights is not None and sum(weights) <= 0:
+        raise CommandError("--level-loss-weights must not all be 0.")
     log_every = min(args.log_every, args.steps)
     for name in ("save_every", "sample_every"):
         value = getattr(args, name)
@@ -218,7 +228,8 @@ def build_model(args, num_classes, captions):
     model = keras_hpdm.PatchDiffusionModel(
         backbone, condition_dropout=args.condition_dropout, text_encoder=text_encoder,
         ema_half_life=args.ema_half_life, seed=args.seed, p_mean=args.p_mean,
-        p_std=args.p_std, level_noise_scale=args.level_noise_scale)
+        p_std=args.p_std, level_noise_scale=args.level_noise_scale,
+        level_loss_weights=getattr(args, "level_loss_weights", None))
     if args.optimizer == "lamb":
         optimizer = keras_hpdm.hpdm_optimizer(args.steps, learning_rate=args.lr,
                                               warmup_steps=args.warmup)

@@ -3,15 +3,19 @@
 import keras
 from keras import ops
 
+from keras_hpdm.checks import check_level_weights
 from keras_hpdm.diffusion.preconditioning import EDMPreconditioning
 
 
 @keras.saving.register_keras_serializable(package="keras_hpdm")
 class PyramidDenoisingLoss:
-    """`mean over levels of E[lambda(sigma_l) ||D(x_l + n; sigma_l) - x_l||^2]`.
+    """`sum_l w_l E[lambda(sigma_l) ||D(x_l + n; sigma_l) - x_l||^2] / sum_l w_l`.
 
     Args:
         sigma_data: as in the preconditioning (sets `lambda`).
+        level_weights: None (every level weighs the same: a mean over levels) or one
+            weight >= 0 per level. Normalised by their sum over the levels a batch has, so
+            the total stays on the per-level losses' scale.
 
     Call arguments:
         clean: `(B, L, ...)` clean patches.
@@ -20,7 +24,7 @@ class PyramidDenoisingLoss:
         sample_weight: optional `(B,)` weights (e.g. 0 for padded samples).
 
     Returns:
-        `(total, per_level)`: scalar and `(L,)`, float32.
+        `(total, per_level)`: the weighted scalar and the unweighted `(L,)`, float32.
 
     Example:
     ```python
@@ -28,8 +32,10 @@ class PyramidDenoisingLoss:
     ```
     """
 
-    def __init__(self, sigma_data=0.5):
+    def __init__(self, sigma_data=0.5, level_weights=None):
         self.preconditioning = EDMPreconditioning(sigma_data)
+        self.level_weights = (None if level_weights is None
+                              else check_level_weights("level_weights", level_weights))
 
     @property
     def sigma_data(self):
@@ -46,10 +52,23 @@ class PyramidDenoisingLoss:
         else:
             w = ops.cast(sample_weight, "float32")[:, None]
             per_level = ops.sum(per_sample_level * w, axis=0) / ops.maximum(ops.sum(w), 1e-12)
-        return ops.mean(per_level), per_level
+        if self.level_weights is None:
+            return ops.mean(per_level), per_level
+        num_levels = per_level.shape[0]
+        if num_levels > len(self.level_weights):
+            raise ValueError(f"The batch has {num_levels} levels; `level_weights` has "
+                             f"{len(self.level_weights)}.")
+        weights = self.level_weights[:num_levels]
+        if sum(weights) <= 0:
+            raise ValueError(f"`level_weights` {self.level_weights} give the batch's "
+                             f"{num_levels} levels no weight.")
+        total = ops.sum(per_level * ops.convert_to_tensor(weights, "float32")) / sum(weights)
+        return total, per_level
 
     def get_config(self):
-        return {"sigma_data": self.sigma_data}
+        return {"sigma_data": self.sigma_data,
+                "level_weights": None if self.level_weights is None
+                else list(self.level_weights)}
 
     @classmethod
     def from_config(cls, config):

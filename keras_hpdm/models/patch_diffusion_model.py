@@ -7,7 +7,7 @@ import numpy as np
 from keras import ops
 
 from keras_hpdm.backbones.hpdm_backbone import HPDMBackbone, print_notes
-from keras_hpdm.checks import check_number, check_seed
+from keras_hpdm.checks import check_level_weights, check_number, check_seed
 from keras_hpdm.diffusion.loss import PyramidDenoisingLoss
 from keras_hpdm.diffusion.noise import LevelNoiseDistribution
 from keras_hpdm.diffusion.preconditioning import EDMPreconditioning, expand_sigma
@@ -57,6 +57,10 @@ class PatchDiffusionModel(keras.Model):
         p_mean, p_std: log-normal training sigma parameters.
         level_noise_scale: per-level sigma multiplier (`sigma_l *= scale**l`).
         condition_dropout: probability of dropping the condition (classifier-free guidance).
+        level_loss_weights: None (the levels weigh the same) or one weight >= 0 per pyramid
+            level: the training loss is `sum_l w_l loss_l / sum_l w_l` (e.g. favour level 0,
+            which decides the content, or the finest level when growing a model); the
+            per-level metrics stay unweighted.
         text_encoder: None, "minilm", a preset directory or a
             `keras_hpdm.conditioning.TextEncoder` (for text conditioning; its width must match
             `backbone.text_dim`).
@@ -93,7 +97,7 @@ class PatchDiffusionModel(keras.Model):
 
     def __init__(self, backbone, sigma_data=0.5, p_mean=-1.2, p_std=1.2, level_noise_scale=2.0,
                  condition_dropout=0.1, text_encoder=None, ema_decay=0.999, ema_half_life=None,
-                 seed=None, sampling=None, **kwargs):
+                 seed=None, sampling=None, level_loss_weights=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(backbone, HPDMBackbone):
             raise TypeError(
@@ -107,6 +111,9 @@ class PatchDiffusionModel(keras.Model):
         ema_decay = check_number("ema_decay", ema_decay, low=0.0, high=1.0, high_open=True,
                                  allow_none=True)
         seed = check_seed(seed)
+        if level_loss_weights is not None:
+            level_loss_weights = check_level_weights(
+                "level_loss_weights", level_loss_weights, backbone.pyramid.num_levels)
         if sampling is not None and not isinstance(sampling, dict):
             raise ValueError(f"`sampling` must be None or a dict, got {sampling!r}.")
         unknown = set(sampling or {}) - set(DEFAULT_SAMPLING)
@@ -118,7 +125,7 @@ class PatchDiffusionModel(keras.Model):
         self.pyramid = backbone.pyramid
         self.preconditioning = EDMPreconditioning(sigma_data)
         self.noise_distribution = LevelNoiseDistribution(p_mean, p_std, level_noise_scale)
-        self.loss_fn = PyramidDenoisingLoss(sigma_data)
+        self.loss_fn = PyramidDenoisingLoss(sigma_data, level_weights=level_loss_weights)
         self.condition_dropout = float(condition_dropout)
         self.ema_decay, self.ema_half_life = ema_decay, ema_half_life
         self.seed = seed
@@ -480,6 +487,8 @@ class PatchDiffusionModel(keras.Model):
             "ema_half_life": self.ema_half_life,
             "seed": self.seed,
             "sampling": self.sampling,
+            "level_loss_weights": None if self.loss_fn.level_weights is None
+            else list(self.loss_fn.level_weights),
         }
 
     @classmethod
