@@ -272,3 +272,28 @@ def test_bad_numeric_arguments(model):
         model.generate(3.0, num_steps=2, verbose=0)
     with pytest.raises(TypeError, match="`conditions` must be None, a class id"):
         model.generate([1, 2.0], verbose=0)
+
+
+def test_level_sigma_scale_shifts_each_levels_sigma_range(monkeypatch):
+    """`sampling={"level_sigma_scale": True}`: level l samples over the model's range
+    times `level_noise_scale**l` (the shift its training noise had); off by default."""
+    from keras_hpdm.models import generation
+
+    ranges = []
+
+    def recording(num_steps, sigma_min, sigma_max, rho):
+        ranges.append((sigma_min, sigma_max))
+        return edm_sigmas(num_steps, sigma_min, sigma_max, rho)
+
+    monkeypatch.setattr(generation, "edm_sigmas", recording)
+    backbone = RINBackbone.from_preset("tiny", pyramid=SPEC)
+    for scaled, level_1 in ((False, (0.002, 80.0)), (True, (0.002 * 3.0, 80.0 * 3.0))):
+        ranges.clear()
+        m = keras_hpdm.PatchDiffusionModel(backbone, level_noise_scale=3.0,
+                                           sampling={"level_sigma_scale": scaled})
+        m.generate(num_samples=1, num_steps=2, seed=0, verbose=0)
+        np.testing.assert_allclose(ranges, [(0.002, 80.0), level_1], rtol=1e-12)
+        assert m.get_config()["sampling"]["level_sigma_scale"] is scaled
+    assert keras_hpdm.PatchDiffusionModel(backbone).sampling["level_sigma_scale"] is False
+    with pytest.raises(ValueError, match=r'`sampling\["level_sigma_scale"\]` must be True or'):
+        keras_hpdm.PatchDiffusionModel(backbone, sampling={"level_sigma_scale": "yes"})

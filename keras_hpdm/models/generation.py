@@ -184,7 +184,9 @@ class PyramidGenerator:
             denoise_tiles, canvas_size, spec.patch_size, plan.overlap, plan.tile_batch_size,
             plan.blend, progress=progress, starts=starts,
         )
-        sigmas = edm_sigmas(num_steps, s["sigma_min"], s["sigma_max"], s["rho"])
+        scale = (model.noise_distribution.level_noise_scale ** level
+                 if s["level_sigma_scale"] else 1.0)
+        sigmas = edm_sigmas(num_steps, s["sigma_min"] * scale, s["sigma_max"] * scale, s["rho"])
         shape = (n,) + canvas_size + (channels,)
         x = per_sample_normal(shape, derive_seed(plan.seed, level), stream=0) * float(sigmas[0])
         options = {}

@@ -41,6 +41,9 @@ DEFAULT_SAMPLING = {
     "S_max": 50.0,
     "S_noise": 1.003,
     "context_sigma": 0.002,
+    # True: level l samples over [sigma_min, sigma_max] * level_noise_scale**l, the range
+    # its training noise was shifted to (off: every level samples the same range).
+    "level_sigma_scale": False,
 }
 
 
@@ -231,3 +234,4 @@ def check_sampling(sampling, num_levels):
     check_number('sampling["S_max"]', sampling["S_max"], low=s_min, allow_inf=True)
     check_number('sampling["S_noise"]', sampling["S_noise"], low=0.0)
     check_number('sampling["context_sigma"]', sampling["context_sigma"], low=0.0)
+    check_bool('sampling["level_sigma_scale"]', sampling["level_sigma_scale"])
