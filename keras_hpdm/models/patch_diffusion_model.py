@@ -26,6 +26,7 @@ from keras_hpdm.models.generation_plan import (
     GenerationPlan,
     check_sampling,
 )
+from keras_hpdm.models.growth import grow
 from keras_hpdm.optimizers import check_learning_rate_callbacks
 from keras_hpdm.pretrained import PRETRAINED, pretrained_path
 
@@ -490,6 +491,33 @@ class PatchDiffusionModel(keras.Model):
             "level_loss_weights": None if self.loss_fn.level_weights is None
             else list(self.loss_fn.level_weights),
         }
+
+    def grow(self, num_levels, levels_per_block=None):
+        """A new model whose pyramid has `num_levels` levels (more than this one's): the
+        paper's way to reach high resolution (train low, then add levels and fine-tune).
+
+        The patch size stays; the target size doubles per added level on the pyramided
+        axes. Backbone weights (shared by every level), EMA weights and sampling settings
+        are copied, and every existing level runs on exactly the blocks it ran before (an
+        explicit schedule replaces `"linear"`, which would move them), so right after
+        growing, `generate(..., num_levels=<old count>)` gives this model's output. Per-level
+        steps and loss weights, when set, extend to the new levels (steps halved, weights as
+        the finest level's). Not compiled: compile it (a fresh optimizer) to fine-tune.
+
+        Args:
+            num_levels: the new number of levels.
+            levels_per_block: None (new levels join every block that ran all existing
+                levels) or one count per block; a block that ran fewer than all existing
+                levels must keep its count.
+
+        Example:
+        ```python
+        big = model.grow(model.pyramid.num_levels + 1)
+        big.compile(optimizer=keras_hpdm.hpdm_optimizer(total_steps=5_000))
+        big.fit(keras_hpdm.data.pyramid_dataset("videos/", big.pyramid, batch_size=8))
+        ```
+        """
+        return grow(self, num_levels, levels_per_block)
 
     @classmethod
     def from_preset(cls, preset):
