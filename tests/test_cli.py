@@ -699,3 +699,29 @@ def test_a_short_run_keeps_the_default_intervals():
                               sample_every=0)
     with pytest.raises(CommandError, match=r"--save-every \(6\) must be a multiple"):
         train._check_args(args)
+
+
+def test_train_init_from_grows_a_run(run_dir, tmp_path, capsys):
+    """`--init-from RUN --levels N`: a new run from the run's model grown to N levels (its
+    patch size, channels and classes kept, every old level on its old blocks)."""
+    common = ["train", DATA, "--labels", "auto", "--init-from", str(run_dir), "--batch-size",
+              "2", "--steps", "2", "--log-every", "2", "--save-every", "2", "--verbose", "0"]
+    out = tmp_path / "grown"
+    assert run_cli(*common, "--levels", 3, "--out", out) == 0
+    old = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    grown = keras.saving.load_model(out / "model.keras", compile=False)
+    assert grown.pyramid.num_levels == 3 and grown.pyramid.patch_size == old.pyramid.patch_size
+    assert grown.backbone.num_latents == old.backbone.num_latents == 4
+    assert grown.backbone.channels == 1 and grown.backbone.num_classes == 10
+    assert [min(n, 2) for n in grown.backbone.levels_per_block] == list(
+        old.backbone.levels_per_block)
+    state = json.loads((out / "training_state.json").read_text())
+    assert state["step"] == 2 and state["args"]["init_from"] == str(run_dir)
+    assert "loss_level_2" in state["history"][-1]
+    assert run_cli(*common, "--levels", 1, "--out", tmp_path / "fewer") == 2
+    assert "--levels (1) must be at least" in error_line(capsys)
+    common[common.index("auto")] = "none"
+    assert run_cli(*common, "--levels", 2, "--out", tmp_path / "unlabelled") == 2
+    assert "trained with 10 classes" in error_line(capsys)
+    assert run_cli(*common, "--resume", "--out", out) == 2
+    assert "give one of them" in error_line(capsys)

@@ -45,7 +45,9 @@ def add_parser(sub):
         "  keras-hpdm train videos/ --patch-size 4 32 32 --levels 3 --preset small "
         "--out runs/mine\n"
         "  keras-hpdm train videos/ --labels captions.csv --out runs/t2v   # text-conditional\n"
-        "  keras-hpdm train --resume --out runs/mine --steps 20000",
+        "  keras-hpdm train --resume --out runs/mine --steps 20000\n"
+        "  keras-hpdm train 'builtin:moving_mnist?num_frames=32&size=128' --labels auto \\\n"
+        "      --init-from pretrained:moving_mnist --levels 4 --out runs/grown",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("data", nargs="?",
@@ -56,6 +58,13 @@ def add_parser(sub):
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out (its saved settings are reused; --steps "
                         "is the new total)")
+    p.add_argument("--init-from", metavar="RUN_OR_KERAS",
+                   help="start from this model (a run folder, a .keras file or "
+                        "pretrained:NAME), grown to --levels when that is more than its "
+                        "levels (`PatchDiffusionModel.grow`): its architecture, patch size, "
+                        "channels and conditioning are kept (--preset, --backbone, "
+                        "--backbone-option and --patch-size do not apply); the optimizer "
+                        "starts fresh")
     g = p.add_argument_group("pyramid and model")
     g.add_argument("--patch-size", type=positive_int, nargs=3, default=[4, 16, 16],
                    metavar=("F", "H", "W"), help="patch size (default: 4 16 16)")
@@ -203,7 +212,6 @@ def backbone_overrides(cls, options):
 
 
 def build_model(args, num_classes, captions):
-    import keras
 
     import keras_hpdm
     from keras_hpdm.backbones import BACKBONES as BACKBONE_CLASSES
@@ -230,13 +238,56 @@ def build_model(args, num_classes, captions):
         ema_half_life=args.ema_half_life, seed=args.seed, p_mean=args.p_mean,
         p_std=args.p_std, level_noise_scale=args.level_noise_scale,
         level_loss_weights=getattr(args, "level_loss_weights", None))
+    compile_model(model, args)
+    return model
+
+
+def compile_model(model, args):
+    """Compiles with a fresh optimizer of `--optimizer`/`--lr`/`--warmup`."""
+    import keras
+
+    import keras_hpdm
+
     if args.optimizer == "lamb":
         optimizer = keras_hpdm.hpdm_optimizer(args.steps, learning_rate=args.lr,
                                               warmup_steps=args.warmup)
     else:
         optimizer = keras.optimizers.AdamW(args.lr, weight_decay=0.01)
     model.compile(optimizer=optimizer)
+
+
+def init_model(args):
+    """`--init-from`: the model, grown to `--levels`, compiled afresh; `args` take its
+    pyramid's patch size and time axis and its channels (the data must match them)."""
+    from keras_hpdm.cli.generate import load_checkpoint
+
+    model = load_checkpoint(args.init_from)
+    levels = model.pyramid.num_levels
+    if args.levels < levels:
+        raise CommandError(f"--init-from: the model has {levels} levels; --levels "
+                           f"({args.levels}) must be at least that (more grows it).")
+    if args.levels > levels:
+        model = model.grow(args.levels)
+    args.patch_size = list(model.pyramid.patch_size)
+    args.no_pyramid_time = not model.pyramid.pyramid_time
+    args.channels = model.backbone.channels
+    weights = getattr(args, "level_loss_weights", None)
+    if weights is not None:  # the loss object is rebuilt with them (config round trip)
+        model = type(model).from_config({**model.get_config(),
+                                         "level_loss_weights": list(weights)})
+    compile_model(model, args)
     return model
+
+
+def _check_init_conditions(model, num_classes, captions, args):
+    backbone = model.backbone
+    if (backbone.num_classes or 0) != num_classes or bool(backbone.text_dim) != captions:
+        has = (f"{num_classes} classes" if num_classes else "captions" if captions
+               else "no labels")
+        wants = (f"{backbone.num_classes} classes" if backbone.num_classes else
+                 "captions" if backbone.text_dim else "no labels (unconditional)")
+        raise CommandError(f"--init-from: the model was trained with {wants}; the data "
+                           f"({args.data}, --labels {args.labels}) has {has}.")
 
 
 def _sample_conditions(ds, captions, model):
@@ -281,6 +332,9 @@ def _train(args):
     )
 
     state = None
+    if args.resume and args.init_from:
+        raise CommandError("--resume continues a run from its own checkpoint; --init-from "
+                           "starts a new one: give one of them.")
     if args.resume:
         args, state = _restore_args(args)
     else:
@@ -298,6 +352,8 @@ def _train(args):
         return 0
     initial_epoch = state["epoch"] if state else 0
     model = load_training_checkpoint(args.out) if state else None  # checked before the data
+    if model is None and getattr(args, "init_from", None):
+        model = init_model(args)
     # Whole epochs of --log-every steps; StopAtStep cuts the last one short at --steps.
     epochs = initial_epoch + math.ceil((args.steps - done) / log_every)
     spec = keras_hpdm.PyramidSpec(tuple(args.patch_size), args.levels,
@@ -313,8 +369,12 @@ def _train(args):
     num_classes = len(ds.class_names) if "label" in ds.element_spec else 0
     if model is None:
         model = build_model(args, num_classes, captions)
+    elif not state:  # --init-from
+        _check_init_conditions(model, num_classes, captions, args)
     backbone = model.backbone
-    print(f"{type(backbone).__name__} '{args.preset}', {backbone.count_params():,} parameters, "
+    origin = (f"from {args.init_from}" if getattr(args, "init_from", None)
+              else f"'{args.preset}'")
+    print(f"{type(backbone).__name__} {origin}, {backbone.count_params():,} parameters, "
           f"{spec}, backend {keras.config.backend()}")
     print(f"data: {args.data} ({ds.num_examples} examples"
           + (f", {num_classes} classes" if num_classes else "")
