@@ -29,17 +29,15 @@ def state(variables):
     return [np.asarray(ops.convert_to_numpy(v.value)) for v in variables]
 
 
-@pytest.mark.parametrize("cls", [RINBackbone, UNet3DBackbone])
-def test_grown_model_generates_the_old_levels_exactly(cls):
+def test_grown_model_generates_the_old_levels_exactly():
     """Right after growing, the old level count gives the old model's videos (same seed);
     the 2-block tiny schedule (1, 2) becomes (1, 3), where "linear" would give (2, 3)."""
-    model = trained_looking_model(cls)
+    model = trained_looking_model()
     grown = model.grow(3)
     assert grown.pyramid.num_levels == 3 and grown.pyramid.target_size == (8, 32, 32)
     assert grown.pyramid.patch_size == SPEC.patch_size
-    if cls is RINBackbone:
-        assert model.backbone.levels_per_block == (1, 2)
-        assert grown.backbone.levels_per_block == (1, 3)
+    assert model.backbone.levels_per_block == (1, 2)
+    assert grown.backbone.levels_per_block == (1, 3)
     kwargs = dict(num_steps=3, seed=1, verbose=0)
     old = model.generate([0, 2], **kwargs)
     np.testing.assert_array_equal(grown.generate([0, 2], num_levels=2, **kwargs), old)
@@ -72,6 +70,16 @@ def test_grown_model_fits_saves_and_loads(tmp_path):
     loaded = keras.saving.load_model(path)
     assert loaded.get_config() == grown.get_config()
     for a, b in zip(state(loaded.weights), state(grown.weights), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_grown_unet_keeps_its_weights_and_levels():
+    """The UNet grows the same way (weights shared by every level, schedule kept)."""
+    model = trained_looking_model(UNet3DBackbone)
+    grown = model.grow(3)
+    assert [min(n, 2) for n in grown.backbone.levels_per_block] == list(
+        model.backbone.levels_per_block)
+    for a, b in zip(state(grown.backbone.weights), state(model.backbone.weights), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
