@@ -165,7 +165,8 @@ def test_resumed_run_equals_an_uninterrupted_one(run_dir, tmp_path):
     noise seeds, the optimizer and the EMA: its weights and losses are the uninterrupted
     run's (`run_dir`, 4 steps), bit for bit."""
     halves = tmp_path / "halves"
-    assert run_cli(*TRAIN, "--steps", 2, "--p-mean", -0.8, "--p-std", 1.4, "--out", halves) == 0
+    assert run_cli(*TRAIN, "--steps", 2, "--p-mean", -0.8, "--p-std", 1.4,
+                   "--level-loss-weights", 2, 1, "--out", halves) == 0
     assert run_cli("train", "--resume", "--out", halves, "--steps", 4, "--verbose", "0") == 0
     losses = [[h["loss"] for h in json.loads((run / "training_state.json").read_text())[
         "history"]] for run in (run_dir, halves)]
