@@ -726,3 +726,21 @@ def test_train_init_from_grows_a_run(run_dir, tmp_path, capsys):
     assert "trained with 10 classes" in error_line(capsys)
     assert run_cli(*common, "--resume", "--out", out) == 2
     assert "give one of them" in error_line(capsys)
+
+
+def test_init_from_with_level_loss_weights_keeps_the_trained_weights(run_dir):
+    """New loss weights rebuild the grown model: its backbone and EMA weights stay the
+    trained ones."""
+    from keras_hpdm.cli.train import init_model
+
+    args = argparse.Namespace(init_from=str(run_dir), levels=3, optimizer="adam", lr=1e-3,
+                              steps=2, warmup=0, level_loss_weights=[1.0, 1.0, 4.0])
+    model = init_model(args)
+    old = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    assert model.loss_fn.level_weights == (1.0, 1.0, 4.0) and model.pyramid.num_levels == 3
+    assert args.patch_size == list(old.pyramid.patch_size) and args.channels == 1
+    for got, want in ((model.backbone.weights, old.backbone.weights),
+                      (model.ema_weights, old.ema_weights)):
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(a),
+                                          keras.ops.convert_to_numpy(b), err_msg=a.path)

@@ -212,7 +212,6 @@ def backbone_overrides(cls, options):
 
 
 def build_model(args, num_classes, captions):
-
     import keras_hpdm
     from keras_hpdm.backbones import BACKBONES as BACKBONE_CLASSES
 
@@ -272,9 +271,13 @@ def init_model(args):
     args.no_pyramid_time = not model.pyramid.pyramid_time
     args.channels = model.backbone.channels
     weights = getattr(args, "level_loss_weights", None)
-    if weights is not None:  # the loss object is rebuilt with them (config round trip)
+    if weights is not None:  # a model built with them, the trained weights copied over
+        from keras_hpdm.models.growth import copy_weights
+
+        trained = model
         model = type(model).from_config({**model.get_config(),
                                          "level_loss_weights": list(weights)})
+        copy_weights(model.weights, trained.weights)
     compile_model(model, args)
     return model
 

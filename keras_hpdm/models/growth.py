@@ -78,11 +78,14 @@ def grow(model, num_levels, levels_per_block=None):
                                                  lambda last: last)
     grown = type(model).from_config(config)
 
-    for target, source in ((grown.backbone.weights, backbone.weights),
-                           (grown.ema_weights, model.ema_weights),
-                           ([grown.ema_step], [model.ema_step])):
-        if len(target) != len(source):  # the same architecture: cannot happen
-            raise RuntimeError("The grown backbone's weights do not match the model's.")
-        for t, s in zip(target, source, strict=True):
-            t.assign(np.asarray(ops.convert_to_numpy(s.value)))
+    copy_weights(grown.backbone.weights + grown.ema_weights + [grown.ema_step],
+                 backbone.weights + model.ema_weights + [model.ema_step])
     return grown
+
+
+def copy_weights(targets, sources):
+    """Assigns each source variable's value to its target (same architecture, same order)."""
+    if len(targets) != len(sources):  # the same architecture: cannot happen
+        raise RuntimeError(f"{len(targets)} target weights for {len(sources)} sources.")
+    for target, source in zip(targets, sources, strict=True):
+        target.assign(np.asarray(ops.convert_to_numpy(source.value)))
