@@ -10,6 +10,7 @@ the compiled step under every backend).
 """
 
 import inspect
+import sys
 
 import keras
 import numpy as np
@@ -190,8 +191,6 @@ def prepare_inputs(model, x, sample_weight=None):
     Dicts of arrays are checked at once; generators, `PyDataset`s and `tf.data` datasets
     come back wrapped so that each batch is checked as it is drawn.
     """
-    import tensorflow as tf
-
     num_classes = model.backbone.num_classes
     if isinstance(x, dict):
         x = dict(x)
@@ -206,7 +205,10 @@ def prepare_inputs(model, x, sample_weight=None):
         return CheckedPyDataset(x, num_classes)
     if inspect.isgenerator(x):
         return _checked_generator(x, num_classes)
-    if not isinstance(x, tf.data.Dataset):
+    # A `tf.data` dataset exists only once TensorFlow is imported: without it (the GPU
+    # machine has none) `fit` from numpy must not import it.
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not isinstance(x, tf.data.Dataset):
         return x  # other sources (e.g. a torch DataLoader): structure checked in the loss
     if isinstance(x.element_spec, dict):
         check_batch_structure(model, x.element_spec)
