@@ -57,6 +57,7 @@ positive_int = _checked(int, check_int, low=1)
 non_negative_int = _checked(int, check_int, low=0)
 positive_float = _checked(float, check_number, low=0.0, low_open=True)
 fraction = _checked(float, check_number, low=0.0, high=1.0, high_open=True)
+unit_interval = _checked(float, check_number, low=0.0, high=1.0)
 non_negative_float = _checked(float, check_number, low=0.0)
 # 0 samples unconditionally, 1 conditionally without guidance: as `model.generate`.
 guidance = _checked(float, lambda name, value: check_guidance_scale(value, name))

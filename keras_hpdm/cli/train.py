@@ -20,6 +20,7 @@ from keras_hpdm.cli.common import (
     non_negative_int,
     positive_float,
     positive_int,
+    unit_interval,
 )
 
 BACKBONES = ("rin", "unet")  # `keras_hpdm.backbones.BACKBONES`' keys, without importing Keras
@@ -45,6 +46,8 @@ def add_parser(sub):
         "  keras-hpdm train videos/ --patch-size 4 32 32 --levels 3 --preset small "
         "--out runs/mine\n"
         "  keras-hpdm train videos/ --labels captions.csv --out runs/t2v   # text-conditional\n"
+        "  keras-hpdm train videos/ --images photos/ --image-fraction 0.5 --labels "
+        "captions.csv \\\n      --out runs/t2v   # joint image + video training (paper: 1:1)\n"
         "  keras-hpdm train --resume --out runs/mine --steps 20000\n"
         "  keras-hpdm train 'builtin:moving_mnist?num_frames=32&size=128' --labels auto \\\n"
         "      --init-from pretrained:moving_mnist --levels 4 --out runs/grown",
@@ -122,6 +125,16 @@ def add_parser(sub):
     g.add_argument("--flip", action="store_true", help="random horizontal flips")
     g.add_argument("--cache", action="store_true",
                    help="decode every video once and keep it in memory")
+    g.add_argument("--images", metavar="PATH_OR_BUILTIN",
+                   help="images to train on alongside the videos, each as a still video (the "
+                        "paper's joint image + video training): a folder or file of images, "
+                        "shards prepared from images, or builtin:images / builtin:mnist")
+    g.add_argument("--image-fraction", type=unit_interval,
+                   help="with --images: the share of images in every batch, in [0, 1] "
+                        "(default: 0.5, the paper's 1:1 for text-to-video)")
+    g.add_argument("--image-labels",
+                   help="with --images: their labels, as --labels (default: as --labels: "
+                        "auto reads the images' own, a file may list both)")
     g = p.add_argument_group("checkpoints and samples")
     g.add_argument("--log-every", type=positive_int, default=100,
                    help="steps per progress bar / history entry (default: 100)")
@@ -144,6 +157,12 @@ def _check_args(args):
     if not args.resume and not args.data:
         raise CommandError("give the training data (a folder, file or builtin:NAME), or "
                            "--resume a run.")
+    if not getattr(args, "images", None):
+        given = [f"--{n.replace('_', '-')}" for n in ("image_fraction", "image_labels")
+                 if getattr(args, n, None) is not None]
+        if given:
+            raise CommandError(f"{' and '.join(given)} only "
+                               f"appl{'y' if len(given) > 1 else 'ies'} with --images.")
     weights = getattr(args, "level_loss_weights", None)
     if weights is not None and len(weights) != args.levels:
         raise CommandError(f"--level-loss-weights needs one weight per level ({args.levels}), "
@@ -175,6 +194,9 @@ def _restore_args(args):
     if args.data and args.data != saved["data"]:
         raise CommandError(f"--resume: the run was trained on {saved['data']!r}, not "
                            f"{args.data!r}.")
+    if args.images and args.images != saved.get("images"):
+        raise CommandError(f"--resume: the run was trained with --images "
+                           f"{saved.get('images')!r}, not {args.images!r}.")
     for name in RESUME_OVERRIDES:
         if getattr(args, name) is not None:  # given on this command line
             saved[name] = getattr(args, name)
@@ -282,6 +304,31 @@ def init_model(args):
     return model
 
 
+def _labels(value):
+    return {"none": None, "auto": True}.get(value, value)
+
+
+def training_data(args, spec, done):
+    """The run's batches: `pyramid_dataset`, or `mixed_pyramid_dataset` with `--images`.
+
+    A resumed run continues the data stream where the checkpoint left it (same seed, the
+    examples already trained on skipped), so it sees what an uninterrupted run would.
+    """
+    import keras_hpdm
+
+    common = dict(frame_stride=args.frame_stride, flip=args.flip, labels=_labels(args.labels),
+                  seed=args.seed, cache=args.cache, channels=args.channels,
+                  start_example=done * args.batch_size)
+    images = getattr(args, "images", None)  # runs saved before --images lack it
+    if not images:
+        return keras_hpdm.data.pyramid_dataset(args.data, spec, args.batch_size, **common)
+    image_labels = getattr(args, "image_labels", None)
+    return keras_hpdm.data.mixed_pyramid_dataset(
+        args.data, images, spec, args.batch_size,
+        image_fraction=0.5 if args.image_fraction is None else args.image_fraction,
+        image_labels=None if image_labels is None else _labels(image_labels), **common)
+
+
 def _check_init_conditions(model, num_classes, captions, args):
     backbone = model.backbone
     if (backbone.num_classes or 0) != num_classes or bool(backbone.text_dim) != captions:
@@ -361,13 +408,7 @@ def _train(args):
     epochs = initial_epoch + math.ceil((args.steps - done) / log_every)
     spec = keras_hpdm.PyramidSpec(tuple(args.patch_size), args.levels,
                                   pyramid_time=not args.no_pyramid_time)
-    labels = {"none": None, "auto": True}.get(args.labels, args.labels)
-    # A resumed run continues the data stream where the checkpoint left it (same seed,
-    # the examples already trained on skipped), so it sees what an uninterrupted run would.
-    ds = keras_hpdm.data.pyramid_dataset(
-        args.data, spec, args.batch_size, frame_stride=args.frame_stride, flip=args.flip,
-        labels=labels, seed=args.seed, cache=args.cache, channels=args.channels,
-        start_example=done * args.batch_size)
+    ds = training_data(args, spec, done)
     captions = "text" in ds.element_spec
     num_classes = len(ds.class_names) if "label" in ds.element_spec else 0
     if model is None:
@@ -379,7 +420,11 @@ def _train(args):
               else f"'{args.preset}'")
     print(f"{type(backbone).__name__} {origin}, {backbone.count_params():,} parameters, "
           f"{spec}, backend {keras.config.backend()}")
-    print(f"data: {args.data} ({ds.num_examples} examples"
+    images = getattr(args, "images", None)
+    counts = (f"{ds.num_video_examples} videos + {ds.num_image_examples} images, images "
+              f"{ds.image_fraction:g} of each batch" if images
+              else f"{ds.num_examples} examples")
+    print(f"data: {args.data}" + (f" + {images}" if images else "") + f" ({counts}"
           + (f", {num_classes} classes" if num_classes else "")
           + (", captions" if captions else "") + ")")
 

@@ -233,7 +233,9 @@ class Builder:
     def report(self, total, usable):
         # Nothing usable: the error alone (a warning that "the rest are used" would mislead).
         raise_if_empty(usable, self.skipped, self.src.description)
-        report_skipped(self.skipped, total, self.src.description, stacklevel=5)
+        # Points at the user's call: report_skipped <- report <- a builder's __init__ <-
+        # example_stream <- pyramid_dataset / mixed_pyramid_dataset <- the caller.
+        report_skipped(self.skipped, total, self.src.description, stacklevel=6)
 
     def check_nonempty(self, what):
         if self.num_examples == 0:

@@ -12,20 +12,23 @@ pass over the data set (each Keras epoch with `repeat=False`, or each repetition
 key, and the same `seed` replays the same keys. Every example's randomness is a stateless
 function of `(seed, key, example index)`.
 
-`pyramid_dataset` checks its arguments, resolves the source (`sources.py`) and hands it to
+`example_stream` checks the arguments, resolves the source (`sources.py`) and hands it to
 the builder for its kind (`file_builder.py`, `array_builder.py`, `shard_builder.py`, on the
-common `builder.Builder`), then filters, batches and prefetches.
+common `builder.Builder`), then filters; `batch_examples` batches and prefetches.
+`pyramid_dataset` is the two in a row; `joint.py` mixes two example streams before batching.
 """
 
+import dataclasses
 import re
 
 import numpy as np
 
-from keras_hpdm.checks import check_int, check_seed, is_integer
+from keras_hpdm.checks import check_bool, check_int, check_seed, is_integer
 from keras_hpdm.data import decode, shards, sources
 from keras_hpdm.pyramid import PyramidSpec
 
 CROPS = ("random", "center")
+RESOLVED = (sources.FileSource, sources.ArraySource, shards.ShardSource)
 
 
 def pyramid_dataset(source, pyramid, batch_size, *, frames=None, frame_stride=1, fps=None,
@@ -121,6 +124,55 @@ def pyramid_dataset(source, pyramid, batch_size, *, frames=None, frame_stride=1,
     model.fit(ds, steps_per_epoch=1000, epochs=10)
     ```
     """
+    batch_size, tokenizer = check_batching(batch_size, drop_remainder, tokenizer)
+    stream = example_stream(
+        source, pyramid, frames=frames, frame_stride=frame_stride, fps=fps, crop=crop,
+        flip=flip, labels=labels, seed=seed, shuffle=shuffle, repeat=repeat, cache=cache,
+        shard=shard, deterministic=deterministic, channels=channels,
+        return_offsets=return_offsets, shuffle_buffer=shuffle_buffer,
+        num_parallel_calls=num_parallel_calls, start_example=start_example)
+    if tokenizer is not None and stream.label_kind != "text":
+        raise ValueError("`tokenizer` needs captions: pass `labels=` with captions.")
+    ds = batch_examples(stream.examples, stream, batch_size, drop_remainder, tokenizer)
+    ds.num_examples = stream.num_examples
+    ds.class_names = stream.class_names
+    ds.skipped = stream.skipped
+    ds.pyramid = pyramid
+    return ds
+
+
+@dataclasses.dataclass
+class ExampleStream:
+    """One source's examples, unbatched, and what the data set reports about them."""
+
+    examples: object  # tf.data.Dataset of example dicts
+    num_examples: int  # per pass, in this shard
+    class_names: list
+    skipped: dict  # live: gains files that fail while iterating
+    label_kind: str  # "label", "text" or None: the key the examples carry
+    shard: tuple
+    parallel: int
+    deterministic: bool
+
+
+def check_batching(batch_size, drop_remainder, tokenizer):
+    """Checks the batching arguments of `pyramid_dataset`; returns (batch_size, tokenizer)."""
+    batch_size = check_int("batch_size", batch_size, low=1)
+    check_bool("drop_remainder", drop_remainder)
+    if tokenizer is not None and not callable(tokenizer):
+        raise TypeError(f"`tokenizer` must be callable, got {type(tokenizer).__name__}.")
+    return batch_size, tokenizer
+
+
+def example_stream(source, pyramid, *, frames=None, frame_stride=1, fps=None, crop="random",
+                   flip=False, labels=None, seed=None, shuffle=True, repeat=True, cache=False,
+                   shard=None, deterministic=True, channels=3, return_offsets=False,
+                   shuffle_buffer=None, num_parallel_calls=None, start_example=0):
+    """The unbatched examples of `pyramid_dataset` (same arguments, checked the same way).
+
+    `source` may also be an already resolved source (`mixed_pyramid_dataset` resolves and
+    checks both of its sources before building either). Returns an `ExampleStream`.
+    """
     import tensorflow as tf
 
     # Imported here, not at the top: they import TensorFlow, which `import keras_hpdm.data`
@@ -132,45 +184,31 @@ def pyramid_dataset(source, pyramid, batch_size, *, frames=None, frame_stride=1,
 
     if not isinstance(pyramid, PyramidSpec):
         raise TypeError(f"`pyramid` must be a keras_hpdm.PyramidSpec, got {type(pyramid)}.")
-    batch_size = check_int("batch_size", batch_size, low=1)
     clip_frames = pyramid.target_size[0] if frames is None else check_int("frames", frames, low=1)
     frame_stride, fps = decode.check_frame_rate(frame_stride, fps)
     if crop not in CROPS:
         raise ValueError(f"`crop` must be one of {CROPS}, got {crop!r}.")
     for name, value in [("flip", flip), ("shuffle", shuffle), ("repeat", repeat),
-                        ("deterministic", deterministic), ("drop_remainder", drop_remainder),
-                        ("return_offsets", return_offsets)]:
-        if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"`{name}` must be True or False, got {value!r}.")
-    if not isinstance(cache, (bool, np.bool_)):
-        raise ValueError(f"`cache` must be True or False, got {cache!r}.")
+                        ("deterministic", deterministic), ("return_offsets", return_offsets),
+                        ("cache", cache)]:
+        check_bool(name, value)
     if channels not in (1, 3):
         raise ValueError(f"`channels` must be 1 or 3, got {channels!r}.")
     shard = _check_shard(shard)
-    seed = check_seed(seed)
-    if seed is None:
-        seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
-    if seed >= 2**63:
-        raise ValueError(f"`seed` must be < 2**63, got {seed}.")
-    if tokenizer is not None and not callable(tokenizer):
-        raise TypeError(f"`tokenizer` must be callable, got {type(tokenizer).__name__}.")
+    seed = draw_seed(seed)
     if shuffle_buffer is not None:
         shuffle_buffer = check_int("shuffle_buffer", shuffle_buffer, low=1)
     parallel = tf.data.AUTOTUNE if num_parallel_calls is None else check_int(
         "num_parallel_calls", num_parallel_calls, low=1)
+    start_example = check_int("start_example", start_example, low=0)
 
     settings = Settings(pyramid, clip_frames, frame_stride, fps, crop == "random", bool(flip),
                         channels, seed, bool(return_offsets))
-    src = sources.resolve_source(source, labels)
-    captions = (getattr(src, "texts", None) is not None
-                or (getattr(src, "with_labels", False) and src.label_kind == "text"))
-    if tokenizer is not None and not captions:
-        raise ValueError("`tokenizer` needs captions: pass `labels=` with captions.")
-    start_example = check_int("start_example", start_example, low=0)
+    src = source if isinstance(source, RESOLVED) else sources.resolve_source(source, labels)
     build = {sources.FileSource: FileBuilder, sources.ArraySource: ArrayBuilder,
              shards.ShardSource: ShardBuilder}[type(src)]
-    builder = build(src, settings, shard, bool(shuffle), cache, shuffle_buffer, parallel,
-                    deterministic)
+    builder = build(src, settings, shard, bool(shuffle), bool(cache), shuffle_buffer,
+                    parallel, deterministic)
     passes, builder.start = divmod(start_example, builder.num_examples)
     if not repeat and passes:
         raise ValueError(f"`start_example` must be < the {builder.num_examples} examples of "
@@ -178,26 +216,49 @@ def pyramid_dataset(source, pyramid, batch_size, *, frames=None, frame_stride=1,
     keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).skip(passes)
     if not repeat:
         keys = keys.take(1)
-    ds = builder.examples(keys)
-    ds = ds.filter(lambda ex: ex["ok"]).map(
+    examples = builder.examples(keys).filter(lambda ex: ex["ok"]).map(
         lambda ex: {k: v for k, v in ex.items() if k != "ok"})
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    return ExampleStream(examples, builder.num_examples, src.class_names,
+                         builder.skipped, label_kind(src), shard, parallel,
+                         bool(deterministic))
+
+
+def batch_examples(examples, stream, batch_size, drop_remainder, tokenizer):
+    """Batches `examples` (of `stream`, or streams sharing its settings), tokenizes captions,
+    prefetches and sets the data set's options."""
+    import tensorflow as tf
+
+    ds = examples.batch(batch_size, drop_remainder=bool(drop_remainder))
     if tokenizer is not None:
         ds = ds.map(lambda batch: _tokenize(batch, tokenizer),
-                    num_parallel_calls=parallel, deterministic=bool(deterministic))
+                    num_parallel_calls=stream.parallel, deterministic=stream.deterministic)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
-    options.deterministic = bool(deterministic)
+    options.deterministic = stream.deterministic
     options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA if shard is None
+        tf.data.experimental.AutoShardPolicy.DATA if stream.shard is None
         else tf.data.experimental.AutoShardPolicy.OFF
     )
-    ds = ds.with_options(options)
-    ds.num_examples = builder.num_examples
-    ds.class_names = src.class_names
-    ds.skipped = builder.skipped
-    ds.pyramid = pyramid
-    return ds
+    return ds.with_options(options)
+
+
+def draw_seed(seed):
+    """`seed` checked, or a fresh one for None (< 2**63: `tf.data` takes int64 seeds)."""
+    seed = check_seed(seed)
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
+    if seed >= 2**63:
+        raise ValueError(f"`seed` must be < 2**63, got {seed}.")
+    return seed
+
+
+def label_kind(src):
+    """`"label"`, `"text"` or None: what the examples of a resolved source carry."""
+    if isinstance(src, shards.ShardSource):
+        return src.label_kind if src.with_labels else None
+    if src.labels is not None:
+        return "label"
+    return "text" if src.texts is not None else None
 
 
 def _tokenize(batch, tokenizer):
