@@ -585,10 +585,11 @@ def test_presets_in_help_and_the_bundled_models_preset(capsys):
     assert {k: bundled[k] for k in mini["config"]} == mini["config"]
     readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")).read()
     readme = " ".join(readme.split())
-    assert "RIN preset `mini` (845,520 parameters)" in readme and "for 50 minutes" in readme
-    assert mini["metadata"]["params"] == 845_520 == PatchDiffusionModel.presets[
+    assert "RIN preset `mini` (1,352,784 parameters)" in readme
+    assert "for 8 minutes on one H200 GPU" in readme
+    assert mini["metadata"]["params"] == 1_352_784 == PatchDiffusionModel.presets[
         "moving_mnist"]["params"]
-    assert "50 minutes" in mini["metadata"]["description"]
+    assert "8 minutes on one H200 GPU" in mini["metadata"]["description"]
 
 
 @one_pass_only

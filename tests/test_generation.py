@@ -297,3 +297,26 @@ def test_level_sigma_scale_shifts_each_levels_sigma_range(monkeypatch):
     assert keras_hpdm.PatchDiffusionModel(backbone).sampling["level_sigma_scale"] is False
     with pytest.raises(ValueError, match=r'`sampling\["level_sigma_scale"\]` must be True or'):
         keras_hpdm.PatchDiffusionModel(backbone, sampling={"level_sigma_scale": "yes"})
+
+
+def test_a_model_carries_its_own_guidance_scale(model):
+    """`sampling={"guidance_scale": w}` is what `generate()` guides with when no
+    `guidance_scale` is given (an explicit one still wins); saved in the config."""
+    guided = keras_hpdm.PatchDiffusionModel.from_config(
+        {**model.get_config(), "sampling": {**model.sampling, "guidance_scale": 3.0}})
+    for target, source in zip(guided.weights, model.weights, strict=True):
+        target.assign(ops.convert_to_numpy(source))
+    kw = dict(num_steps=2, num_levels=1, seed=5, verbose=0)
+    carried = guided.generate([0, 2], **kw)
+    np.testing.assert_array_equal(carried, model.generate([0, 2], guidance_scale=3.0, **kw))
+    plain = model.generate([0, 2], **kw)
+    assert np.abs(carried.astype(int) - plain).max() > 0  # the check can see the default
+    np.testing.assert_array_equal(guided.generate([0, 2], guidance_scale=1.0, **kw), plain)
+    # Unconditional sampling has nothing to guide towards: the model's scale is not used.
+    np.testing.assert_array_equal(guided.generate(num_samples=2, **kw),
+                                  model.generate(num_samples=2, **kw))
+    assert guided.get_config()["sampling"]["guidance_scale"] == 3.0
+    assert model.sampling["guidance_scale"] == 1.0
+    for bad in (-1.0, float("nan"), "4"):
+        with pytest.raises(ValueError, match=r'sampling\["guidance_scale"\]'):
+            keras_hpdm.PatchDiffusionModel(model.backbone, sampling={"guidance_scale": bad})

@@ -31,9 +31,10 @@ def add_parser(sub):
                    default=[0, 3, 5, 7], metavar="DIGIT", help="digits (default: 0 3 5 7)")
     p.add_argument("--steps", type=positive_int, nargs="+",
                    help="sampling steps, level 0 or per level (default: the model's)")
-    p.add_argument("--guidance", type=guidance, default=1.5,
+    p.add_argument("--guidance", type=guidance, default=None,
                    help="classifier-free guidance scale, >= 0 (0 = unconditional, 1 = "
-                        "conditional without guidance; default: 1.5)")
+                        "conditional without guidance; default: the model's own, "
+                        "1 unless it was saved with another)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="default: 0")
     add_verbose(p, "level")
     p.set_defaults(func=run)

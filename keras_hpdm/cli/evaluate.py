@@ -44,9 +44,10 @@ def add_parser(sub):
                         "(default: the model's)")
     p.add_argument("--sampler", choices=SAMPLERS, nargs="+",
                    help="one for all levels or one per level (default: the model's)")
-    p.add_argument("--guidance", type=guidance, default=1.0,
+    p.add_argument("--guidance", type=guidance, default=None,
                    help="guidance scale, >= 0 (0 = unconditional, 1 = conditional without "
-                        "guidance; default: 1)")
+                        "guidance; default: the model's own, "
+                        "1 unless it was saved with another)")
     p.add_argument("--tile-batch-size", type=positive_int, default=32, help="default: 32")
     p.add_argument("--seed", type=non_negative_int, default=0, help="default: 0")
     p.add_argument("--fvd", type=non_negative_int, default=0, metavar="N",
@@ -101,14 +102,16 @@ def run(args):
         model = load_checkpoint(args.checkpoint)
     from keras_hpdm.metrics import evaluate_moving_mnist
 
+    guidance_scale = (model.sampling["guidance_scale"] if args.guidance is None
+                      else args.guidance)
     settings = {"per_class": args.per_class, "num_steps": steps, "sampler": sampler,
-                "guidance_scale": args.guidance, "seed": args.seed}
+                "guidance_scale": guidance_scale, "seed": args.seed}
     scores = evaluate_moving_mnist(
         model, per_class=args.per_class, seed=args.seed, fvd_videos=args.fvd,
-        num_steps=steps, sampler=sampler, guidance_scale=args.guidance,
+        num_steps=steps, sampler=sampler, guidance_scale=guidance_scale,
         tile_batch_size=args.tile_batch_size, verbose=args.verbose)
     print(f"{args.checkpoint}: {scores['num_videos']} videos in {scores['seconds']:.0f} s "
-          f"(steps {steps or model.sampling['num_steps']}, guidance {args.guidance}, "
+          f"(steps {steps or model.sampling['num_steps']}, guidance {guidance_scale}, "
           f"seed {args.seed})")
     for name in SCORES:
         if name in scores:

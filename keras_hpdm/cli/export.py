@@ -8,6 +8,7 @@ import platform
 from keras_hpdm.cli.common import (
     CommandError,
     checkpoint_inputs,
+    guidance,
     print_outputs,
     refuse_overwrite,
 )
@@ -30,15 +31,22 @@ def add_parser(sub):
     p.add_argument("--live-weights", action="store_true",
                    help="export the live weights instead of the EMA weights")
     p.add_argument("--description", default="", help="one line for the model card")
+    p.add_argument("--guidance", type=guidance, default=None,
+                   help="the guidance scale the exported model samples with by default "
+                        "(saved as its sampling[\"guidance_scale\"]; default: the "
+                        "checkpoint's)")
     p.set_defaults(func=run)
     return p
 
 
-def sampling_copy(model, use_ema=True):
-    """A new `PatchDiffusionModel` with `model`'s (EMA) weights and no EMA of its own."""
+def sampling_copy(model, use_ema=True, guidance_scale=None):
+    """A new `PatchDiffusionModel` with `model`'s (EMA) weights and no EMA of its own
+    (sampling with `guidance_scale` by default when given)."""
     from keras_hpdm.models import PatchDiffusionModel
 
     config = {**model.get_config(), "ema_decay": None, "ema_half_life": None}
+    if guidance_scale is not None:
+        config["sampling"] = {**config["sampling"], "guidance_scale": guidance_scale}
     copy = PatchDiffusionModel.from_config(config)
     swap = use_ema and bool(model.ema_weights)
     if swap:
@@ -59,6 +67,13 @@ def model_card(checkpoint, description):
         return None
     folder = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
     state = read_training_state(folder or ".")
+    beside = os.path.splitext(checkpoint)[0] + ".json"
+    if state is None and checkpoint.endswith(".keras") and os.path.isfile(beside):
+        # A card written beside the file (`scripts/gpu_train_moving_mnist.py`'s): kept.
+        with open(beside) as f:
+            card = json.load(f)
+        return {**card, "description": description or card.get("description", ""),
+                "exported": datetime.date.today().isoformat()}
     if state is None:
         return None
     history = state.get("history") or [{}]
@@ -102,7 +117,7 @@ def run(args):
     # Everything is read and checked before anything is written.
     card = model_card(args.checkpoint, args.description)
     model = load_checkpoint(args.checkpoint)
-    copy = sampling_copy(model, use_ema=not args.live_weights)
+    copy = sampling_copy(model, use_ema=not args.live_weights, guidance_scale=args.guidance)
     _write_atomically(args.output, copy.save)
     outputs = {"model": args.output}
     if card is not None:

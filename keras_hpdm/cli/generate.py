@@ -50,9 +50,10 @@ def add_parser(sub):
     p.add_argument("--steps", type=positive_int, nargs="+",
                    help="sampling steps: one number (level 0, halved per level) or one per "
                         "level (default: the model's)")
-    p.add_argument("--guidance", type=guidance, default=1.0,
+    p.add_argument("--guidance", type=guidance, default=None,
                    help="classifier-free guidance scale, >= 0 (0 = unconditional, 1 = "
-                        "conditional without guidance; default: 1)")
+                        "conditional without guidance; default: the model's own, "
+                        "1 unless it was saved with another)")
     p.add_argument("--sampler", choices=SAMPLERS, nargs="+",
                    help="one for all levels or one per level (default: stochastic at level "
                         "0, euler above)")

@@ -14,6 +14,7 @@ from keras_hpdm.checks import (
     SAMPLERS,
     check_bool,
     check_conditions,
+    check_guidance_scale,
     check_int,
     check_number,
     check_seed,
@@ -41,6 +42,9 @@ DEFAULT_SAMPLING = {
     "S_max": 50.0,
     "S_noise": 1.003,
     "context_sigma": 0.002,
+    # The guidance `generate(guidance_scale=None)` uses: a trained model can carry the
+    # scale it was measured best at (1: conditional without guidance).
+    "guidance_scale": 1.0,
     # True: level l samples over [sigma_min, sigma_max] * level_noise_scale**l, the range
     # its training noise was shifted to (off: every level samples the same range).
     "level_sigma_scale": False,
@@ -104,7 +108,7 @@ class GenerationPlan:
 
     @classmethod
     def resolve(cls, pyramid_levels, sampling, num_classes=None, text_dim=None, *,
-                conditions=None, num_samples=None, num_steps=None, guidance_scale=1.0,
+                conditions=None, num_samples=None, num_steps=None, guidance_scale=None,
                 overlap=DEFAULT_OVERLAP, tile_batch_size=DEFAULT_TILE_BATCH_SIZE, seed=None,
                 sampler=None, blend="uniform", cache_context=True, use_ema=True,
                 callbacks=None, verbose="auto", return_pyramid=False, num_levels=None):
@@ -125,6 +129,8 @@ class GenerationPlan:
         """
         num_levels = pyramid_levels if num_levels is None else num_levels
         num_levels = check_int("num_levels", num_levels, low=1, high=pyramid_levels)
+        if guidance_scale is None:  # the model's own, unless there is nothing to guide to
+            guidance_scale = 1.0 if conditions is None else sampling["guidance_scale"]
         n, items = check_conditions(conditions, num_classes, text_dim, guidance_scale,
                                     num_samples)
         steps = _resolve_steps(sampling["num_steps"] if num_steps is None else num_steps,
@@ -234,4 +240,5 @@ def check_sampling(sampling, num_levels):
     check_number('sampling["S_max"]', sampling["S_max"], low=s_min, allow_inf=True)
     check_number('sampling["S_noise"]', sampling["S_noise"], low=0.0)
     check_number('sampling["context_sigma"]', sampling["context_sigma"], low=0.0)
+    check_guidance_scale(sampling["guidance_scale"], 'sampling["guidance_scale"]')
     check_bool('sampling["level_sigma_scale"]', sampling["level_sigma_scale"])

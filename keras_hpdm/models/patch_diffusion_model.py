@@ -68,7 +68,7 @@ class PatchDiffusionModel(keras.Model):
         ema_decay: EMA decay per step (None disables EMA); ignored if `ema_half_life` is set.
         ema_half_life: EMA half-life in steps (decay `0.5 ** (1 / half_life)`).
         seed: seed of the model's training-noise generator (non-negative int or None).
-        sampling: dict overriding `DEFAULT_SAMPLING` (steps, samplers, sigmas), saved with
+        sampling: dict overriding `DEFAULT_SAMPLING` (steps, samplers, sigmas, guidance), saved with
             the model; every value is validated here.
 
     Every numeric argument must be finite and in range: NaN, infinities and bools fail
@@ -410,7 +410,7 @@ class PatchDiffusionModel(keras.Model):
         print_notes(lines, print_fn, line_length)
 
     # ------------------------------------------------------------ generation
-    def generate(self, conditions=None, num_samples=None, num_steps=None, guidance_scale=1.0,
+    def generate(self, conditions=None, num_samples=None, num_steps=None, guidance_scale=None,
                  overlap=DEFAULT_OVERLAP, tile_batch_size=DEFAULT_TILE_BATCH_SIZE, seed=None,
                  sampler=None, blend="uniform", cache_context=True, use_ema=True,
                  callbacks=None, verbose="auto", return_pyramid=False, num_levels=None):
@@ -422,7 +422,9 @@ class PatchDiffusionModel(keras.Model):
             num_steps: steps per level: an int (level 0; halved per level, at least 4) or
                 a tuple with one entry per level.
             guidance_scale: classifier-free guidance weight, a finite number >= 0 (1 = no
-                guidance).
+                guidance, 0 = unconditional); None (default) takes the model's
+                `sampling["guidance_scale"]` (1 unless the model was given another; 1
+                when `conditions` is None).
             overlap: tile overlap fraction per axis (f, h, w), or one float for all; the
                 paper's best is 50% on time and height.
             tile_batch_size: tiles denoised per network call (bounds memory).

