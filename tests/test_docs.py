@@ -35,6 +35,7 @@ import sys
 import textwrap
 import time
 import tomllib
+import zipfile
 from pathlib import Path
 
 import keras
@@ -265,6 +266,10 @@ def check_outputs(argv):
     if args.command == "export":
         assert Path(args.output).is_file()
         assert Path(args.output).with_suffix(".json").is_file()  # the model card beside it
+        if args.guidance is not None:  # the scale the copy samples with by default
+            with zipfile.ZipFile(args.output) as archive:
+                config = json.loads(archive.read("config.json"))["config"]
+            assert config["sampling"]["guidance_scale"] == args.guidance, config["sampling"]
     if args.command == "evaluate" and args.card:
         card = json.loads(Path(args.card).read_text())
         assert card["evaluation"]["scores"]["num_videos"] == 10 * args.per_class, card
