@@ -89,8 +89,8 @@ def pyramid_batches(spec, batch_size, seed, processes, num_batches=None):
 
 
 class Budget(keras.callbacks.Callback):
-    """Stops at the wall-clock deadline; saves a sampling copy every `save_every` seconds
-    (in a thread-safe way: between steps) and keeps per-epoch history with times."""
+    """Stops at the wall-clock deadline; at epoch ends, saves a sampling copy when
+    `save_every` seconds have passed since the last, and keeps per-epoch history with times."""
 
     def __init__(self, deadline, save_every, save):
         super().__init__()
