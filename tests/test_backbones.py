@@ -410,3 +410,98 @@ def test_cross_backend_parity(tmp_path):
             diffs[(kind, backend)] = float(np.abs(results[backend][kind] - ref).max())
             np.testing.assert_allclose(results[backend][kind], ref, atol=1e-4, rtol=1e-4)
     print("\ncross-backend max abs diff:", diffs)
+
+
+def perturb_first_block(backbone, kind, seed=1):
+    """Adds noise to block 0's weights (with the tiny presets it runs level 0 only)."""
+    weights = (backbone.blocks[0].trainable_weights if kind == "rin"
+               else [w for layer in backbone.stage_layers[0] for w in layer.trainable_weights])
+    rng = np.random.default_rng(seed)
+    for w in weights:
+        w.assign(numpy(w) + rng.normal(scale=0.1, size=w.shape).astype("float32"))
+
+
+@pytest.mark.parametrize("kind", list(BACKBONES))
+class TestContextSwitches:
+    """The paper's ablation switches (Table 3): where fusion runs, coordinates, detach."""
+
+    def test_fusion_mode_decides_where_context_enters(self, kind):
+        """Block 0 runs level 0 only. Deep fusion reads level 0's later block inputs, so
+        changing block 0 changes the finer levels; shallow fusion reads only level 0's
+        first-block inputs (the tokenizer's output) and no fusion reads nothing, so the
+        finer levels stay bit-for-bit the same. Level 0 still feeds them under shallow
+        fusion and never under none. Cached context gives the full forward pass."""
+        inputs = make_inputs()
+        shifted = {**inputs, "patches": inputs["patches"].copy()}
+        shifted["patches"][:, 0] += 1.0
+        schedule = {"levels_per_block": (1, 3)} if kind == "rin" else {}
+        for mode, fusing_blocks in (("deep", None), ("shallow", [0]), ("none", [])):
+            backbone = make_backbone(kind, fusion_mode=mode, **schedule)
+            fill_zero_weights(backbone)
+            assert backbone.levels_per_block[0] == 1
+            base = numpy(backbone(inputs))
+            perturb_first_block(backbone, kind)
+            changed, moved = numpy(backbone(inputs)), numpy(backbone(shifted))
+            assert np.abs(changed[:, 0] - base[:, 0]).max() > 1e-4
+            block0_moves_finer = np.abs(changed[:, 1:] - base[:, 1:]).max()
+            level0_moves_finer = np.abs(moved[:, 1:] - changed[:, 1:]).max()
+            if mode == "deep":
+                assert block0_moves_finer > 1e-4
+                continue
+            assert block0_moves_finer == 0, mode
+            assert (level0_moves_finer > 1e-4) if mode == "shallow" else (
+                level0_moves_finer == 0)
+            assert [f.name for f in backbone.fusions] == [f"fusion_{b}" for b in fusing_blocks]
+            head = {k: (v[:, :1] if k != "label" else v) for k, v in inputs.items()}
+            tail = {k: (v[:, 1:] if k != "label" else v) for k, v in inputs.items()}
+            context = backbone.encode_context(head)
+            assert len(context["features"]) == len(fusing_blocks)
+            np.testing.assert_allclose(numpy(backbone(tail, context=context)), changed[:, 1:],
+                                       atol=1e-5)
+
+    def test_detach_context_reaches_every_fusion_and_keeps_the_forward_pass(self, kind):
+        """(That it stops the gradient is `DeepContextFusionTest`'s to show.)"""
+        reference = make_backbone(kind)
+        fill_zero_weights(reference, seed=2)
+        backbone = make_backbone(kind, detach_context=True)
+        backbone.set_weights(reference.get_weights())
+        assert backbone.fusions and all(f.detach_context for f in backbone.fusions)
+        assert not any(f.detach_context for f in reference.fusions)
+        inputs = make_inputs()
+        np.testing.assert_array_equal(numpy(backbone(inputs)), numpy(reference(inputs)))
+
+    def test_use_coords_off_removes_the_coordinate_term(self, kind):
+        """Level 0 has zero context, so with coordinates off its output cannot depend on
+        where its patch lies; with them on it does."""
+        inputs = make_inputs()
+        moved = {**inputs, "coords": inputs["coords"].copy()}
+        moved["coords"][:, 0, 3:] += 0.25  # level 0's offset: only the coordinate term
+        changes = {}
+        for use_coords in (True, False):
+            backbone = make_backbone(kind, use_coords=use_coords)
+            fill_zero_weights(backbone)
+            changes[use_coords] = np.abs(numpy(backbone(moved))[:, 0]
+                                         - numpy(backbone(inputs))[:, 0]).max()
+            has_positions = [f.position_kernel is not None for f in backbone.fusions]
+            assert all(has_positions) if use_coords else not any(has_positions)
+        assert changes[True] > 1e-4
+        assert changes[False] == 0
+
+    def test_switches_are_saved_and_checked(self, kind):
+        backbone = make_backbone(kind, fusion_mode="shallow", use_coords=False,
+                                 detach_context=True)
+        fill_zero_weights(backbone)
+        config = backbone.get_config()
+        assert (config["fusion_mode"], config["use_coords"], config["detach_context"]) == (
+            "shallow", False, True)
+        restored = BACKBONES[kind].from_config(json.loads(json.dumps(config)))
+        inputs = make_inputs()
+        restored(inputs)
+        restored.set_weights(backbone.get_weights())
+        np.testing.assert_array_equal(numpy(restored(inputs)), numpy(backbone(inputs)))
+        assert restored.fusions[0].detach_context and not restored.fusions[0].use_coords
+        with pytest.raises(ValueError, match="fusion_mode.*deep.*shallow.*none"):
+            make_backbone(kind, fusion_mode="deeep")
+        for name in ("use_coords", "detach_context"):
+            with pytest.raises(ValueError, match=name):
+                make_backbone(kind, **{name: "no"})

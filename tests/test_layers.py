@@ -200,6 +200,44 @@ class DeepContextFusionTest(TestCase):
         self.assertGreater(np.abs(grad[:, 0]).sum(), 0)  # deep: no stop-gradient
         self.assertGreater(np.abs(grad[:, 1]).sum(), 0)
 
+    def test_detach_context_stops_gradients_into_coarse_levels_only(self):
+        """Same weights, same output; with `detach_context` the finest level's output has
+        no gradient w.r.t. the coarser levels' features (only its own)."""
+        layers = {d: DeepContextFusion(detach_context=d) for d in (False, True)}
+        rng = np.random.default_rng(5)
+        for layer in layers.values():
+            layer(self.features, self.coords)
+        for v in layers[False].weights:
+            v.assign(rng.normal(size=v.shape).astype("float32"))
+        layers[True].set_weights(layers[False].get_weights())
+        outputs = {d: ops.convert_to_numpy(layer(self.features, self.coords))
+                   for d, layer in layers.items()}
+        np.testing.assert_array_equal(outputs[True], outputs[False])
+        grads = {d: ops.convert_to_numpy(self.compute_input_gradient(
+            lambda f, layer=layer: ops.sum(layer(f, self.coords)[:, 2]), self.features))
+            for d, layer in layers.items()}
+        for level in (0, 1):
+            self.assertGreater(np.abs(grads[False][:, level]).max(), 1e-6)
+            np.testing.assert_array_equal(grads[True][:, level], 0.0)
+        np.testing.assert_allclose(grads[True][:, 2], grads[False][:, 2], rtol=1e-5)
+
+    def test_without_coordinates(self):
+        """`use_coords=False`: no position weight, and the output is the features and
+        context terms alone (the coordinates still place the context)."""
+        layer = DeepContextFusion(use_coords=False)
+        layer(self.features, self.coords)
+        self.assertIsNone(layer.position_kernel)
+        self.assertLen(layer.weights, 3)
+        rng = np.random.default_rng(4)
+        layer.context_kernel.assign(rng.normal(size=(8, 8)).astype("float32"))
+        out = ops.convert_to_numpy(layer(self.features, self.coords))
+        context = ops.convert_to_numpy(layer.context(self.features, self.coords))
+        expected = self.features + context @ ops.convert_to_numpy(layer.context_kernel)
+        np.testing.assert_allclose(out, expected, atol=1e-4)
+        self.assertEqual(DeepContextFusion.from_config(layer.get_config()).use_coords, False)
+        with pytest.raises(ValueError, match="use_coords"):
+            DeepContextFusion(use_coords="no")
+
     def test_relative_boxes(self):
         boxes = ops.convert_to_numpy(relative_boxes(self.coords[:, 2], self.coords[:, 1]))
         self.assertTrue(np.all(boxes[:, :3] >= -1e-6))

@@ -10,8 +10,9 @@ import keras
 from keras import ops
 
 from keras_hpdm.backbones.levels_schedule import resolve_levels_per_block
-from keras_hpdm.checks import check_int
+from keras_hpdm.checks import check_bool, check_int
 from keras_hpdm.layers.class_embedding import ClassEmbedding
+from keras_hpdm.layers.deep_context_fusion import DeepContextFusion
 from keras_hpdm.layers.sigma_embedding import SigmaEmbedding
 from keras_hpdm.pyramid import PyramidSpec
 
@@ -26,6 +27,11 @@ def print_notes(lines, print_fn=None, line_length=None):
         for line in lines
     )
     (print_fn or print)(text)
+
+
+# Where context fusion runs: before every block (the paper's DCF), only on the first block's
+# inputs (the paper's "shallow fusion" ablation), or nowhere.
+FUSION_MODES = ("deep", "shallow", "none")
 
 
 def fold_levels(x):
@@ -73,12 +79,26 @@ class HPDMBackbone(keras.Model):
     which makes cached inference generic: `encode_context(inputs)` records, per block, the
     block-input features of finished coarse levels, and `call(inputs, context=...)` runs
     only new levels against them (paper §4.4 "cached inference").
+
+    The context switches below exist for the paper's ablations (Table 3); the defaults are
+    the paper's model. They are saved in the config.
+
+    Args (shared by every backbone):
+        fusion_mode: `"deep"` (default): fusion before every block, on each block's inputs.
+            `"shallow"`: one fusion of the first block's inputs (the tokens straight from the
+            tokenizer / input convolution) for every level, so a level sees a linear
+            function of the coarser patches' pixels, as cascaded models see the low-res
+            video; later blocks fuse nothing. `"none"`: no fusion; levels never see each
+            other (nor their coordinates).
+        use_coords: the fusions add the patch coordinates (`DeepContextFusion`).
+        detach_context: the fusions stop gradients into the coarser levels.
     """
 
     presets = {}
 
     def __init__(self, pyramid, num_blocks, levels_per_block="linear", channels=3,
-                 num_classes=None, text_dim=None, cond_dim=256, **kwargs):
+                 num_classes=None, text_dim=None, cond_dim=256, fusion_mode="deep",
+                 use_coords=True, detach_context=False, **kwargs):
         # Keras would cast every float input to the compute dtype, `sigma` included, before
         # it reaches the float32 `SigmaEmbedding` (half precision merges noise levels ~0.4%
         # apart); sub-layers still cast their own inputs.
@@ -101,6 +121,14 @@ class HPDMBackbone(keras.Model):
         self.num_classes = check_int("num_classes", num_classes, low=1, allow_none=True)
         self.text_dim = check_int("text_dim", text_dim, low=1, allow_none=True)
         self.cond_dim = check_int("cond_dim", cond_dim, low=1)
+        if not isinstance(fusion_mode, str) or fusion_mode not in FUSION_MODES:
+            raise ValueError(f"`fusion_mode` must be one of {FUSION_MODES}, got "
+                             f"{fusion_mode!r}.")
+        self.fusion_mode = fusion_mode
+        self.use_coords = check_bool("use_coords", use_coords)
+        self.detach_context = check_bool("detach_context", detach_context)
+        self.fusion_blocks = {"deep": tuple(range(self.num_blocks)), "shallow": (0,),
+                              "none": ()}[fusion_mode]
         # Every condition joins the noise features before the shared MLP (EDM/ADM), at
         # their unit scale; see `SigmaEmbedding`.
         self.sigma_embedding = SigmaEmbedding(self.cond_dim, name="sigma_embedding")
@@ -160,6 +188,14 @@ class HPDMBackbone(keras.Model):
                     print_fn, line_length)
 
     # ---------------------------------------------------------------- inputs
+    def make_fusions(self):
+        """The context fusion layers of the blocks in `fusion_blocks` (subclasses assign
+        them to `self.fusions` where their own layers are made, which fixes weight order)."""
+        return [DeepContextFusion(use_coords=self.use_coords,
+                                  detach_context=self.detach_context,
+                                  dtype=self.dtype_policy, name=f"fusion_{b}")
+                for b in self.fusion_blocks]
+
     @property
     def null_label(self):
         return self.num_classes
@@ -231,11 +267,19 @@ class HPDMBackbone(keras.Model):
         or `(features, *streams)` when streams are given.
         """
         n = self.active_levels(block, state.num_levels, state.num_context)
+        # Shallow fusion fuses every level's first-block inputs, also those of levels that
+        # only enter at a later block (they carry the fused tokens there).
+        fuse_all = self.fusion_mode == "shallow" and block == 0
+        inputs = features[:, :n]
+        if block in self.fusion_blocks and (n or fuse_all):
+            fusion = self.fusions[self.fusion_blocks.index(block)]
+            fused = self.fuse(block, fusion, features if fuse_all else inputs, state.coords,
+                              state.context, state.recorder)
+            features = fused if fuse_all else features
+            inputs = fused[:, :n] if fuse_all else fused
         if n == 0:
             return (features, *streams) if streams else features
-        fused = self.fuse(block, self.fusions[block], features[:, :n], state.coords,
-                          state.context, state.recorder)
-        outputs = step(fused, *(s[:, :n] for s in streams), n)
+        outputs = step(inputs, *(s[:, :n] for s in streams), n)
         outputs = outputs if streams else (outputs,)
         if n < state.num_levels:
             outputs = tuple(ops.concatenate([o, x[:, n:]], axis=1)
@@ -289,14 +333,14 @@ class HPDMBackbone(keras.Model):
         """Deep context fusion before block `block` for the levels it runs.
 
         `features` (B, n, ...) are the running levels' block inputs (token grids);
-        `context` holds cached coarse features per block (or None); `recorder` (a list or
-        None) collects this block's inputs for `encode_context`.
+        `context` holds cached coarse features per fusing block (or None); `recorder` (a
+        list or None) collects this block's inputs for `encode_context`.
         """
         if recorder is not None:
             recorder.append(features)
         num_context = 0
         if context is not None:
-            cached = context["features"][block]
+            cached = context["features"][self.fusion_blocks.index(block)]
             num_context = cached.shape[1]
             features = ops.concatenate([ops.cast(cached, features.dtype), features], axis=1)
         return fusion(features, coords[:, : features.shape[1]], num_context_levels=num_context)
@@ -304,8 +348,9 @@ class HPDMBackbone(keras.Model):
     def encode_context(self, inputs):
         """Runs finished coarse levels once and records what finer levels need from them.
 
-        Returns a dict usable as `call(..., context=...)` for the next level(s): per block,
-        the block-input features of these levels (what DCF samples), and their coords.
+        Returns a dict usable as `call(..., context=...)` for the next level(s): per block
+        in `fusion_blocks`, the block-input features of these levels (what DCF samples),
+        and their coords.
         """
         _, features = self(inputs, return_context=True)
         return {"features": features, "coords": inputs["coords"]}
@@ -332,6 +377,9 @@ class HPDMBackbone(keras.Model):
             "num_classes": self.num_classes,
             "text_dim": self.text_dim,
             "cond_dim": self.cond_dim,
+            "fusion_mode": self.fusion_mode,
+            "use_coords": self.use_coords,
+            "detach_context": self.detach_context,
         }
 
     @classmethod

@@ -7,7 +7,6 @@ from keras_hpdm.backbones.hpdm_backbone import HPDMBackbone, fold_levels, unfold
 from keras_hpdm.backbones.rin_presets import rin_presets
 from keras_hpdm.checks import check_int, check_int_tuple, check_number
 from keras_hpdm.layers.class_embedding import ClassEmbedding
-from keras_hpdm.layers.deep_context_fusion import DeepContextFusion
 from keras_hpdm.layers.patch_tokenizer import PatchDetokenizer, PatchTokenizer
 from keras_hpdm.layers.rin_block import RINBlock
 from keras_hpdm.pyramid import AXES
@@ -88,6 +87,9 @@ class RINBackbone(HPDMBackbone):
         adaptive_norms=True,
         fixed_positions=True,
         token_mixing=True,
+        fusion_mode="deep",
+        use_coords=True,
+        detach_context=False,
         **kwargs,
     ):
         super().__init__(
@@ -98,6 +100,9 @@ class RINBackbone(HPDMBackbone):
             num_classes=num_classes,
             text_dim=text_dim,
             cond_dim=cond_dim,
+            fusion_mode=fusion_mode,
+            use_coords=use_coords,
+            detach_context=detach_context,
             **kwargs,
         )
         num_heads = check_int("num_heads", num_heads, low=1)
@@ -151,9 +156,7 @@ class RINBackbone(HPDMBackbone):
             if text_dim
             else None
         )
-        self.fusions = [
-            DeepContextFusion(dtype=policy, name=f"fusion_{b}") for b in range(self.num_blocks)
-        ]
+        self.fusions = self.make_fusions()
         self.blocks = [
             RINBlock(
                 self.num_latent_layers,

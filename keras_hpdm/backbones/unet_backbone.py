@@ -6,7 +6,6 @@ from keras import ops
 from keras_hpdm.backbones.hpdm_backbone import HPDMBackbone, fold_levels, unfold_levels
 from keras_hpdm.backbones.unet_presets import unet_presets
 from keras_hpdm.checks import check_int, check_number
-from keras_hpdm.layers.deep_context_fusion import DeepContextFusion
 from keras_hpdm.layers.downsample3d import Downsample3D
 from keras_hpdm.layers.factorized_attention import FactorizedAttention
 from keras_hpdm.layers.unet_res_block import UNetResBlock
@@ -42,7 +41,9 @@ class UNet3DBackbone(HPDMBackbone):
         groups: GroupNorm groups (must divide every stage's channels).
         downsample_time: halve time too when going down (only while frames stay even).
         dropout: residual-block dropout.
-        levels_per_block, channels, num_classes, text_dim, cond_dim: as in `RINBackbone`.
+        levels_per_block, channels, num_classes, text_dim, cond_dim, fusion_mode, use_coords,
+            detach_context: as in `RINBackbone` (`"shallow"` fusion fuses the input
+            convolution's output of every level, before the first stage).
 
     Example:
     ```python
@@ -59,11 +60,14 @@ class UNet3DBackbone(HPDMBackbone):
     def __init__(self, pyramid, base_channels=64, channel_multipliers=(1, 2, 2),
                  num_res_blocks=2, attention_stages=(2,), num_heads=4, groups=8,
                  downsample_time=True, dropout=0.0, levels_per_block="linear", channels=3,
-                 num_classes=None, text_dim=None, cond_dim=256, **kwargs):
+                 num_classes=None, text_dim=None, cond_dim=256, fusion_mode="deep",
+                 use_coords=True, detach_context=False, **kwargs):
         num_stages = len(_check_sequence("channel_multipliers", channel_multipliers))
         super().__init__(pyramid=pyramid, num_blocks=2 * num_stages + 1,
                          levels_per_block=levels_per_block, channels=channels,
-                         num_classes=num_classes, text_dim=text_dim, cond_dim=cond_dim, **kwargs)
+                         num_classes=num_classes, text_dim=text_dim, cond_dim=cond_dim,
+                         fusion_mode=fusion_mode, use_coords=use_coords,
+                         detach_context=detach_context, **kwargs)
         self.base_channels = check_int("base_channels", base_channels, low=1)
         self.channel_multipliers = tuple(
             check_int(f"channel_multipliers[{i}]", m, low=1)
@@ -105,8 +109,7 @@ class UNet3DBackbone(HPDMBackbone):
         ], name="cond_mlp")
         self.conv_in = keras.layers.Conv3D(widths[0], 3, padding="same", dtype=policy,
                                            name="conv_in")
-        self.fusions = [DeepContextFusion(dtype=policy, name=f"fusion_{b}")
-                        for b in range(self.num_blocks)]
+        self.fusions = self.make_fusions()
 
         def stage(width, name, attention):
             layers = [UNetResBlock(width, groups=self.groups, dropout=self.dropout,

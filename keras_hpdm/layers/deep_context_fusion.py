@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_hpdm.checks import check_int
+from keras_hpdm.checks import check_bool, check_int
 from keras_hpdm.layers.crop_resample import CropResample
 
 
@@ -51,6 +51,13 @@ class DeepContextFusion(keras.layers.Layer):
     starts as the identity and `W_ctx`, `W_pos` at zero, so a fresh layer is the identity on
     `a_l`. Gradients flow into the coarse levels (no stop-gradient: the "deep" in DCF).
 
+    Args:
+        use_coords: add the coordinate term `W_pos pos_l` (the paper's default; False is
+            its "no coordinates" ablation: the layer then has no `position_kernel`).
+        detach_context: stop gradients from the context into the coarser levels (the
+            paper's "context detach" ablation); the forward pass is unchanged.
+        **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
     Call arguments:
         features: `(B, L, f, h, w, d)` token grids of the levels that run (coarse first).
         coords: `(B, L, 6)` level coordinates `(s_f, s_h, s_w, d_f, d_h, d_w)`.
@@ -67,6 +74,11 @@ class DeepContextFusion(keras.layers.Layer):
     References:
         - [Skorokhodov et al., CVPR 2024](https://arxiv.org/abs/2406.07792), Eq. 7-9.
     """
+
+    def __init__(self, use_coords=True, detach_context=False, **kwargs):
+        super().__init__(**kwargs)
+        self.use_coords = check_bool("use_coords", use_coords)
+        self.detach_context = check_bool("detach_context", detach_context)
 
     def __call__(self, features, coords, num_context_levels=0, **kwargs):
         # Checked before Keras turns NumPy values into tensors (a uint64 fails on torch).
@@ -110,8 +122,9 @@ class DeepContextFusion(keras.layers.Layer):
         self.context_kernel = self.add_weight(
             name="context_kernel", shape=(dim, dim), initializer="zeros"
         )
-        self.position_kernel = self.add_weight(
-            name="position_kernel", shape=(3, dim), initializer="zeros"
+        self.position_kernel = (
+            self.add_weight(name="position_kernel", shape=(3, dim), initializer="zeros")
+            if self.use_coords else None
         )
         self.bias = self.add_weight(name="bias", shape=(dim,), initializer="zeros")
 
@@ -122,9 +135,12 @@ class DeepContextFusion(keras.layers.Layer):
             if level == 0:
                 contexts.append(ops.zeros_like(features[:, 0]))
                 continue
+            coarse = [features[:, k] for k in range(level)]
+            if self.detach_context:
+                coarse = [ops.stop_gradient(x) for x in coarse]
             samples = [
-                self.resample(features[:, k], relative_boxes(coords[:, level], coords[:, k]))
-                for k in range(level)
+                self.resample(x, relative_boxes(coords[:, level], coords[:, k]))
+                for k, x in enumerate(coarse)
             ]
             contexts.append(ops.mean(ops.stack(samples, axis=0), axis=0))
         return ops.stack(contexts, axis=1)
@@ -140,19 +156,24 @@ class DeepContextFusion(keras.layers.Layer):
                 for n, m in zip(features.shape[2:], self.features_shape, strict=True)):
             raise ValueError(f"`features` must have shape (B, L, *{self.features_shape}) (the "
                              f"shape the layer was built for), got {tuple(features.shape)}.")
-        levels = range(num_context_levels, num_levels)
         context = self.context(features, coords, first_level=num_context_levels)
         features = features[:, num_context_levels:]
-        positions = ops.stack(
-            [coordinate_grid(coords[:, lv], self.grid_size) for lv in levels], axis=1
-        )
         dtype = self.compute_dtype
-        return (
+        fused = (
             ops.matmul(features, ops.cast(self.feature_kernel, dtype))
             + ops.matmul(context, ops.cast(self.context_kernel, dtype))
-            + ops.matmul(ops.cast(positions, dtype), ops.cast(self.position_kernel, dtype))
             + ops.cast(self.bias, dtype)
         )
+        if not self.use_coords:
+            return fused
+        positions = ops.stack([coordinate_grid(coords[:, lv], self.grid_size)
+                               for lv in range(num_context_levels, num_levels)], axis=1)
+        return fused + ops.matmul(ops.cast(positions, dtype),
+                                  ops.cast(self.position_kernel, dtype))
+
+    def get_config(self):
+        return {**super().get_config(), "use_coords": self.use_coords,
+                "detach_context": self.detach_context}
 
     def compute_output_shape(self, features_shape, coords_shape, num_context_levels=0):
         n = None if features_shape[1] is None else features_shape[1] - num_context_levels
