@@ -89,12 +89,14 @@ def pyramid_batches(spec, batch_size, seed, processes, num_batches=None):
 
 
 class Budget(keras.callbacks.Callback):
-    """Stops at the wall-clock deadline; at epoch ends, saves a sampling copy when
-    `save_every` seconds have passed since the last, and keeps per-epoch history with times."""
+    """Stops at the wall-clock deadline (or after `max_steps`); at epoch ends, saves a
+    sampling copy when `save_every` seconds have passed since the last, and keeps per-epoch
+    history with times."""
 
-    def __init__(self, deadline, save_every, save):
+    def __init__(self, deadline, save_every, save, max_steps=None):
         super().__init__()
         self.deadline, self.save_every, self.save = deadline, save_every, save
+        self.max_steps = max_steps
         self.start = time.time()
         self.last_save = self.start
         self.step = 0
@@ -103,7 +105,7 @@ class Budget(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
-        if time.time() >= self.deadline:
+        if time.time() >= self.deadline or self.step == self.max_steps:
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
@@ -155,6 +157,8 @@ def main(argv=None):
     own.add_argument("--minutes", type=float, required=True, help="training wall-clock budget")
     own.add_argument("--out-dir", required=True)
     own.add_argument("--name", default="moving_mnist")
+    own.add_argument("--max-steps", type=int, default=None,
+                     help="also stop after this many steps (a fixed budget for comparisons)")
     own.add_argument("--save-every-minutes", type=float, default=1.0)
     own.add_argument("--eval-per-class", type=int, default=0,
                      help="videos per digit scored at the end (0: no evaluation)")
@@ -217,7 +221,8 @@ def main(argv=None):
             json.dump(card, f, indent=1)
         return copy
 
-    budget = Budget(time.time() + 60 * ours.minutes, 60 * ours.save_every_minutes, save)
+    budget = Budget(time.time() + 60 * ours.minutes, 60 * ours.save_every_minutes, save,
+                    ours.max_steps)
     model.fit(data, steps_per_epoch=args.log_every, epochs=10**6, callbacks=[budget],
               verbose=0, shuffle=False)
     budget.ended = time.time()

@@ -245,6 +245,29 @@ def test_evaluate_scores_a_digit_model_and_updates_its_card(run_dir, tmp_path, c
     assert run_cli("evaluate", digits_run, "--fvd", 1) == 2
 
 
+def test_a_text_model_trains_on_builtin_captions_and_is_scored_on_them(tmp_path, capsys):
+    """Captioned Moving MNIST end to end: `train` reads the built-in captions (MiniLM
+    encodes them), `evaluate` generates from held-out phrasings and reads the digit and
+    the direction each caption names."""
+    run = tmp_path / "text_run"
+    data = "builtin:moving_mnist_captions?num_videos=8&num_frames=4&size=32"
+    train = [data if a == DATA else ("16" if a == "8" else a) for a in TRAIN]
+    assert run_cli(*train, "--steps", 2, "--out", run) == 0
+    model = keras.saving.load_model(run / "model.keras", compile=False)
+    assert model.backbone.text_dim and not model.backbone.num_classes
+    capsys.readouterr()
+    assert run_cli("evaluate", run, "--videos", 2, "--steps", 1, "--json",
+                   tmp_path / "scores.json") == 0
+    printed = capsys.readouterr().out
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["settings"]["phrasings"] == "held_out"
+    scores = scores["scores"]
+    assert scores["num_videos"] == 2 and len(scores["examples"]) == 2
+    for name in ("digit_accuracy", "direction_accuracy", "still_fraction", "persistence"):
+        assert 0.0 <= scores[name] <= 1.0 and f"{name:<16} {scores[name]:.4f}" in printed
+    assert repr(scores["examples"][0]["caption"]) in printed
+
+
 def test_export_keeps_the_ema_samples(run_dir, tmp_path):
     out = tmp_path / "sampler.keras"
     assert run_cli("export", run_dir, out, "--description", "test") == 0

@@ -69,6 +69,41 @@ def test_fit_on_caption_strings(model):
     assert np.isfinite(history.history["loss"][0])
 
 
+def test_fit_on_captions_from_a_generator_and_a_py_dataset(model):
+    """Python batches with raw `text` (e.g. captioned Moving MNIST made on the fly) are
+    encoded as tf.data batches are: a generator and a threaded `PyDataset` train; a
+    multiprocessing `PyDataset`, whose workers cannot hold the encoder, is refused with
+    what to do."""
+    _, captions, _ = keras_hpdm.data.captioned_moving_mnist(4, num_frames=2, size=32)
+    rng = np.random.default_rng(0)
+    batch = {"patches": rng.uniform(-1, 1, (4, 2, 2, 8, 8, 1)).astype("float32"),
+             "coords": np.stack([SPEC.coords_from_offsets(SPEC.sample_offsets(i))
+                                 for i in range(4)]).astype("float32"),
+             "text": np.array(captions)}
+    checked = next(batch_checks.prepare_inputs(model, (b for b in [batch])))
+    np.testing.assert_allclose(numpy(checked[0]["text_embeddings"]), encode(model, captions),
+                               atol=1e-5)
+    assert "text" not in checked[0]
+    history = model.fit((b for b in [batch, batch]), steps_per_epoch=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            return batch
+
+    history = model.fit(Batches(workers=2), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    wrapped = batch_checks.prepare_inputs(model, Batches(workers=2, use_multiprocessing=True))
+    with pytest.raises(ValueError, match="text_embeddings"):
+        wrapped[0]
+
+
 def test_null_text_matches_training_dropout(model):
     """`_drop_conditions` (training) replaces a row's text by the guidance null (zeros of
     the encoder's length) at the configured rate and leaves the other rows alone; with

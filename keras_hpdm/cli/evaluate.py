@@ -1,4 +1,4 @@
-"""`keras-hpdm evaluate`: score a class-conditional Moving MNIST model."""
+"""`keras-hpdm evaluate`: score a Moving MNIST model (class- or text-conditional)."""
 
 import json
 import os
@@ -16,8 +16,9 @@ from keras_hpdm.cli.common import (
     refuse_overwrite,
 )
 
-SCORES = ("class_accuracy", "frame_accuracy", "persistence", "class_effect", "noise_effect",
-          "fvd", "fvd_real_real", "kvd", "kvd_real_real")
+SCORES = ("class_accuracy", "digit_accuracy", "direction_accuracy", "still_fraction",
+          "frame_accuracy", "persistence", "class_effect", "noise_effect", "fvd",
+          "fvd_real_real", "kvd", "kvd_real_real")
 
 
 def add_parser(sub):
@@ -29,9 +30,13 @@ def add_parser(sub):
         "the requested digit), frame accuracy, persistence (frames showing a digit), class "
         "and noise effects (mean |pixel difference| /255 between two digits at one noise, "
         "and one digit at two noises); with --fvd N also FVD/KVD of N generated videos vs N "
-        "real Moving MNIST videos, beside the real/real figures.",
+        "real Moving MNIST videos, beside the real/real figures. A text-conditional model "
+        "instead generates --videos videos from captions of real captioned Moving MNIST "
+        "videos (--phrasings: held-out wordings by default) and is scored on the digit and "
+        "the direction of motion the captions name.",
         epilog="examples:\n"
         "  keras-hpdm evaluate pretrained:moving_mnist\n"
+        "  keras-hpdm evaluate runs/text --videos 40 --phrasings train --fvd 40\n"
         "  keras-hpdm evaluate runs/mnist --per-class 4 --steps 64 --fvd 64 --json "
         "scores.json",
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
@@ -39,6 +44,10 @@ def add_parser(sub):
     p.add_argument("checkpoint", help="a .keras file, a run folder, or pretrained:NAME")
     p.add_argument("--per-class", type=positive_int, default=2,
                    help="videos per digit (default: 2)")
+    p.add_argument("--videos", type=positive_int, default=20,
+                   help="text models: videos (one caption each; default: 20)")
+    p.add_argument("--phrasings", choices=("held_out", "train"), default="held_out",
+                   help="text models: caption wordings (default: held_out, never trained on)")
     p.add_argument("--steps", type=positive_int, nargs="+",
                    help="sampling steps: level 0 (halved per level) or one per level "
                         "(default: the model's)")
@@ -51,7 +60,8 @@ def add_parser(sub):
     p.add_argument("--tile-batch-size", type=positive_int, default=32, help="default: 32")
     p.add_argument("--seed", type=non_negative_int, default=0, help="default: 0")
     p.add_argument("--fvd", type=non_negative_int, default=0, metavar="N",
-                   help="FVD/KVD with N generated and N real videos (0: skip; default: 0)")
+                   help="FVD/KVD with N generated and N real videos (0: skip; default: 0); "
+                        "text models: any N > 0 scores the --videos videos")
     p.add_argument("--json", help="also write the scores (and the settings) to this file")
     p.add_argument("--card", help="add the scores and settings to this model card (the JSON "
                                   "`export` writes beside the .keras), under 'evaluation'")
@@ -89,34 +99,52 @@ def run(args):
     config = model_config(args.checkpoint)
     model = load_checkpoint(args.checkpoint) if config is None else None
     backbone = model.backbone.get_config() if config is None else config["backbone"]
-    if backbone.get("num_classes") != 10 or backbone.get("channels") != 1:
-        raise CommandError("evaluate scores Moving MNIST models (10 classes, 1 channel); this "
-                           f"one has num_classes={backbone.get('num_classes')}, channels="
+    text = bool(backbone.get("text_dim"))
+    if backbone.get("channels") != 1 or not (text or backbone.get("num_classes") == 10):
+        raise CommandError("evaluate scores Moving MNIST models (1 channel; 10 classes or "
+                           f"text); this one has num_classes={backbone.get('num_classes')}, "
+                           f"text_dim={backbone.get('text_dim')}, channels="
                            f"{backbone.get('channels')}.")
     steps, sampler = per_level(args.steps), per_level(args.sampler)
     if model is None:
-        # The requests `evaluate_moving_mnist` makes (one digit, `per_class` samples).
-        check_plan(config, 0, num_samples=args.per_class, num_steps=steps, sampler=sampler,
-                   guidance_scale=args.guidance, tile_batch_size=args.tile_batch_size,
-                   seed=args.seed, verbose=args.verbose)
+        # The requests the evaluation makes: one digit and `per_class` samples, or one
+        # caption per video.
+        request = (["a caption"] * args.videos, None) if text else (0, args.per_class)
+        check_plan(config, request[0], num_samples=request[1], num_steps=steps,
+                   sampler=sampler, guidance_scale=args.guidance,
+                   tile_batch_size=args.tile_batch_size, seed=args.seed, verbose=args.verbose)
         model = load_checkpoint(args.checkpoint)
-    from keras_hpdm.metrics import evaluate_moving_mnist
+    from keras_hpdm.metrics import evaluate_moving_mnist, evaluate_moving_mnist_text
 
     guidance_scale = (model.sampling["guidance_scale"] if args.guidance is None
                       else args.guidance)
-    settings = {"per_class": args.per_class, "num_steps": steps, "sampler": sampler,
-                "guidance_scale": guidance_scale, "seed": args.seed}
-    scores = evaluate_moving_mnist(
-        model, per_class=args.per_class, seed=args.seed, fvd_videos=args.fvd,
-        num_steps=steps, sampler=sampler, guidance_scale=guidance_scale,
-        tile_batch_size=args.tile_batch_size, verbose=args.verbose)
+    options = dict(num_steps=steps, sampler=sampler, guidance_scale=guidance_scale,
+                   tile_batch_size=args.tile_batch_size, verbose=args.verbose)
+    settings = {"num_steps": steps, "sampler": sampler, "guidance_scale": guidance_scale,
+                "seed": args.seed}
+    if text:
+        if args.fvd and args.videos < 2:
+            raise CommandError("--fvd needs at least 2 videos: raise --videos.")
+        settings.update(videos=args.videos, phrasings=args.phrasings)
+        scores = evaluate_moving_mnist_text(
+            model, num_videos=args.videos, phrasings=args.phrasings, seed=args.seed,
+            fvd=bool(args.fvd), **options)
+    else:
+        settings["per_class"] = args.per_class
+        scores = evaluate_moving_mnist(model, per_class=args.per_class, seed=args.seed,
+                                       fvd_videos=args.fvd, **options)
     print(f"{args.checkpoint}: {scores['num_videos']} videos in {scores['seconds']:.0f} s "
           f"(steps {steps or model.sampling['num_steps']}, guidance {guidance_scale}, "
           f"seed {args.seed})")
     for name in SCORES:
         if name in scores:
             print(f"  {name:<16} {scores[name]:.4f}")
-    print("  per digit        " + " ".join(f"{a:.2f}" for a in scores["per_class_accuracy"]))
+    if "per_class_accuracy" in scores:
+        print("  per digit        "
+              + " ".join(f"{a:.2f}" for a in scores["per_class_accuracy"]))
+    for example in scores.get("examples", [])[:5]:
+        print(f"  {example['caption']!r}: read {example['digit_read']}, moving "
+              f"{example['direction_measured'] or 'nowhere'}")
     if "fvd" in scores:
         print(f"  (FVD/KVD with {scores['fvd_num_videos']} generated and real videos)")
     record = {"settings": settings, "scores": scores,

@@ -55,7 +55,8 @@ def add_parser(sub):
     )
     p.add_argument("data", nargs="?",
                    help="video/image folder, media file, shard folder (`keras-hpdm prepare`) "
-                        "or builtin:NAME (moving_mnist, mnist, bikes, bigbuckbunny, carphone, "
+                        "or builtin:NAME (moving_mnist, moving_mnist_captions, mnist, bikes, "
+                        "bigbuckbunny, carphone, "
                         "clips, images; options as a query: builtin:moving_mnist?num_digits=2)")
     p.add_argument("--out", required=True, help="checkpoint / run folder")
     p.add_argument("--resume", action="store_true",

@@ -20,6 +20,7 @@ from keras_hpdm.data.decode import (
 )
 from keras_hpdm.data.joint import mixed_pyramid_dataset
 from keras_hpdm.data.moving_mnist import mnist_digits, moving_mnist
+from keras_hpdm.data.moving_mnist_captions import captioned_moving_mnist, moving_mnist_caption
 from keras_hpdm.data.pipeline import pyramid_dataset
 from keras_hpdm.data.shard_writer import prepare
 from keras_hpdm.data.shards import read_records, verify_shards
@@ -32,12 +33,14 @@ __all__ = [
     "SkippedMediaWarning",
     "builtin_clip_path",
     "builtin_images",
+    "captioned_moving_mnist",
     "decode_video",
     "find_media",
     "load_builtin",
     "mixed_pyramid_dataset",
     "mnist_digits",
     "moving_mnist",
+    "moving_mnist_caption",
     "prepare",
     "probe_media",
     "pyramid_dataset",

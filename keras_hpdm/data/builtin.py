@@ -9,6 +9,7 @@ import os
 
 from keras_hpdm.data.decode import decode_video, read_image
 from keras_hpdm.data.moving_mnist import mnist_digits, moving_mnist
+from keras_hpdm.data.moving_mnist_captions import captioned_moving_mnist
 from keras_hpdm.package_files import carrier_file
 
 CLIPS = {
@@ -19,7 +20,8 @@ CLIPS = {
 
 _IMAGE_DIRS = {"skimage": "data", "sklearn": os.path.join("datasets", "images")}
 
-BUILTIN_NAMES = ("bigbuckbunny", "bikes", "carphone", "clips", "images", "moving_mnist", "mnist")
+BUILTIN_NAMES = ("bigbuckbunny", "bikes", "carphone", "clips", "images", "moving_mnist",
+                 "moving_mnist_captions", "mnist")
 
 
 def builtin_clip_path(name):
@@ -97,6 +99,8 @@ def load_builtin(name, **kwargs):
             - `"images"`: dict file stem -> uint8 `(H, W, 3)` photo (`kwargs`: `packages`,
               `channels`).
             - `"moving_mnist"`: `(videos, labels)` from `moving_mnist(**kwargs)`.
+            - `"moving_mnist_captions"`: `(videos, captions, facts)` from
+              `captioned_moving_mnist(**kwargs)`.
             - `"mnist"`: `(digits uint8 (5000, 28, 28), labels int64 (5000,))`.
 
     Example:
@@ -115,6 +119,8 @@ def load_builtin(name, **kwargs):
         return {os.path.splitext(os.path.basename(p))[0]: read_image(p, channels) for p in paths}
     if name == "moving_mnist":
         return moving_mnist(**kwargs)
+    if name == "moving_mnist_captions":
+        return captioned_moving_mnist(**kwargs)
     if name == "mnist":
         if kwargs:
             raise ValueError(f"`mnist` takes no options, got {sorted(kwargs)}.")

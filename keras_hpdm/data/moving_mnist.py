@@ -35,6 +35,41 @@ def mnist_digits():
     return digits.copy(), labels.copy()
 
 
+def pool_indices(digit_indices, num_digits):
+    """`digit_indices` checked (None: all digits) as a 1-D int array."""
+    pool = np.arange(num_digits) if digit_indices is None else np.asarray(digit_indices)
+    if pool.ndim != 1 or pool.size == 0 or not np.issubdtype(pool.dtype, np.integer) or (
+        pool.min() < 0 or pool.max() >= num_digits
+    ):
+        raise ValueError(f"`digit_indices` must be a non-empty 1-D array of ints in "
+                         f"[0, {num_digits - 1}], got {digit_indices!r}.")
+    return pool
+
+
+def render_digits(glyphs, pos, vel, num_frames, size):
+    """Draws `glyphs` (N, K, 28, 28) moving from top-left corners `pos` (N, K, 2) (row,
+    column) by `vel` pixels per frame, reflecting off the canvas edges; overlapping digits
+    combine with `max`. Returns uint8 `(N, T, size, size)`."""
+    n, k = glyphs.shape[:2]
+    room = size - DIGIT
+    videos = np.zeros((n, num_frames, size, size), np.uint8)
+    grid = np.arange(DIGIT)
+    rows = np.arange(n)[:, None, None]
+    for frame in range(num_frames):
+        top_left = np.floor(pos + 0.5).astype(np.int64)
+        for d in range(k):
+            ys = top_left[:, d, 0, None] + grid  # (N, 28)
+            xs = top_left[:, d, 1, None] + grid
+            region = (rows, frame, ys[:, :, None], xs[:, None, :])
+            videos[region] = np.maximum(videos[region], glyphs[:, d])
+        pos = pos + vel
+        # Reflect off the walls: position and velocity mirror at 0 and at `room`.
+        low, high = pos < 0, pos > room
+        pos = np.where(low, -pos, np.where(high, 2 * room - pos, pos))
+        vel = np.where(low | high, -vel, vel)
+    return videos
+
+
 def moving_mnist(num_videos, num_frames=16, size=64, num_digits=1, seed=0,
                  return_all_labels=False, digit_indices=None):
     """Generates Moving MNIST videos: real digits bouncing inside a square canvas.
@@ -73,12 +108,7 @@ def moving_mnist(num_videos, num_frames=16, size=64, num_digits=1, seed=0,
     k = check_int("num_digits", num_digits, low=1)
     seed = check_seed(seed, allow_none=False)
     digits, classes = _load_mnist()
-    pool = np.arange(len(digits)) if digit_indices is None else np.asarray(digit_indices)
-    if pool.ndim != 1 or pool.size == 0 or not np.issubdtype(pool.dtype, np.integer) or (
-        pool.min() < 0 or pool.max() >= len(digits)
-    ):
-        raise ValueError(f"`digit_indices` must be a non-empty 1-D array of ints in "
-                         f"[0, {len(digits) - 1}], got {digit_indices!r}.")
+    pool = pool_indices(digit_indices, len(digits))
     rng = np.random.default_rng(seed)
     choice = pool[rng.integers(0, len(pool), (n, k))]
     room = size - DIGIT
@@ -86,20 +116,6 @@ def moving_mnist(num_videos, num_frames=16, size=64, num_digits=1, seed=0,
     theta = rng.uniform(0, 2 * np.pi, (n, k))
     vel = 0.1 * room * np.stack([np.sin(theta), np.cos(theta)], axis=-1)
 
-    videos = np.zeros((n, t, size, size), np.uint8)
-    grid = np.arange(DIGIT)
-    rows = np.arange(n)[:, None, None]
-    for frame in range(t):
-        top_left = np.floor(pos + 0.5).astype(np.int64)
-        for d in range(k):
-            ys = top_left[:, d, 0, None] + grid  # (N, 28)
-            xs = top_left[:, d, 1, None] + grid
-            region = (rows, frame, ys[:, :, None], xs[:, None, :])
-            videos[region] = np.maximum(videos[region], digits[choice[:, d]])
-        pos = pos + vel
-        # Reflect off the walls: position and velocity mirror at 0 and at `room`.
-        low, high = pos < 0, pos > room
-        pos = np.where(low, -pos, np.where(high, 2 * room - pos, pos))
-        vel = np.where(low | high, -vel, vel)
+    videos = render_digits(digits[choice], pos, vel, t, size)
     labels = classes[choice] if return_all_labels else classes[choice[:, 0]]
     return videos[..., None], labels.astype(np.int64)

@@ -51,9 +51,10 @@ def pyramid_dataset(source, pyramid, batch_size, *, frames=None, frame_stride=1,
             - a numpy array `(N, T, H, W, C)` (or `(N, H, W, C)`) of uint8 or float in
               `[-1, 1]`, or a `(videos, labels)` tuple,
             - `"builtin:<name>"`: `bigbuckbunny`, `bikes`, `carphone`, `clips` (all three),
-              `images` (scikit-image/scikit-learn photos), `moving_mnist` or `mnist`; options
-              as a query, e.g. `"builtin:moving_mnist?num_videos=512&num_digits=2"`
-              (moving_mnist defaults: 1000 videos of 20 frames, 64x64).
+              `images` (scikit-image/scikit-learn photos), `moving_mnist`,
+              `moving_mnist_captions` (captions as labels) or `mnist`; options as a query,
+              e.g. `"builtin:moving_mnist?num_videos=512&num_digits=2"` (moving_mnist
+              defaults: 1000 videos of 20 frames, 64x64; captions: 1000 of 16 frames).
         pyramid: the `PyramidSpec`; examples are cut at its `target_size`.
         batch_size: examples per batch.
         frames: source frames per clip (default `target_size[0]`); a different count is

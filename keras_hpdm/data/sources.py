@@ -126,6 +126,12 @@ def _is_tensor(x):
 def _resolve_builtin(spec, labels):
     name, _, query = spec.partition("?")
     options = {k: _parse_number(v) for k, v in urllib.parse.parse_qsl(query)}
+    if name == "moving_mnist_captions":
+        options = {"num_videos": 1000, **options}
+        videos, captions, _ = builtin.load_builtin(name, **options)
+        source = _array_source(videos, captions if labels is True else labels)
+        source.description = BUILTIN_PREFIX + spec
+        return source
     if name in ("moving_mnist", "mnist"):
         if name == "moving_mnist":
             options = {"num_videos": 1000, "num_frames": 20, **options}

@@ -15,7 +15,12 @@ from keras_hpdm.metrics.i3d import I3D, kinetics400_labels, preprocess_videos
 from keras_hpdm.metrics.i3d_weights import load_i3d_checkpoint, locate_i3d_checkpoint
 from keras_hpdm.metrics.image_metrics import fid, image_kid_proxy, inception_score, psnr, ssim
 from keras_hpdm.metrics.kernel_video_distance import KernelVideoDistance, kernel_distance
-from keras_hpdm.metrics.moving_mnist_evaluation import evaluate_moving_mnist, moving_mnist_fvd
+from keras_hpdm.metrics.motion import direction_accuracy, measured_directions
+from keras_hpdm.metrics.moving_mnist_evaluation import (
+    evaluate_moving_mnist,
+    evaluate_moving_mnist_text,
+    moving_mnist_fvd,
+)
 
 __all__ = [
     "DigitReader",
@@ -23,7 +28,9 @@ __all__ = [
     "I3D",
     "centre_digits",
     "digit_video_scores",
+    "direction_accuracy",
     "evaluate_moving_mnist",
+    "evaluate_moving_mnist_text",
     "KernelVideoDistance",
     "evaluate_videos",
     "extract_video_features",
@@ -37,6 +44,7 @@ __all__ = [
     "kinetics400_labels",
     "kvd",
     "load_i3d_checkpoint",
+    "measured_directions",
     "locate_i3d_checkpoint",
     "moving_mnist_fvd",
     "preprocess_videos",

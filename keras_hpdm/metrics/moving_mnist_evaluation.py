@@ -1,4 +1,5 @@
-"""Quality of a class-conditional Moving MNIST model: digits, persistence, class effect, FVD."""
+"""Quality of a Moving MNIST model: digits, persistence, class effect, FVD; for a text model
+also the direction its prompts name."""
 
 import time
 
@@ -90,9 +91,6 @@ def moving_mnist_fvd(model, num_videos, seed=0, batch_size=8, **generate_kwargs)
         real set vs the first), `fvd_num_videos`.
     """
     from keras_hpdm.data.moving_mnist import moving_mnist
-    from keras_hpdm.metrics.features import extract_features, make_i3d_extractor
-    from keras_hpdm.metrics.frechet_video_distance import frechet_distance
-    from keras_hpdm.metrics.kernel_video_distance import kernel_distance
 
     num_videos = check_int("num_videos", num_videos, low=2)
     size = model.pyramid.target_size
@@ -103,6 +101,14 @@ def moving_mnist_fvd(model, num_videos, seed=0, batch_size=8, **generate_kwargs)
     fake = model.generate(labels, seed=seed + 1, **generate_kwargs)
     real, _ = moving_mnist(num_videos, num_frames=size[0], size=size[1], seed=seed + 1000)
     other, _ = moving_mnist(num_videos, num_frames=size[0], size=size[1], seed=seed + 2000)
+    return _fvd_scores(real, fake, other, batch_size)
+
+
+def _fvd_scores(real, fake, other, batch_size):
+    from keras_hpdm.metrics.features import extract_features, make_i3d_extractor
+    from keras_hpdm.metrics.frechet_video_distance import frechet_distance
+    from keras_hpdm.metrics.kernel_video_distance import kernel_distance
+
     extractor = make_i3d_extractor(batch_size, None)
     feats = {name: extract_features(_rgb(v), extractor, batch_size, name)
              for name, v in (("real", real), ("fake", fake), ("other", other))}
@@ -111,5 +117,81 @@ def moving_mnist_fvd(model, num_videos, seed=0, batch_size=8, **generate_kwargs)
         "kvd": kernel_distance(feats["real"], feats["fake"]),
         "fvd_real_real": frechet_distance(feats["real"], feats["other"]),
         "kvd_real_real": kernel_distance(feats["real"], feats["other"]),
-        "fvd_num_videos": num_videos,
+        "fvd_num_videos": len(real),
     }
+
+
+def evaluate_moving_mnist_text(model, num_videos=20, phrasings="held_out", seed=0, fvd=False,
+                               fvd_batch_size=8, **generate_kwargs):
+    """Generates from captions of real captioned Moving MNIST videos and checks the facts.
+
+    The captions (`keras_hpdm.data.captioned_moving_mnist`, `phrasings` wordings: the
+    `"held_out"` ones never occur in training captions) name a digit, a direction and a
+    speed. Each generated video is read by the packaged `DigitReader` (the named digit?) and
+    by `measured_directions` (does the digit move the named way from the first frame to the
+    last?).
+
+    Args:
+        model: a text-conditional `PatchDiffusionModel` making grayscale videos of at least
+            28x28 pixels (Moving MNIST).
+        num_videos: videos to generate (one per caption).
+        phrasings: `"held_out"` (default) or `"train"`.
+        seed: seeds the captions (and their real videos) and the generation.
+        fvd: also FVD/KVD of the generated videos against the captions' real videos, with
+            a second real set beside them (the real/real reference).
+        fvd_batch_size: clips per I3D call.
+        **generate_kwargs: passed to `model.generate` (`num_steps`, `guidance_scale`, ...).
+
+    Returns:
+        dict: `digit_accuracy` (videos read as the named digit), `frame_accuracy`,
+        `persistence` (see `digit_video_scores`), `direction_accuracy` (videos whose digit
+        moves the named way), `still_fraction` (videos without measurable motion),
+        `num_videos`, `phrasings`, `seconds` (generation), `examples` (the first captions
+        with what was read), and with `fvd`: `fvd`, `kvd`, `fvd_real_real`,
+        `kvd_real_real`, `fvd_num_videos`.
+
+    Example:
+    ```python
+    model = keras_hpdm.PatchDiffusionModel.from_preset("moving_mnist_text")
+    keras_hpdm.metrics.evaluate_moving_mnist_text(model, num_videos=20)
+    ```
+    """
+    from keras_hpdm.data.moving_mnist_captions import DIRECTIONS, captioned_moving_mnist
+    from keras_hpdm.metrics.motion import STILL, measured_directions
+
+    backbone = model.backbone
+    if not backbone.text_dim:
+        raise ValueError("`evaluate_moving_mnist_text` needs a text-conditional model "
+                         "(backbone `text_dim`); for class labels use "
+                         "`evaluate_moving_mnist`.")
+    frames, height, width = model.pyramid.target_size
+    if min(height, width) < DIGIT or height != width or backbone.channels != 1:
+        raise ValueError("`evaluate_moving_mnist_text` needs square grayscale videos of at "
+                         f"least {DIGIT}x{DIGIT} pixels; this model makes "
+                         f"{model.pyramid.target_size} with {backbone.channels} channels.")
+    num_videos = check_int("num_videos", num_videos, low=1)
+    real, captions, facts = captioned_moving_mnist(num_videos, num_frames=frames, size=height,
+                                                   seed=seed, phrasings=phrasings)
+    generate_kwargs.setdefault("verbose", 0)
+    start = time.time()
+    videos = model.generate(captions, seed=seed, **generate_kwargs)
+    seconds = time.time() - start
+    scores = digit_video_scores(videos, facts["digit"])
+    predicted = scores.pop("predicted")
+    scores.pop("per_class_accuracy", None)
+    measured = measured_directions(videos)
+    out = {
+        "digit_accuracy": scores.pop("class_accuracy"), **scores,
+        "direction_accuracy": float(np.mean(measured == facts["direction"])),
+        "still_fraction": float(np.mean(measured == STILL)),
+        "num_videos": num_videos, "phrasings": phrasings, "seconds": seconds,
+        "examples": [
+            {"caption": c, "digit_read": int(p),
+             "direction_measured": None if m == STILL else DIRECTIONS[m]}
+            for c, p, m in zip(captions[:10], predicted[:10], measured[:10], strict=True)],
+    }
+    if fvd:
+        other, _, _ = captioned_moving_mnist(num_videos, num_frames=frames, size=height,
+                                             seed=seed + 1000, phrasings=phrasings)
+        out.update(_fvd_scores(real, videos, other, fvd_batch_size))
+    return out

@@ -140,34 +140,49 @@ def check_batch_values(batch, num_classes=None, sample_weight=None):
             raise ValueError("`sample_weight` must be finite and >= 0.")
 
 
-def _checked_item(item, num_classes):
-    """A generator / PyDataset item, checked; a bare dict becomes Keras' `(x,)`."""
+def _checked_item(item, num_classes, model=None):
+    """A generator / PyDataset item, checked; a bare dict becomes Keras' `(x,)`. With
+    `model`, `text` prompts become `text_embeddings` (as `fit` does for dicts and tf.data);
+    without one (a multiprocessing `PyDataset`: the model stays in this process), a batch
+    with text is refused with what to do instead."""
     if isinstance(item, dict):
         item = (item,)
     if isinstance(item, (tuple, list)) and item and isinstance(item[0], dict):
         weight = item[2] if len(item) == 3 else None
         check_batch_values(item[0], num_classes, weight)
+        if "text" in item[0]:
+            if model is None:
+                raise ValueError(
+                    "A `PyDataset` with `use_multiprocessing=True` gave raw 'text': its "
+                    "workers cannot run the text encoder. Give 'text_embeddings' "
+                    "(`model.encode_text(prompts)`) or use threads.")
+            x = dict(item[0])
+            x["text_embeddings"] = _encode_text(model, x.pop("text"))
+            item = (x, *item[1:])
     return item
 
 
-def _checked_generator(generator, num_classes):
+def _checked_generator(generator, model):
+    num_classes = model.backbone.num_classes
     for item in generator:
-        yield _checked_item(item, num_classes)
+        yield _checked_item(item, num_classes, model)
 
 
 class CheckedPyDataset(keras.utils.PyDataset):
     """A `PyDataset` whose items are checked as they are loaded (in its workers, if any:
     it holds plain data only, so it pickles wherever the wrapped dataset does)."""
 
-    def __init__(self, dataset, num_classes):
+    def __init__(self, dataset, model):
         super().__init__(workers=dataset.workers,
                          use_multiprocessing=dataset.use_multiprocessing,
                          max_queue_size=dataset.max_queue_size)
         self.dataset = dataset
-        self.num_classes = num_classes
+        self.num_classes = model.backbone.num_classes
+        # Threads share the model (text prompts are encoded there); processes get none.
+        self.model = None if dataset.use_multiprocessing else model
 
     def __getitem__(self, index):
-        return _checked_item(self.dataset[index], self.num_classes)
+        return _checked_item(self.dataset[index], self.num_classes, self.model)
 
     @property
     def num_batches(self):
@@ -202,9 +217,9 @@ def prepare_inputs(model, x, sample_weight=None):
     if isinstance(x, (np.ndarray, list, tuple)) or hasattr(x, "__array__"):
         check_batch_structure(model, x)  # raises: batches must be dicts
     if isinstance(x, keras.utils.PyDataset):
-        return CheckedPyDataset(x, num_classes)
+        return CheckedPyDataset(x, model)
     if inspect.isgenerator(x):
-        return _checked_generator(x, num_classes)
+        return _checked_generator(x, model)
     # A `tf.data` dataset exists only once TensorFlow is imported: without it (the GPU
     # machine has none) `fit` from numpy must not import it.
     tf = sys.modules.get("tensorflow")
