@@ -4,6 +4,7 @@
   gradients are *summed* (Keras' JAX distribution runs one SPMD program on the global batch).
 - Keras has no distribution backend for torch.
 - Keras' JAX trainer detaches variable values while it trains.
+- Keras' JAX `predict_on_batch` does not split a batch over a distribution's devices.
 """
 
 import contextlib
@@ -90,3 +91,26 @@ def reattach_jax_variables_on_error(model):
             if v._value is None:  # detached and never given back
                 v.assign(value)
         raise
+
+
+def batch_replicas():
+    """How many devices a generation batch is split over: the batch axis of an active
+    `keras.distribution` under JAX (Keras' `predict_on_batch` would run it on one device),
+    else 1."""
+    distribution = keras.distribution.distribution()
+    if distribution is None or keras.config.backend() != "jax":
+        return 1
+    mesh = distribution.device_mesh
+    return int(mesh.shape[list(mesh.axis_names).index(distribution.batch_dim_name)])
+
+
+def shard_batch(inputs):
+    """Places every array of `inputs` (batch first, a multiple of `batch_replicas()`) on the
+    distribution's devices, split along the batch: the compiled function then runs each
+    device's share there (SPMD)."""
+    distribution = keras.distribution.distribution()
+
+    def place(x):
+        return keras.distribution.distribute_tensor(x, distribution.get_data_layout(x.shape))
+
+    return keras.tree.map_structure(place, inputs)

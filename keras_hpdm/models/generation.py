@@ -13,6 +13,7 @@ from keras_hpdm.diffusion.samplers import sample
 from keras_hpdm.diffusion.schedules import edm_sigmas
 from keras_hpdm.diffusion.seeding import derive_seed, per_sample_normal
 from keras_hpdm.diffusion.tiling import tile_grid, tiled_denoiser
+from keras_hpdm.models.backend_quirks import batch_replicas, shard_batch
 
 # EDM's ImageNet-64 setting (S_churn 40 at 256 steps) as churn per step: gamma = 0.156.
 EDM_CHURN_PER_STEP = 40.0 / 256.0
@@ -40,6 +41,11 @@ class CompiledNetwork:
     Keeping a function per signature (mode, levels, tile batch) matters on TensorFlow: one
     `tf.function` seeing a second shape relaxes every axis to unknown, including the level
     axis that adaptive computation slices statically.
+
+    Under a JAX `keras.distribution` (e.g. `DataParallel` over all local devices) each batch
+    is split over the devices: padded to a multiple of their count by repeating its last
+    row, placed sharded along the batch, and cut back after. Rows never interact, so the
+    output is one device's (to float rounding).
     """
 
     def __init__(self, model):
@@ -47,6 +53,18 @@ class CompiledNetwork:
         self.functions = {}
 
     def __call__(self, inputs):
+        replicas = batch_replicas()
+        if replicas == 1:
+            return self._call(inputs)
+        size = len(inputs["sigma"])
+        pad = -size % replicas
+        if pad:
+            inputs = keras.tree.map_structure(
+                lambda x: np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]), inputs)
+        out = self._call(shard_batch(inputs))
+        return keras.tree.map_structure(lambda x: x[:size], out)
+
+    def _call(self, inputs):
         key = (tuple(sorted(inputs)),
                tuple(tuple(np.shape(x)) for x in keras.tree.flatten(inputs)))
         model = self.model
