@@ -14,6 +14,13 @@ Every `--save-every-minutes` and at the end it writes a sampling-only copy (EMA 
 many small calls; `keras-hpdm evaluate` anywhere gives the same figures). `--init-from
 FILE.keras` continues from such a copy (fresh optimizer, EMA restarted at its weights).
 
+`--text-table TABLE.npz` trains a text-conditional model on captioned Moving MNIST
+(`keras_hpdm.data.captioned_moving_mnist`) instead: each video is conditioned on the
+embeddings of one of the table's captions of its own facts (digit, direction, speed). The
+table (`scripts/caption_table.py`, run where the text encoder is installed) holds them
+precomputed, so training needs neither the encoder nor TensorFlow; the model records the
+encoder and builds it when it first encodes a prompt (`keras-hpdm evaluate` scores it).
+
 The bundled model (README "The bundled model"):
 ```
 python scripts/gpu_train_moving_mnist.py --minutes 4.5 --out-dir out --name A \
@@ -27,6 +34,7 @@ python scripts/gpu_train_moving_mnist.py --minutes 3.6 --out-dir out --name A2 \
 
 import argparse
 import datetime
+import functools
 import itertools
 import json
 import multiprocessing
@@ -45,6 +53,7 @@ import keras_hpdm  # noqa: E402
 from keras_hpdm.cli.export import sampling_copy  # noqa: E402
 from keras_hpdm.cli.train import OVERRIDE_DEFAULTS, add_parser, build_model  # noqa: E402
 from keras_hpdm.data.moving_mnist import moving_mnist  # noqa: E402
+from keras_hpdm.data.moving_mnist_captions import captioned_moving_mnist  # noqa: E402
 from keras_hpdm.metrics.moving_mnist_evaluation import evaluate_moving_mnist  # noqa: E402
 
 
@@ -54,6 +63,12 @@ def pyramid_batch(spec, batch_size, seed, index):
     frames, size = spec.target_size[0], spec.target_size[1]
     videos, labels = moving_mnist(batch_size, num_frames=frames, size=size,
                                   seed=(seed * 1_000_003 + index) % 2**62)
+    return {**cut_pyramids(spec, videos, seed, index), "label": labels.astype(np.int32)}
+
+
+def cut_pyramids(spec, videos, seed, index):
+    """One random pyramid per uint8 video (offsets seeded by `seed` and `index`)."""
+    batch_size, frames, size = len(videos), spec.target_size[0], spec.target_size[1]
     videos = videos.astype(np.float32) / 127.5 - 1.0
     rng = np.random.default_rng((seed, index))
     offsets = np.stack([spec.offsets_from_uniform(rng.random((spec.num_levels, 3)))
@@ -67,20 +82,57 @@ def pyramid_batch(spec, batch_size, seed, index):
         for i, (of, oh, ow) in enumerate(offsets[:, level]):
             patches[i, level] = canvas[i, of:of + rf, oh:oh + rh, ow:ow + rw]
     coords = np.stack([spec.coords_from_offsets(o) for o in offsets]).astype(np.float32)
-    return {"patches": patches, "coords": coords, "label": labels.astype(np.int32)}
+    return {"patches": patches, "coords": coords}
+
+
+@functools.lru_cache(maxsize=2)
+def load_text_table(path):
+    """A caption table (`scripts/caption_table.py`): embeddings of captions for every fact
+    triple, and per triple the rows that describe it."""
+    with np.load(path) as data:
+        table = {k: data[k] for k in data.files}
+    keys = fact_keys(table["facts"])
+    table["rows"] = [np.flatnonzero(keys == k) for k in range(10 * 8 * 2)]
+    if any(len(r) == 0 for r in table["rows"]):
+        raise ValueError(f"{path}: some (digit, direction, speed) have no caption.")
+    return table
+
+
+def fact_keys(facts):
+    """`(N, 3)` (digit, direction, speed) -> one int per fact triple."""
+    facts = np.asarray(facts)
+    return (facts[:, 0] * 8 + facts[:, 1]) * 2 + facts[:, 2]
+
+
+def text_pyramid_batch(spec, batch_size, seed, index, table_path):
+    """Batch `index` of captioned Moving MNIST: new videos, one pyramid each, and for each
+    video the embeddings of one of the table's captions of its own facts."""
+    frames, size = spec.target_size[0], spec.target_size[1]
+    video_seed = (seed * 1_000_003 + index) % 2**62
+    videos, _, facts = captioned_moving_mnist(batch_size, num_frames=frames, size=size,
+                                              seed=video_seed)
+    table = load_text_table(table_path)
+    rng = np.random.default_rng((seed, index, 1))
+    keys = fact_keys(np.stack([facts["digit"], facts["direction"], facts["speed"]], 1))
+    rows = np.array([table["rows"][k][rng.integers(len(table["rows"][k]))] for k in keys])
+    return {**cut_pyramids(spec, videos, seed, index),
+            "text_embeddings": table["embeddings"][rows].astype(np.float32)}
 
 
 def _batch_job(job):
-    config, batch_size, seed, index = job
-    return pyramid_batch(keras_hpdm.PyramidSpec.from_config(config), batch_size, seed, index)
+    config, batch_size, seed, index, table_path = job
+    spec = keras_hpdm.PyramidSpec.from_config(config)
+    if table_path:
+        return text_pyramid_batch(spec, batch_size, seed, index, table_path)
+    return pyramid_batch(spec, batch_size, seed, index)
 
 
-def pyramid_batches(spec, batch_size, seed, processes, num_batches=None):
+def pyramid_batches(spec, batch_size, seed, processes, num_batches=None, table_path=None):
     """Batches 0, 1, 2, ... in order (cycling after `num_batches`), made by `processes`
     spawned worker processes (not forked: forking a process that holds an accelerator is
-    unsafe; 0 makes them here)."""
+    unsafe; 0 makes them here); captioned ones with `table_path`."""
     indices = itertools.count() if num_batches is None else itertools.cycle(range(num_batches))
-    jobs = ((spec.get_config(), batch_size, seed, i) for i in indices)
+    jobs = ((spec.get_config(), batch_size, seed, i, table_path) for i in indices)
     if not processes:
         yield from map(_batch_job, jobs)
         return
@@ -167,6 +219,9 @@ def main(argv=None):
     own.add_argument("--workers", type=int, default=4, help="data loading processes")
     own.add_argument("--num-videos", type=int, default=None,
                      help="cycle over this many fixed videos instead of fresh ones")
+    own.add_argument("--text-table", default=None,
+                     help="train a text model on captioned Moving MNIST, with the caption "
+                          "embeddings of this table (scripts/caption_table.py)")
     ours, train_flags = own.parse_known_args(argv)
 
     parser = argparse.ArgumentParser(prog="keras-hpdm")
@@ -180,12 +235,21 @@ def main(argv=None):
     keras.config.set_dtype_policy(args.precision)
     os.makedirs(ours.out_dir, exist_ok=True)
 
+    text = None
+    if ours.text_table:
+        if ours.eval_per_class:
+            own.error("--eval-per-class scores class models; score a text model with "
+                      "`keras-hpdm evaluate` where its text encoder is installed")
+        table = load_text_table(os.path.abspath(ours.text_table))
+        text = (json.loads(str(table["encoder"])), int(table["embeddings"].shape[-1]))
     model = (continue_from(args.init_from, args) if args.init_from
-             else build_model(args, num_classes=10, captions=False))
+             else build_model(args, num_classes=None if text else 10, captions=False,
+                              text=text))
     spec = model.pyramid
     num_batches = (None if ours.num_videos is None
                    else max(1, ours.num_videos // args.batch_size))
-    data = pyramid_batches(spec, args.batch_size, args.seed, ours.workers, num_batches)
+    data = pyramid_batches(spec, args.batch_size, args.seed, ours.workers, num_batches,
+                           os.path.abspath(ours.text_table) if ours.text_table else None)
     command = "python scripts/gpu_train_moving_mnist.py " + shlex.join(argv)
     device = device_name()
     origin = f"from {args.init_from}" if args.init_from else f"'{args.preset}'"
@@ -198,7 +262,8 @@ def main(argv=None):
         copy.save(path + ".tmp.keras")
         os.replace(path + ".tmp.keras", path)
         card = {
-            "description": (f"Class-conditional Moving MNIST (one digit, "
+            "description": (f"{'Text' if text else 'Class'}-conditional Moving MNIST (one "
+                            "digit, "
                             f"{'x'.join(map(str, spec.target_size))} grayscale), "
                             f"{model.backbone.count_params():,}-parameter "
                             f"{type(model.backbone).__name__[:-len('Backbone')]} HPDM: "
@@ -215,6 +280,12 @@ def main(argv=None):
             "params": model.backbone.count_params(),
             "history": history,
         }
+        if text:
+            card["captions"] = {
+                "data": "captioned Moving MNIST (keras_hpdm.data.captioned_moving_mnist)",
+                "table": os.path.basename(ours.text_table),
+                "captions": int(len(table["captions"])),
+                "sequence_length": int(table["embeddings"].shape[1])}
         if evaluation is not None:
             card["evaluation"] = evaluation
         with open(os.path.join(ours.out_dir, ours.name + ".json"), "w") as f:

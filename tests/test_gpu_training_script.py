@@ -3,6 +3,7 @@ into exactly the pyramids `PyramidSpec` cuts; the README runs the script itself
 (tests/test_docs.py)."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import keras
@@ -45,3 +46,60 @@ def test_script_batches_are_the_pyramids_pyramid_spec_cuts(patch_size, levels):
     next(stream)
     np.testing.assert_array_equal(next(stream)["patches"],
                                   script.pyramid_batch(spec, n, seed, 1)["patches"])
+
+
+def load_module(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(keras.config.backend() != "jax", reason="runs in the jax pass")
+def test_text_training_from_a_caption_table(tmp_path):
+    """The caption table holds every fact's captions as `fit` would encode them; a text
+    batch gives each video one of its own facts' captions; the script trains a text model
+    from the table alone and the saved model encodes new prompts with the recorded
+    encoder."""
+    from keras_hpdm.data.moving_mnist_captions import captioned_moving_mnist
+
+    table = load_module("caption_table").caption_table(per_fact=1, sequence_length=8)
+    assert len(table["captions"]) == 160
+    script = load_script()
+    keys = script.fact_keys(table["facts"])
+    np.testing.assert_array_equal(np.sort(keys), np.arange(160))
+    model_spec = json.loads(table["encoder"])
+    encoder = keras_hpdm.conditioning.get_text_encoder(model_spec)
+    want = encoder.encode([str(table["captions"][7])])["embeddings"][0]
+    np.testing.assert_allclose(table["embeddings"][7].astype(np.float32), want, atol=2e-3,
+                               rtol=2e-3)
+    path = str(tmp_path / "table.npz")
+    np.savez(path, **table)
+
+    spec = keras_hpdm.PyramidSpec((2, 16, 16), 2)
+    seed, index, n = 2, 3, 5
+    batch = script.text_pyramid_batch(spec, n, seed, index, path)
+    videos, _, facts = captioned_moving_mnist(n, num_frames=4, size=32,
+                                              seed=(seed * 1_000_003 + index) % 2**62)
+    cut = script.cut_pyramids(spec, videos, seed, index)
+    np.testing.assert_array_equal(batch["patches"], cut["patches"])
+    video_keys = script.fact_keys(np.stack([facts["digit"], facts["direction"],
+                                            facts["speed"]], 1))
+    # One caption per fact here: each video's embeddings are its facts' row.
+    rows = [int(np.flatnonzero(keys == k)[0]) for k in video_keys]
+    np.testing.assert_array_equal(batch["text_embeddings"],
+                                  table["embeddings"][rows].astype(np.float32))
+
+    out = tmp_path / "out"
+    assert script.main(["--minutes", "10", "--max-steps", "2", "--out-dir", str(out),
+                        "--name", "text", "--workers", "0", "--text-table", path,
+                        "--channels", "1", "--preset", "tiny", "--patch-size", "2", "16", "16",
+                        "--levels", "2", "--batch-size", "2", "--log-every", "1"]) == 0
+    card = json.loads((out / "text.json").read_text())
+    assert card["steps"] == 2 and card["captions"]["captions"] == 160
+    assert card["description"].startswith("Text-conditional")
+    model = keras.saving.load_model(out / "text.keras")
+    assert model.backbone.text_dim == 384 and not model.backbone.num_classes
+    assert model.text_encoder.sequence_length == 8
+    video = model.generate("the digit 3 travelling north", num_steps=1, seed=0, verbose=0)
+    assert video.shape == (1, 4, 32, 32, 3)

@@ -234,7 +234,10 @@ def backbone_overrides(cls, options):
     return overrides
 
 
-def build_model(args, num_classes, captions):
+def build_model(args, num_classes, captions, text=None):
+    """The model `args` describe. `text`: a `(encoder_spec, text_dim)` pair for training on
+    text embeddings computed elsewhere (`scripts/gpu_train_moving_mnist.py --text-table`):
+    the encoder is recorded in the model but built only when it encodes a prompt."""
     import keras_hpdm
     from keras_hpdm.backbones import BACKBONES as BACKBONE_CLASSES
 
@@ -249,6 +252,8 @@ def build_model(args, num_classes, captions):
     if captions:
         text_encoder = keras_hpdm.conditioning.get_text_encoder(args.text_encoder)
         overrides["text_dim"] = text_encoder.embedding_dim
+    if text is not None:
+        text_encoder, overrides["text_dim"] = text
     try:
         backbone = cls.from_preset(args.preset, pyramid=spec, **overrides)
     except (TypeError, ValueError) as e:
