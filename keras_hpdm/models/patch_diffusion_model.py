@@ -62,9 +62,9 @@ class PatchDiffusionModel(keras.Model):
             level: the training loss is `sum_l w_l loss_l / sum_l w_l` (e.g. favour level 0,
             which decides the content, or the finest level when growing a model); the
             per-level metrics stay unweighted.
-        text_encoder: None, "minilm", a preset directory or a
+        text_encoder: None, "minilm", a preset directory, a serialized encoder (dict) or a
             `keras_hpdm.conditioning.TextEncoder` (for text conditioning; its width must match
-            `backbone.text_dim`).
+            `backbone.text_dim`); specs are built on first use.
         ema_decay: EMA decay per step (None disables EMA); ignored if `ema_half_life` is set.
         ema_half_life: EMA half-life in steps (decay `0.5 ** (1 / half_life)`).
         seed: seed of the model's training-noise generator (non-negative int or None).
@@ -549,8 +549,7 @@ class PatchDiffusionModel(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        if isinstance(config.get("text_encoder"), dict):
-            config["text_encoder"] = keras.saving.deserialize_keras_object(
-                config["text_encoder"]
-            )
+        # A serialized text encoder stays a spec: `text_encoder` builds it on first use, so
+        # a text model loads (and trains on precomputed embeddings, or samples from them)
+        # where its encoder's files are missing.
         return cls(**config)
