@@ -245,10 +245,12 @@ def test_evaluate_scores_a_digit_model_and_updates_its_card(run_dir, tmp_path, c
     assert run_cli("evaluate", digits_run, "--fvd", 1) == 2
 
 
+@one_pass_only
 def test_a_text_model_trains_on_builtin_captions_and_is_scored_on_them(tmp_path, capsys):
     """Captioned Moving MNIST end to end: `train` reads the built-in captions (MiniLM
     encodes them), `evaluate` generates from held-out phrasings and reads the digit and
-    the direction each caption names."""
+    the direction each caption names. (Text training and generation on every backend:
+    tests/test_text_conditioning.py.)"""
     run = tmp_path / "text_run"
     data = "builtin:moving_mnist_captions?num_videos=8&num_frames=4&size=32"
     train = [data if a == DATA else ("16" if a == "8" else a) for a in TRAIN]
