@@ -1,4 +1,4 @@
-"""Where the backends differ for the model's training loop: the one module that branches.
+"""Where the backends differ for training and generation: the one module that branches.
 
 - TensorFlow's `tf.distribute` replicas each run `compute_loss` on their shard and their
   gradients are *summed* (Keras' JAX distribution runs one SPMD program on the global batch).
