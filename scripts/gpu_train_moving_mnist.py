@@ -53,7 +53,11 @@ import keras_hpdm  # noqa: E402
 from keras_hpdm.cli.export import sampling_copy  # noqa: E402
 from keras_hpdm.cli.train import OVERRIDE_DEFAULTS, add_parser, build_model  # noqa: E402
 from keras_hpdm.data.moving_mnist import moving_mnist  # noqa: E402
-from keras_hpdm.data.moving_mnist_captions import captioned_moving_mnist  # noqa: E402
+from keras_hpdm.data.moving_mnist_captions import (  # noqa: E402
+    DIRECTIONS,
+    SPEEDS,
+    captioned_moving_mnist,
+)
 from keras_hpdm.metrics.moving_mnist_evaluation import evaluate_moving_mnist  # noqa: E402
 
 
@@ -92,7 +96,8 @@ def load_text_table(path):
     with np.load(path) as data:
         table = {k: data[k] for k in data.files}
     keys = fact_keys(table["facts"])
-    table["rows"] = [np.flatnonzero(keys == k) for k in range(10 * 8 * 2)]
+    table["rows"] = [np.flatnonzero(keys == k)
+                     for k in range(10 * len(DIRECTIONS) * len(SPEEDS))]
     if any(len(r) == 0 for r in table["rows"]):
         raise ValueError(f"{path}: some (digit, direction, speed) have no caption.")
     return table
@@ -101,7 +106,7 @@ def load_text_table(path):
 def fact_keys(facts):
     """`(N, 3)` (digit, direction, speed) -> one int per fact triple."""
     facts = np.asarray(facts)
-    return (facts[:, 0] * 8 + facts[:, 1]) * 2 + facts[:, 2]
+    return (facts[:, 0] * len(DIRECTIONS) + facts[:, 1]) * len(SPEEDS) + facts[:, 2]
 
 
 def text_pyramid_batch(spec, batch_size, seed, index, table_path):

@@ -78,7 +78,7 @@ def _check_phrasings(phrasings):
 
 
 def moving_mnist_caption(digit, direction, speed, phrasings="train", seed=0):
-    """One caption for the facts: e.g. `"the digit 7 moving up and to the right quickly"`.
+    """One caption for the facts: e.g. `"The digit 7 moving up and to the right quickly"`.
 
     Args:
         digit: int in [0, 9].
