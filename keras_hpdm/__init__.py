@@ -17,8 +17,8 @@ _startup.quiet_start()  # TensorFlow's / XLA's log levels: before anything impor
 __version__ = "0.1.0"
 
 # The public API: the submodules, and the names below from theirs.
-_SUBMODULES = ("backbones", "callbacks", "conditioning", "data", "diffusion", "layers",
-               "metrics", "models", "optimizers", "pretrained", "pyramid")
+_SUBMODULES = ("backbones", "callbacks", "conditioning", "data", "diffusion", "distribute",
+               "layers", "metrics", "models", "optimizers", "pretrained", "pyramid")
 _NAMES = {
     "PatchDiffusionModel": "keras_hpdm.models",
     "PyramidSpec": "keras_hpdm.pyramid",
@@ -34,6 +34,7 @@ __all__ = [
     "conditioning",
     "data",
     "diffusion",
+    "distribute",
     "hpdm_optimizer",
     "layers",
     "metrics",

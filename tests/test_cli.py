@@ -446,6 +446,10 @@ def test_demo_generates_digits_with_the_bundled_model(tmp_path):
      "one weight per level (2), got 1"),
     (["train", DATA, "--out", "x", "--levels", "2", "--level-loss-weights", "0", "0"],
      "must not all be 0"),
+    (["train", DATA, "--out", "x", "--distributed", "--steps", "4", "--log-every", "2",
+      "--sample-every", "2"], "--sample-every does not apply with --distributed"),
+    # No cluster in the environment (torch: no distribution backend at all).
+    (["train", DATA, "--out", "x", "--distributed", "--steps", "2"], "--distributed: "),
     (["generate", "/nonexistent/model.keras"], "does not exist"),
     (["generate", "pretrained:nope"], "Unknown pretrained model"),
     (["generate", "pretrained:moving_mnist", "--resolution", "3x3x3"],
@@ -461,6 +465,9 @@ def test_demo_generates_digits_with_the_bundled_model(tmp_path):
 ])
 def test_bad_arguments_exit_2_with_a_message(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    for name in ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
+                 "KERAS_DISTRIBUTION_PROCESS_ID", "TF_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
     assert run_cli(*argv) == 2
     assert message in capsys.readouterr().err
 

@@ -101,6 +101,11 @@ SUBSTITUTIONS = [
      "1 sampling step per level"),
 ]
 
+# Commands of a multi-process run (`--distributed`) need a cluster: they are parsed by the CLI's
+# own parser (every option must exist), not run. tests/test_model_distribution.py runs
+# `keras-hpdm train --distributed` for real, as 2 local workers.
+CLUSTER_FLAG = "--distributed"
+
 # Commands of the README's blocks that are not run, with the reason; their scripts must exist.
 NOT_RUN = {
     ("bash", "scripts/setup.sh"): "creates .venv and installs the package: the environment "
@@ -294,6 +299,12 @@ def test_readme_shell_block(block, tmp_path, monkeypatch, capsys, single_thread_
     for argv in shell_commands(substituted("bash", code)):
         line = shlex.join(argv)
         if tuple(argv[:2]) in NOT_RUN:
+            continue
+        if CLUSTER_FLAG in argv:
+            from keras_hpdm.cli import build_parser
+
+            assert argv[0] in CLI_NAMES, line
+            assert build_parser().parse_args(argv[1:]).distributed, line
             continue
         script = argv[0] == "python" and len(argv) > 1 and argv[1] in SCRIPTS
         assert argv[0] in CLI_NAMES or script, (

@@ -1,6 +1,7 @@
 """Data-parallel training: keras.distribution on JAX, tf.distribute on TensorFlow (each in a
 subprocess with virtual CPU devices), and a clear error on torch."""
 
+import json
 import os
 from unittest import mock
 
@@ -10,7 +11,7 @@ import pytest
 
 import keras_hpdm
 from keras_hpdm.backbones import RINBackbone
-from keras_hpdm.testing import run_in_backends
+from keras_hpdm.testing import run_in_backends, run_processes
 
 SPEC = keras_hpdm.PyramidSpec((2, 16, 16), 2)
 BACKEND = keras.config.backend()
@@ -25,11 +26,8 @@ subprocess_test = pytest.mark.skipif(BACKEND != "torch", reason="runs its backen
 # shard would change.
 LOSS_RTOL, WEIGHT_ATOL, UPDATE_RTOL = 1e-5, 1e-6, 1e-4
 
-BUILD = """
-import keras
-import numpy as np
+FIXED_NOISE_MODEL = """
 import keras_hpdm
-from keras_hpdm.backbones import RINBackbone
 
 
 class FixedNoiseModel(keras_hpdm.PatchDiffusionModel):
@@ -49,6 +47,12 @@ class FixedNoiseModel(keras_hpdm.PatchDiffusionModel):
         if getattr(self, "_fixed", None) is not None:
             sigma, noise = self._fixed["sigma"], self._fixed["noise"]
         return super().pyramid_loss(patches, coords, conditions, sigma, noise, sample_weight)
+"""
+
+BUILD = FIXED_NOISE_MODEL + """
+import keras
+import numpy as np
+from keras_hpdm.backbones import RINBackbone
 
 
 def build_and_train(batch_size, weights=None, fixed_noise=False):
@@ -213,6 +217,28 @@ OUTPUTS = {**report("single", single), **report("dist", dist),
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="Keras distributes on JAX and TensorFlow")
+def test_torch_cannot_join_a_multi_process_run():
+    with pytest.raises(ValueError, match="no distribution backend for torch"):
+        keras_hpdm.distribute.initialize("localhost:1234", 2, 0)
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="torch refuses before reading the cluster")
+@pytest.mark.parametrize("cluster, message", [
+    ({"job_addresses": "localhost:1234", "num_processes": 2}, "KERAS_DISTRIBUTION_PROCESS_ID"),
+    ({"job_addresses": "localhost:1234", "num_processes": 2, "process_id": 2}, "process_id"),
+    ({"job_addresses": "localhost", "num_processes": 1, "process_id": 0}, "host:port"),
+    ({"job_addresses": "a:1", "num_processes": "two", "process_id": 0}, "integers"),
+])
+def test_a_bad_cluster_is_named_before_anything_starts(cluster, message):
+    with mock.patch.dict(os.environ, {}, clear=False):
+        for name in keras_hpdm.distribute.ENVIRONMENT + ("TF_CONFIG",):
+            os.environ.pop(name, None)
+        with pytest.raises(ValueError, match=message):
+            keras_hpdm.distribute.initialize(**cluster)
+    assert keras.distribution.distribution() is None
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="Keras distributes on JAX and TensorFlow")
 def test_torch_with_a_distribution_fails_clearly():
     model = keras_hpdm.PatchDiffusionModel(
         RINBackbone.from_preset("tiny", pyramid=SPEC, num_classes=2), seed=0)
@@ -224,3 +250,309 @@ def test_torch_with_a_distribution_fails_clearly():
     finally:
         keras.distribution.set_distribution(None)
     assert keras.distribution.distribution() is None
+
+
+# --------------------------------------------------------------- multi-process runs
+# A run of 2 processes on loopback ports against one process on the same global batches:
+# each process trains on its own shard of `pyramid_dataset` (2 of the 4 examples a step),
+# and the 2-process step must equal the one-process step on both shards' batches together.
+MULTI_PROCESS = """
+import json
+import keras
+import numpy as np
+import keras_hpdm
+from keras_hpdm import distribute
+from keras_hpdm.backbones import RINBackbone
+from keras_hpdm.callbacks import TrainingCheckpoint, load_training_checkpoint
+
+GLOBAL_BATCH, STEPS = 4, 3
+spec = keras_hpdm.PyramidSpec((2, 16, 16), 2)
+videos, labels = INPUTS["videos"], INPUTS["labels"]
+
+
+def make_dataset(batch_size, shard, start_example=0, fixed_noise=False, repeat=True,
+                 return_offsets=False):
+    # The pipeline's epoch keys also depend on TensorFlow's global seed and on how many
+    # random ops were made since it was set: reset it, so that every process makes a
+    # shard's data exactly as the one-process run does.
+    keras.utils.set_random_seed(0)
+    ds = keras_hpdm.data.pyramid_dataset(videos, spec, batch_size, labels=labels, seed=0,
+                                         shard=shard, start_example=start_example,
+                                         repeat=repeat,
+                                         return_offsets=return_offsets or fixed_noise)
+    if not fixed_noise:
+        return ds
+    import tensorflow as tf
+
+    def split(batch):  # (x, y): y holds each example's sigma and noise, drawn from its index
+        seeds = tf.stack([batch["index"], tf.zeros_like(batch["index"])], 1)
+        draw = lambda fn, shape: tf.map_fn(lambda s: fn(shape, seed=s), seeds,
+                                           fn_output_signature=tf.float32)
+        sigma = tf.exp(draw(tf.random.stateless_normal, (2,)) * 1.2 - 1.2) * [1.0, 2.0]
+        noise = draw(tf.random.stateless_normal, batch["patches"].shape[1:])
+        x = {k: batch[k] for k in ("patches", "coords", "label")}
+        return x, {"sigma": sigma, "noise": noise}
+
+    return ds.map(split)
+
+
+def build(weights=None, cls=keras_hpdm.PatchDiffusionModel):
+    keras.utils.set_random_seed(0)
+    backbone = RINBackbone.from_preset("tiny", pyramid=spec, num_classes=2)
+    model = cls(backbone, seed=0, condition_dropout=0.0)
+    if weights is not None:
+        model.set_weights(weights)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    return model
+
+
+def flat(model):
+    return np.concatenate([np.ravel(w) for w in model.backbone.get_weights()])
+
+
+def indices_seen(dataset):
+    return np.concatenate([np.asarray(b["index"]) for b in dataset])
+"""
+
+
+def multi_process_inputs(count=16):
+    rng = np.random.default_rng(0)
+    return {"videos": rng.integers(0, 256, (count, 4, 32, 32, 3), dtype=np.uint8),
+            "labels": (np.arange(count) % 2).astype("int32")}
+
+
+def single_process_reference(backend, fixed_noise=False):
+    """Trains STEPS steps in one process on the two shards' batches concatenated."""
+    code = FIXED_NOISE_MODEL + MULTI_PROCESS + """
+import tensorflow as tf
+
+FIXED = FIXED_NOISE
+model = build(cls=FixedNoiseModel if FIXED else keras_hpdm.PatchDiffusionModel)
+halves = [make_dataset(GLOBAL_BATCH // 2, (i, 2), fixed_noise=FIXED) for i in (0, 1)]
+both_shards = tf.data.Dataset.zip(tuple(halves)).map(
+    lambda a, b: tf.nest.map_structure(lambda u, v: tf.concat([u, v], 0), a, b))
+initial, start = model.get_weights(), flat(model)
+history = model.fit(both_shards, steps_per_epoch=1, epochs=STEPS, verbose=0)
+OUTPUTS = {"losses": np.array(history.history["loss"]), "weights": flat(model), "start": start,
+           **{f"initial_{i}": w for i, w in enumerate(initial)}}
+""".replace("FIXED_NOISE", str(fixed_noise))
+    return run_in_backends(code, [backend], inputs=multi_process_inputs())[backend]
+
+
+@subprocess_test
+def test_jax_two_processes_train_as_one(tmp_path):
+    """`distribute.initialize` on 2 local JAX processes (gloo CPU collectives): disjoint,
+    covering shards; losses and weights of the one-process run; a checkpoint written by
+    process 0 alone that both processes resume from."""
+    reference = single_process_reference("jax")
+    initial = {k: v for k, v in reference.items() if k.startswith("initial_")}
+    code = MULTI_PROCESS + """
+import json
+import os
+import jax
+from jax.experimental import multihost_utils
+
+distribute.initialize()
+weights = [INPUTS[f"initial_{i}"] for i in range(sum(k.startswith("initial_") for k in INPUTS))]
+seen = indices_seen(distribute.distributed_dataset(
+    None, lambda b, s: make_dataset(b, s, repeat=False, return_offsets=True), GLOBAL_BATCH))
+directory = os.environ["HPDM_CHECKPOINT"]
+model = build(weights)
+first = model.fit(distribute.distributed_dataset(model, make_dataset, GLOBAL_BATCH),
+                  steps_per_epoch=1, epochs=STEPS - 1, verbose=0,
+                  callbacks=[TrainingCheckpoint(directory)])
+multihost_utils.sync_global_devices("checkpoint written")
+resumed = load_training_checkpoint(directory)  # every process, under the distribution
+rest = resumed.fit(distribute.distributed_dataset(
+    resumed, lambda b, s: make_dataset(b, s, start_example=(STEPS - 1) * b), GLOBAL_BATCH),
+    steps_per_epoch=1, epochs=1, verbose=0)
+weight = resumed.backbone.trainable_weights[0].value
+try:
+    resumed.generate([0], num_steps=1, verbose=0)
+    refused = ""
+except ValueError as e:
+    refused = str(e)
+OUTPUTS = {"seen": seen, "refused": refused,
+           "losses": np.array(first.history["loss"] + rest.history["loss"]),
+           "weights": flat(resumed), "process": jax.process_index(),
+           "processes": jax.process_count(), "devices": len(weight.sharding.device_set),
+           "files": np.array(sorted(os.listdir(directory)))}
+"""
+    with mock.patch.dict(os.environ, {"HPDM_CHECKPOINT": str(tmp_path)}):
+        outs = run_processes(code, "jax", 2, inputs={**multi_process_inputs(), **initial},
+                             timeout=300)
+    assert [int(o["process"]) for o in outs] == [0, 1]
+    assert all(int(o["processes"]) == 2 and int(o["devices"]) == 2 for o in outs)
+    first, second = (set(o["seen"].tolist()) for o in outs)
+    assert not first & second, "an example was read by both processes"
+    assert first | second == set(range(16)), "an example was skipped"
+    assert all(len(o["seen"]) == 8 for o in outs)
+    assert "model.keras" in outs[0]["files"].tolist()
+    assert all("runs in one process" in str(o["refused"]) for o in outs)
+    moved = np.linalg.norm(reference["weights"] - reference["start"])
+    assert moved > 1e-2, "training did not update the weights"
+    for out in outs:  # the losses are the global batch's, the same on every process
+        np.testing.assert_allclose(out["losses"], reference["losses"], rtol=LOSS_RTOL)
+        # Adam divides by the gradients' size, so float-order differences in near-zero
+        # gradients reach ~2e-5 in single weights (observed); over all weights the runs
+        # differ by ~4e-5 of the update. Training on one shard, a resume without the
+        # optimizer or noise state, or a shard read twice changes the update itself.
+        error = np.linalg.norm(out["weights"] - reference["weights"]) / moved
+        assert error < UPDATE_RTOL, error
+
+
+@subprocess_test
+def test_tensorflow_two_workers_train_as_one(tmp_path):
+    """`distribute.initialize` on 2 local TensorFlow workers (`MultiWorkerMirroredStrategy`
+    on loopback): disjoint, covering shards; the one-process run's losses and weights with
+    each example's noise fixed (workers draw their own); a checkpoint from worker 0 alone."""
+    reference = single_process_reference("tensorflow", fixed_noise=True)
+    initial = {k: v for k, v in reference.items() if k.startswith("initial_")}
+    code = FIXED_NOISE_MODEL + MULTI_PROCESS + """
+import json
+import os
+
+strategy = distribute.initialize()
+weights = [INPUTS[f"initial_{i}"] for i in range(sum(k.startswith("initial_") for k in INPUTS))]
+directory = os.environ["HPDM_CHECKPOINT"]
+# What each worker's pipeline reads (one replica per worker: its shard, in order).
+seen = indices_seen(make_dataset(GLOBAL_BATCH // 2, (distribute.process_index(), 2),
+                                 repeat=False, return_offsets=True))
+with strategy.scope():
+    model = build(weights, cls=FixedNoiseModel)
+history = model.fit(distribute.distributed_dataset(
+    model, lambda b, s: make_dataset(b, s, fixed_noise=True), GLOBAL_BATCH),
+    steps_per_epoch=1, epochs=STEPS, verbose=0, callbacks=[TrainingCheckpoint(directory)])
+OUTPUTS = {"seen": seen, "losses": np.array(history.history["loss"]), "weights": flat(model),
+           "process": distribute.process_index(), "processes": distribute.process_count(),
+           "replicas": strategy.num_replicas_in_sync,
+           "files": np.array(sorted(os.listdir(directory)))}
+"""
+    with mock.patch.dict(os.environ, {"HPDM_CHECKPOINT": str(tmp_path)}):
+        outs = run_processes(code, "tensorflow", 2,
+                             inputs={**multi_process_inputs(), **initial}, timeout=300)
+    assert [int(o["process"]) for o in outs] == [0, 1]
+    assert all(int(o["processes"]) == 2 and int(o["replicas"]) == 2 for o in outs)
+    first, second = (set(o["seen"].tolist()) for o in outs)
+    assert not first & second and first | second == set(range(16))
+    moved = np.linalg.norm(reference["weights"] - reference["start"])
+    assert moved > 1e-2, "training did not update the weights"
+    for out in outs:
+        np.testing.assert_allclose(out["losses"], reference["losses"], rtol=LOSS_RTOL)
+        error = np.linalg.norm(out["weights"] - reference["weights"]) / moved
+        assert error < UPDATE_RTOL, error
+    # Worker 0's file, read here (torch), as the model class it extends.
+    saved = keras.saving.load_model(tmp_path / "model.keras", custom_objects={
+        "FixedNoiseModel": keras_hpdm.PatchDiffusionModel})
+    np.testing.assert_array_equal(
+        np.concatenate([np.ravel(w) for w in saved.backbone.get_weights()]), outs[0]["weights"])
+
+
+@subprocess_test
+def test_train_command_runs_distributed_on_two_workers(tmp_path):
+    """`keras-hpdm train --distributed` as 2 TensorFlow workers: the global batch split over
+    them, process 0 alone writes the run, which then resumes on one process."""
+    out = tmp_path / "run"
+    code = """
+import json
+import os
+from keras_hpdm.cli import main
+
+status = main(["train", "builtin:moving_mnist?num_videos=16&num_frames=4&size=32",
+               "--labels", "auto", "--channels", "1", "--patch-size", "2", "16", "16",
+               "--levels", "2", "--batch-size", "4", "--steps", "4", "--log-every", "2",
+               "--save-every", "2", "--out", os.environ["HPDM_RUN"], "--distributed",
+               "--verbose", "0"])
+OUTPUTS = {"status": status}
+"""
+    with mock.patch.dict(os.environ, {"HPDM_RUN": str(out)}):
+        outs = run_processes(code, "tensorflow", 2, timeout=300)
+    assert [int(o["status"]) for o in outs] == [0, 0]
+    with open(out / "training_state.json") as f:
+        state = json.load(f)
+    assert state["step"] == 4 and [h["epoch"] for h in state["history"]] == [1, 2]
+    assert state["args"]["batch_size"] == 4
+    # The run resumes without --distributed (a per-invocation flag), on one process.
+    resumed = run_in_backends(f"""
+from keras_hpdm.cli import main
+OUTPUTS = {{"status": main(["train", "--resume", "--out", {str(out)!r}, "--steps", "6",
+                           "--verbose", "0"])}}
+""", ["tensorflow"])["tensorflow"]
+    assert int(resumed["status"]) == 0
+    with open(out / "training_state.json") as f:
+        assert json.load(f)["step"] == 6
+
+
+@subprocess_test
+def test_jax_model_parallel_on_8_cpu_devices():
+    """`distribute.model_parallel` on a (2 batch x 4 model) mesh of virtual devices: the wide
+    kernels, their EMA copies and optimizer slots hold a quarter each on every device; the
+    loss and a training step equal the unsharded model's; a UNet places too."""
+    code = """
+import keras
+import numpy as np
+import keras_hpdm
+from keras_hpdm import distribute
+from keras_hpdm.backbones import RINBackbone, UNet3DBackbone
+
+spec = keras_hpdm.PyramidSpec((2, 16, 16), 2)
+x = {k: INPUTS[k] for k in ("patches", "coords", "label")}
+
+def build(weights=None):
+    keras.utils.set_random_seed(0)
+    backbone = RINBackbone.from_preset("tiny", pyramid=spec, num_classes=2, num_heads=4)
+    model = keras_hpdm.PatchDiffusionModel(backbone, seed=0, condition_dropout=0.0)
+    if weights is not None:
+        model.set_weights(weights)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    return model
+
+def run(model):
+    loss = model.pyramid_loss(x["patches"], x["coords"], {"label": x["label"]},
+                              INPUTS["sigma"], INPUTS["noise"])[0]
+    model.fit(x, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    return float(loss), np.concatenate([np.ravel(w) for w in model.backbone.get_weights()])
+
+single = build()
+initial = single.get_weights()
+start = np.concatenate([np.ravel(w) for w in single.backbone.get_weights()])
+single_loss, single_weights = run(single)
+mesh = keras.distribution.DeviceMesh((2, 4), ["batch", "model"],
+                                     keras.distribution.list_devices("cpu"))
+distribution = distribute.model_parallel(mesh)
+keras.distribution.set_distribution(distribution)
+model = build(initial)
+by_path = {v.path.split("/", 1)[1]: v for v in model.backbone.weights}  # past the name
+query = by_path["block_0/read_attn/query/kernel"]
+ema = model.ema_weights[[w is query for w in model.backbone.trainable_weights].index(True)]
+dist_loss, dist_weights = run(model)
+slots = [v for v in model.optimizer.variables if tuple(v.shape) == tuple(query.shape)]
+def share(v):  # the fraction of the variable one device holds
+    return v.value.addressable_shards[0].data.size / v.value.size
+unet = keras_hpdm.PatchDiffusionModel(UNet3DBackbone.from_preset(
+    "tiny", pyramid=spec, num_classes=2))
+conv = [v for v in unet.weights if v.path.endswith("conv1_spatial/kernel")][0]
+OUTPUTS = {"single_loss": single_loss, "dist_loss": dist_loss, "start": start,
+           "single_weights": single_weights, "dist_weights": dist_weights,
+           "query_share": share(query), "ema_share": share(ema),
+           "slot_shares": np.array([share(v) for v in slots]),
+           "norm_share": share(by_path["block_0/read_norm_x/gamma"]),
+           "conv_share": share(conv),
+           "bytes": distribute.parameter_bytes_per_device(model, distribution),
+           "bytes_replicated": sum(v.value.nbytes for v in model.weights
+                                   + list(model.optimizer.variables))}
+"""
+    flags = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8")
+    inputs = batch(8)
+    with mock.patch.dict(os.environ, {"XLA_FLAGS": flags.strip()}):
+        out = run_in_backends(code, ["jax"], inputs=inputs)["jax"]
+    assert float(out["query_share"]) == 0.25 and float(out["ema_share"]) == 0.25
+    assert len(out["slot_shares"]) >= 2 and np.all(out["slot_shares"] == 0.25)
+    assert float(out["norm_share"]) == 1.0  # narrow vectors stay whole
+    assert float(out["conv_share"]) == 0.25
+    assert int(out["bytes"]) < 0.8 * int(out["bytes_replicated"])
+    np.testing.assert_allclose(out["dist_loss"], out["single_loss"], rtol=LOSS_RTOL)
+    moved = np.linalg.norm(out["single_weights"] - out["start"])
+    assert moved > 1e-2
+    error = np.linalg.norm(out["dist_weights"] - out["single_weights"]) / moved
+    assert error < UPDATE_RTOL, error

@@ -11,6 +11,7 @@ import zipfile
 import keras
 import numpy as np
 
+from keras_hpdm import distribute
 from keras_hpdm.checks import check_int
 
 MODEL_NAME = "model.keras"
@@ -204,7 +205,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
     disk stays as it was.
 
     Checkpoints are written at epoch ends (where every backend has synchronised its state
-    with the model): use epochs of a few hundred steps.
+    with the model): use epochs of a few hundred steps. In a multi-process run
+    (`keras_hpdm.distribute`) process 0 writes them; every process can resume from them.
 
     Args:
         directory: folder of the checkpoint (created).
@@ -290,8 +292,12 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         state = {**self.metadata, "epoch": epoch, "step": step, "seconds": round(seconds, 1),
                  "history": self.history}
+        if not distribute.is_chief():  # in a multi-process run, process 0 writes the files
+            self.last_saved_epoch, self.last_saved_step = epoch, step
+            return
         tmp = os.path.join(self.directory, f".{MODEL_NAME}.tmp.keras")
-        self.model.save(tmp)
+        with distribute.chief_only():
+            self.model.save(tmp)
         _make_backend_neutral(tmp)
         # The state travels inside the archive, so weights and step change in one rename: a
         # kill between two separate writes would pair new weights with an old step.

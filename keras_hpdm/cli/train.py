@@ -2,6 +2,7 @@
 checkpoints, resume and sample videos."""
 
 import argparse
+import contextlib
 import inspect
 import json
 import math
@@ -31,8 +32,9 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 RESUME_OVERRIDES = ("steps", "save_every", "sample_every", "sample_steps")
 # Their defaults for a new run: parsed as None, so a resume can tell "not given" apart.
 OVERRIDE_DEFAULTS = {"steps": 2000, "save_every": 500, "sample_every": 0, "sample_steps": 16}
-# Taken from every command line: how to print, and the download opt-in (never remembered).
-PER_INVOCATION = ("verbose", "allow_download")
+# Taken from every command line: how to print, the download opt-in and whether this process
+# is one of a multi-process run (never remembered).
+PER_INVOCATION = ("verbose", "allow_download", "distributed")
 
 
 def add_parser(sub):
@@ -49,6 +51,10 @@ def add_parser(sub):
         "  keras-hpdm train videos/ --images photos/ --image-fraction 0.5 --labels "
         "captions.csv \\\n      --out runs/t2v   # joint image + video training (paper: 1:1)\n"
         "  keras-hpdm train --resume --out runs/mine --steps 20000\n"
+        "  KERAS_DISTRIBUTION_JOB_ADDRESSES=host0:1234,host1:1234 "
+        "KERAS_DISTRIBUTION_NUM_PROCESSES=2 \\\n"
+        "      KERAS_DISTRIBUTION_PROCESS_ID=0 keras-hpdm train videos/ --distributed "
+        "--batch-size 64 --out runs/big   # on every host, its own id\n"
         "  keras-hpdm train 'builtin:moving_mnist?num_frames=32&size=128' --labels auto \\\n"
         "      --init-from pretrained:moving_mnist --levels 4 --out runs/grown",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -120,6 +126,14 @@ def add_parser(sub):
                    help="warm-up steps for lamb (default: 200)")
     g.add_argument("--precision", choices=PRECISIONS, default="float32", help="default: float32")
     g.add_argument("--seed", type=non_negative_int, default=0, help="default: 0")
+    g.add_argument("--distributed", action="store_true",
+                   help="this process is one of a multi-process run (JAX or TensorFlow; "
+                        "`keras_hpdm.distribute.initialize`): the cluster comes from "
+                        "KERAS_DISTRIBUTION_JOB_ADDRESSES (host:port of every process, "
+                        "process 0 first), KERAS_DISTRIBUTION_NUM_PROCESSES and "
+                        "KERAS_DISTRIBUTION_PROCESS_ID, or TensorFlow's TF_CONFIG; "
+                        "--batch-size is the global batch, each process reads its own "
+                        "shard of the data, process 0 writes the checkpoints")
     g = p.add_argument_group("data")
     g.add_argument("--frame-stride", type=positive_int, default=1,
                    help="take every n-th source frame (default: 1)")
@@ -164,6 +178,10 @@ def _check_args(args):
         if given:
             raise CommandError(f"{' and '.join(given)} only "
                                f"appl{'y' if len(given) > 1 else 'ies'} with --images.")
+    if getattr(args, "distributed", False) and args.sample_every:
+        raise CommandError("--sample-every does not apply with --distributed (generation runs "
+                           "in one process): sample from the checkpoint with "
+                           "`keras-hpdm generate OUT`.")
     weights = getattr(args, "level_loss_weights", None)
     if weights is not None and len(weights) != args.levels:
         raise CommandError(f"--level-loss-weights needs one weight per level ({args.levels}), "
@@ -314,23 +332,25 @@ def _labels(value):
     return {"none": None, "auto": True}.get(value, value)
 
 
-def training_data(args, spec, done):
-    """The run's batches: `pyramid_dataset`, or `mixed_pyramid_dataset` with `--images`.
+def training_data(args, spec, done, batch_size=None, shard=None):
+    """The run's batches: `pyramid_dataset`, or `mixed_pyramid_dataset` with `--images`;
+    in a multi-process run, this process's `shard` at its share of the batch.
 
     A resumed run continues the data stream where the checkpoint left it (same seed, the
     examples already trained on skipped), so it sees what an uninterrupted run would.
     """
     import keras_hpdm
 
+    batch_size = args.batch_size if batch_size is None else batch_size
     common = dict(frame_stride=args.frame_stride, flip=args.flip, labels=_labels(args.labels),
                   seed=args.seed, cache=args.cache, channels=args.channels,
-                  start_example=done * args.batch_size)
+                  start_example=done * batch_size, shard=shard)
     images = getattr(args, "images", None)  # runs saved before --images lack it
     if not images:
-        return keras_hpdm.data.pyramid_dataset(args.data, spec, args.batch_size, **common)
+        return keras_hpdm.data.pyramid_dataset(args.data, spec, batch_size, **common)
     image_labels = getattr(args, "image_labels", None)
     return keras_hpdm.data.mixed_pyramid_dataset(
-        args.data, images, spec, args.batch_size,
+        args.data, images, spec, batch_size,
         image_fraction=0.5 if args.image_fraction is None else args.image_fraction,
         image_labels=None if image_labels is None else _labels(image_labels), **common)
 
@@ -370,6 +390,26 @@ def _check_out(args):
                            "training checkpoint): choose another --out.")
 
 
+def _join_run(args):
+    """`--distributed`: joins the multi-process run (`keras_hpdm.distribute.initialize`);
+    returns TensorFlow's strategy (else None) and (this process, processes)."""
+    if not getattr(args, "distributed", False):
+        return None, (0, 1)
+    from keras_hpdm import distribute
+
+    try:
+        strategy = distribute.initialize()
+    except ValueError as e:
+        raise CommandError(f"--distributed: {e}") from None
+    processes = distribute.process_count()
+    if args.batch_size % processes:
+        raise CommandError(f"--batch-size ({args.batch_size}) is the global batch: it must be "
+                           f"a multiple of the number of processes ({processes}).")
+    print(f"process {distribute.process_index()} of {processes}, global batch "
+          f"{args.batch_size} ({args.batch_size // processes} per process)")
+    return strategy, (distribute.process_index(), processes)
+
+
 def run(args):
     with download_setting(args):
         return _train(args)
@@ -399,6 +439,7 @@ def _train(args):
             if getattr(args, name) is None:
                 setattr(args, name, default)
     log_every = _check_args(args)
+    strategy, (process, processes) = _join_run(args)  # first: before any array is made
     keras.utils.set_random_seed(args.seed)
     keras.config.set_dtype_policy(args.precision)
 
@@ -407,18 +448,31 @@ def _train(args):
         print(f"{args.out} is at step {done} >= --steps {args.steps}: nothing to do.")
         return 0
     initial_epoch = state["epoch"] if state else 0
-    model = load_training_checkpoint(args.out) if state else None  # checked before the data
-    if model is None and getattr(args, "init_from", None):
-        model = init_model(args)
+    # TensorFlow's multi-worker strategy owns the variables made in its scope.
+    def scope():
+        return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+    with scope():
+        model = load_training_checkpoint(args.out) if state else None  # before the data
+        if model is None and getattr(args, "init_from", None):
+            model = init_model(args)
     # Whole epochs of --log-every steps; StopAtStep cuts the last one short at --steps.
     epochs = initial_epoch + math.ceil((args.steps - done) / log_every)
     spec = keras_hpdm.PyramidSpec(tuple(args.patch_size), args.levels,
                                   pyramid_time=not args.no_pyramid_time)
-    ds = training_data(args, spec, done)
+    # This process's shard at its share of the batch (`distribute.distributed_dataset`).
+    shard = (process, processes) if processes > 1 else None
+    ds = training_data(args, spec, done, args.batch_size // processes, shard)
     captions = "text" in ds.element_spec
     num_classes = len(ds.class_names) if "label" in ds.element_spec else 0
-    if model is None:
-        model = build_model(args, num_classes, captions)
+    with scope():
+        if model is None:
+            model = build_model(args, num_classes, captions)
+    train_ds = ds
+    if strategy is not None:  # one pipeline per worker, split over its replicas
+        train_ds = keras_hpdm.distribute.distributed_dataset(
+            model, lambda batch_size, shard: training_data(args, spec, done, batch_size, shard),
+            args.batch_size)
     elif not state:  # --init-from
         _check_init_conditions(model, num_classes, captions, args)
     backbone = model.backbone
@@ -451,11 +505,15 @@ def _train(args):
                                       conditions=conditions, num_samples=num_samples,
                                       num_steps=args.sample_steps, seed=args.seed))
     start = time.time()
-    history = model.fit(ds, steps_per_epoch=log_every, epochs=epochs,
+    history = model.fit(train_ds, steps_per_epoch=log_every, epochs=epochs,
                         initial_epoch=initial_epoch, callbacks=callbacks,
                         verbose=args.verbose, shuffle=False)  # the dataset shuffles
     if checkpoint.stopped_reason:
         raise CommandError(f"{checkpoint.stopped_reason} (in {args.out}); try a lower --lr.")
+    if process:
+        print(f"process {process} of {processes}: trained to step {args.steps} in "
+              f"{time.time() - start:.0f} s (process 0 writes {args.out})")
+        return 0
     losses = history.history.get("loss", [])
     final = read_training_state(args.out)
     print(f"trained steps {done}..{final['step']} in "

@@ -2,6 +2,9 @@
 
 - TensorFlow's `tf.distribute` replicas each run `compute_loss` on their shard and their
   gradients are *summed* (Keras' JAX distribution runs one SPMD program on the global batch).
+- Keras' TensorFlow trainer cannot run `MultiWorkerMirroredStrategy` as it is (Keras 3.15):
+  it builds the model from the first batch averaged with `strategy.reduce` and reduces the
+  scalar logs along an axis they lack, both failing across workers.
 - Keras has no distribution backend for torch.
 - Keras' JAX trainer detaches variable values while it trains.
 - Keras' JAX `predict_on_batch` does not split a batch over a distribution's devices.
@@ -34,6 +37,39 @@ def scale_loss_for_replicas(loss):
     if context is None:
         return loss
     return loss / ops.cast(context.num_replicas_in_sync, loss.dtype)
+
+
+def _multi_worker(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return resolver is not None and len(resolver.cluster_spec().as_dict().get("worker", [])) > 1
+
+
+def first_replica_batch(model, iterator, data_batch):
+    """For Keras' TensorFlow `_maybe_symbolic_build`: under several workers, symbolic
+    tensors shaped as one replica's batch, from the data set's element spec. Keras would
+    average the first batch over replicas (failing across workers) and, worse, consume it:
+    with `steps_per_epoch` the epoch iterator is kept, so that batch is never trained on."""
+    strategy = getattr(model, "_distribute_strategy", None)
+    if iterator is None or not _multi_worker(strategy):
+        return iterator, data_batch
+
+    def symbolic(spec):
+        spec = getattr(spec, "_value_specs", (spec,))[0]  # a PerReplicaSpec: one replica's
+        return keras.KerasTensor(tuple(spec.shape), spec.dtype.name)
+
+    spec = iterator.data_adapter.get_tf_dataset().element_spec
+    return None, keras.tree.map_structure(symbolic, spec)
+
+
+def logs_for_worker_mean(logs):
+    """`logs` (this replica's scalar metric results) as shape `(1,)` under several TensorFlow
+    workers: Keras reduces train-step outputs there with `strategy.reduce("MEAN", axis=0)`,
+    which fails on scalars and gives the mean over replicas (the global one: equal batches
+    per replica) on `(1,)` values."""
+    context = _replica_context()
+    if context is None or not _multi_worker(context.strategy):
+        return logs
+    return {k: ops.reshape(v, (1,)) if ops.ndim(v) == 0 else v for k, v in logs.items()}
 
 
 def replica_seed_offset(dtype):

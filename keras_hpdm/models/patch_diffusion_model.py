@@ -6,6 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_hpdm import distribute
 from keras_hpdm.backbones.hpdm_backbone import HPDMBackbone, print_notes
 from keras_hpdm.checks import check_level_weights, check_number, check_seed
 from keras_hpdm.diffusion.loss import PyramidDenoisingLoss
@@ -15,6 +16,8 @@ from keras_hpdm.models import batch_checks
 from keras_hpdm.models.backend_quirks import (
     ReplicaSeedGenerator,
     check_distribution,
+    first_replica_batch,
+    logs_for_worker_mean,
     reattach_jax_variables_on_error,
     scale_loss_for_replicas,
 )
@@ -159,6 +162,10 @@ class PatchDiffusionModel(keras.Model):
                 for i, v in enumerate(self.backbone.trainable_weights)
             ]
             for ema, v in zip(self.ema_weights, self.backbone.trainable_weights, strict=True):
+                # Under a model-parallel distribution the copy is sharded as its weight is
+                # (Keras places a variable by its path, and `ema_i` matches no rule).
+                if getattr(v, "_layout", None) is not None:
+                    ema._layout = v._layout
                 # A host copy: sharing the live buffer would alias two variables in JAX.
                 ema.assign(np.asarray(ops.convert_to_numpy(v), "float32"))
         self.ema_step = self.add_weight(shape=(), initializer="zeros", trainable=False,
@@ -362,6 +369,14 @@ class PatchDiffusionModel(keras.Model):
         with reattach_jax_variables_on_error(self):
             return super().fit(x, y, **kwargs)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras' TensorFlow trainer only (see `backend_quirks.first_replica_batch`).
+        iterator, data_batch = first_replica_batch(self, iterator, data_batch)
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def get_metrics_result(self):
+        return logs_for_worker_mean(super().get_metrics_result())
+
     def evaluate(self, x=None, y=None, **kwargs):
         x = batch_checks.prepare_inputs(self, x, kwargs.get("sample_weight"))
         with reattach_jax_variables_on_error(self):
@@ -456,6 +471,11 @@ class PatchDiffusionModel(keras.Model):
             cache_context=cache_context, use_ema=use_ema, callbacks=callbacks,
             verbose=verbose, return_pyramid=return_pyramid, num_levels=num_levels,
         )
+        if distribute.process_count() > 1:
+            raise ValueError(
+                "`generate` runs in one process; this is one of a multi-process run "
+                f"({distribute.process_count()} processes). Load its checkpoint in a "
+                "single process to sample (`keras-hpdm generate RUN_FOLDER`).")
         return PyramidGenerator(self)(plan)
 
     # ---------------------------------------------------------------- saving
