@@ -15,6 +15,8 @@ import contextlib
 import keras
 from keras import ops
 
+from keras_hpdm import distribute
+
 # Replica `r` draws from seed value `seed + r * stride`: far from any nearby user seed.
 _REPLICA_SEED_STRIDE = 1_000_003
 
@@ -39,18 +41,13 @@ def scale_loss_for_replicas(loss):
     return loss / ops.cast(context.num_replicas_in_sync, loss.dtype)
 
 
-def _multi_worker(strategy):
-    resolver = getattr(strategy, "cluster_resolver", None)
-    return resolver is not None and len(resolver.cluster_spec().as_dict().get("worker", [])) > 1
-
-
 def first_replica_batch(model, iterator, data_batch):
     """For Keras' TensorFlow `_maybe_symbolic_build`: under several workers, symbolic
     tensors shaped as one replica's batch, from the data set's element spec. Keras would
     average the first batch over replicas (failing across workers) and, worse, consume it:
     with `steps_per_epoch` the epoch iterator is kept, so that batch is never trained on."""
-    strategy = getattr(model, "_distribute_strategy", None)
-    if iterator is None or not _multi_worker(strategy):
+    if (iterator is None or getattr(model, "_distribute_strategy", None) is None
+            or distribute.process_count() == 1):
         return iterator, data_batch
 
     def symbolic(spec):
@@ -66,8 +63,7 @@ def logs_for_worker_mean(logs):
     workers: Keras reduces train-step outputs there with `strategy.reduce("MEAN", axis=0)`,
     which fails on scalars and gives the mean over replicas (the global one: equal batches
     per replica) on `(1,)` values."""
-    context = _replica_context()
-    if context is None or not _multi_worker(context.strategy):
+    if _replica_context() is None or distribute.process_count() == 1:
         return logs
     return {k: ops.reshape(v, (1,)) if ops.ndim(v) == 0 else v for k, v in logs.items()}
 
