@@ -12,14 +12,21 @@ from keras_hpdm.models.generation import PyramidGenerator
 SPEC = keras_hpdm.PyramidSpec((2, 8, 8), 2)
 
 
+def with_context_weights(model, scale=0.2):
+    """`model` with random context-fusion kernels, in its live and its EMA weights (what
+    `generate` samples with): zero-initialised, they would make the context inert."""
+    rng = np.random.default_rng(0)
+    for fusion in model.backbone.fusions:
+        fusion.context_kernel.assign(rng.normal(scale=scale, size=fusion.context_kernel.shape))
+    for ema, weight in zip(model.ema_weights, model.backbone.trainable_weights, strict=True):
+        ema.assign(ops.cast(weight, "float32"))
+    return model
+
+
 @pytest.fixture(scope="module")
 def model():
     backbone = RINBackbone.from_preset("tiny", pyramid=SPEC, num_classes=3)
-    m = keras_hpdm.PatchDiffusionModel(backbone, seed=0)
-    rng = np.random.default_rng(0)
-    for fusion in backbone.fusions:  # non-trivial context flow
-        fusion.context_kernel.assign(rng.normal(scale=0.2, size=fusion.context_kernel.shape))
-    return m
+    return with_context_weights(keras_hpdm.PatchDiffusionModel(backbone, seed=0))
 
 
 def pixelwise_denoise(x, sigma, coords, conditions=None, context=None, mean=0.2):
@@ -59,10 +66,7 @@ def test_ablation_models_generate_with_and_without_the_cache(fusion_mode):
     generation still runs through the compiled predict path and the cache stays exact."""
     backbone = RINBackbone.from_preset("tiny", pyramid=SPEC, num_classes=3,
                                        fusion_mode=fusion_mode, use_coords=False)
-    m = keras_hpdm.PatchDiffusionModel(backbone, seed=0)
-    rng = np.random.default_rng(0)
-    for fusion in backbone.fusions:
-        fusion.context_kernel.assign(rng.normal(scale=0.2, size=fusion.context_kernel.shape))
+    m = with_context_weights(keras_hpdm.PatchDiffusionModel(backbone, seed=0))
     kw = dict(conditions=[1], num_steps=2, seed=3, verbose=0, return_pyramid=True)
     cached = m.generate(cache_context=True, **kw)[1][-1]
     fresh = m.generate(cache_context=False, **kw)[1][-1]
@@ -336,3 +340,43 @@ def test_a_model_carries_its_own_guidance_scale(model):
     for bad in (-1.0, float("nan"), "4"):
         with pytest.raises(ValueError, match=r'sampling\["guidance_scale"\]'):
             keras_hpdm.PatchDiffusionModel(model.backbone, sampling={"guidance_scale": bad})
+
+
+def test_context_cache_budget_and_bfloat16_store(model):
+    """`context_cache_budget` caps what the cache holds (the rest is recomputed: the same
+    videos), and `context_cache_dtype="bfloat16"` holds half the bytes for nearly the same
+    videos; `info["context_cache_bytes"]` reports it."""
+    held = {}
+
+    def run(**options):
+        def record(info):
+            held[info["level"]] = info["context_cache_bytes"]
+        pyramid = model.generate([1, 2], num_steps=3, seed=3, verbose=0, return_pyramid=True,
+                                 callbacks=[record], **options)[1]
+        return pyramid[-1], dict(held)
+
+    full, full_bytes = run()
+    assert full_bytes[0] == 0 and full_bytes[1] > 0  # level 0 has no context
+    fresh, fresh_bytes = run(cache_context=False)
+    assert fresh_bytes[1] == 0
+    half, half_bytes = run(context_cache_budget=full_bytes[1] // 2)
+    assert 0 < half_bytes[1] <= full_bytes[1] // 2
+    nothing, nothing_bytes = run(context_cache_budget=0)
+    assert nothing_bytes[1] == 0
+    for out in (half, nothing):  # cached contexts equal recomputed ones
+        np.testing.assert_allclose(out, full, atol=2e-5)
+        np.testing.assert_allclose(out, fresh, atol=2e-5)
+    small, small_bytes = run(context_cache_dtype="bfloat16")
+    assert small_bytes[1] * 2 == full_bytes[1]
+    # bfloat16 rounds each cached value by up to 2**-9 of it; the videos moved by 1.7e-3 of
+    # their scale (observed): the bound is 2.5 bfloat16 steps (2**-8), and 0 would mean the
+    # rounded store was never read.
+    error = np.abs(small - full).max() / np.abs(full).max()
+    print(f"bfloat16 store: max |difference| / max |value| = {error:.1e}")
+    assert 0 < error < 1e-2
+    for kwargs, match in [({"context_cache_budget": -1}, "`context_cache_budget` must be"),
+                          ({"context_cache_budget": 1.5}, "`context_cache_budget` must be"),
+                          ({"context_cache_dtype": "float16"}, "`context_cache_dtype` must be "
+                                                               "one of")]:
+        with pytest.raises(ValueError, match=match):
+            model.generate([0], num_steps=2, verbose=0, **kwargs)

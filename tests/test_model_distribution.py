@@ -146,8 +146,10 @@ def build(weights=None):
     model = keras_hpdm.PatchDiffusionModel(
         RINBackbone.from_preset("tiny", pyramid=spec, num_classes=2), seed=0)
     rng = np.random.default_rng(0)
-    for fusion in model.backbone.fusions:  # context that matters
+    for fusion in model.backbone.fusions:  # context that matters (in the EMA copy too)
         fusion.context_kernel.assign(rng.normal(scale=0.2, size=fusion.context_kernel.shape))
+    for ema, weight in zip(model.ema_weights, model.backbone.trainable_weights):
+        ema.assign(np.asarray(weight.numpy(), "float32"))
     if weights is not None:
         model.set_weights(weights)
     return model

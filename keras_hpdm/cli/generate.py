@@ -14,6 +14,7 @@ from keras_hpdm.cli.common import (
     fraction,
     guidance,
     level_sizes,
+    non_negative_float,
     non_negative_int,
     output_folder,
     per_level,
@@ -22,7 +23,11 @@ from keras_hpdm.cli.common import (
     refuse_overwrite,
     resolve_levels,
 )
-from keras_hpdm.models.generation_plan import DEFAULT_OVERLAP, DEFAULT_TILE_BATCH_SIZE
+from keras_hpdm.models.generation_plan import (
+    CONTEXT_CACHE_DTYPES,
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE_BATCH_SIZE,
+)
 
 
 def add_parser(sub):
@@ -65,6 +70,13 @@ def add_parser(sub):
                    + " ".join(f"{v:g}" for v in DEFAULT_OVERLAP) + ")")
     p.add_argument("--tile-batch-size", type=positive_int, default=DEFAULT_TILE_BATCH_SIZE,
                    help="tiles per network call: bounds memory (default: %(default)s)")
+    p.add_argument("--context-cache-mb", type=non_negative_float, metavar="MB",
+                   help="cap the cached coarse-level context at MB MiB per level: tiles past "
+                        "it recompute theirs at every step (slower, bounded memory; default: "
+                        "no cap)")
+    p.add_argument("--context-cache-dtype", choices=CONTEXT_CACHE_DTYPES, default="float32",
+                   help="how the context cache stores features: bfloat16 halves it "
+                        "(default: float32, exact)")
     p.add_argument("--no-ema", action="store_true", help="sample with the live weights")
     p.add_argument("--seed", type=non_negative_int, default=0, help="default: 0")
     p.add_argument("--out", default="outputs/generated",
@@ -102,7 +114,14 @@ def generate_options(args):
                 guidance_scale=args.guidance, overlap=tuple(args.overlap),
                 tile_batch_size=args.tile_batch_size, seed=args.seed,
                 sampler=per_level(args.sampler), use_ema=not args.no_ema,
-                verbose=args.verbose)
+                verbose=args.verbose, **_context_cache_options(args))
+
+
+def _context_cache_options(args):
+    """`--context-cache-mb` / `--context-cache-dtype` (generate's only) as `generate`'s."""
+    megabytes = getattr(args, "context_cache_mb", None)
+    return dict(context_cache_budget=None if megabytes is None else int(megabytes * 2**20),
+                context_cache_dtype=getattr(args, "context_cache_dtype", "float32"))
 
 
 def generate_and_save(model, args, conditions):

@@ -6,6 +6,7 @@ import sys
 import weakref
 
 import keras
+import ml_dtypes
 import numpy as np
 from keras import ops
 
@@ -14,6 +15,9 @@ from keras_hpdm.diffusion.schedules import edm_sigmas
 from keras_hpdm.diffusion.seeding import derive_seed, per_sample_normal
 from keras_hpdm.diffusion.tiling import tile_grid, tiled_denoiser
 from keras_hpdm.models.backend_quirks import batch_replicas, shard_batch
+
+# `GenerationPlan.context_cache_dtype` -> the numpy type the context cache stores.
+CACHE_STORAGE = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 
 # EDM's ImageNet-64 setting (S_churn 40 at 256 steps) as churn per step: gamma = 0.156.
 EDM_CHURN_PER_STEP = 40.0 / 256.0
@@ -146,7 +150,8 @@ class PyramidGenerator:
         chains = np.stack([spec.context_offsets(level, o) for o in starts])  # (T, l+1, 3)
         coords = np.stack([spec.chain_coords(c) for c in chains])  # (T, l+1, 6)
         context_sigma = float(s["context_sigma"])
-        cache = {}
+        cache, cached = {}, {"bytes": 0}
+        store = CACHE_STORAGE[plan.context_cache_dtype]
 
         def conditions_for(sample_index):
             out = {k: v[sample_index] for k, v in conds.items()}
@@ -157,7 +162,8 @@ class PyramidGenerator:
         def context_for(sample_index, tile_index, cond):
             key = (sample_index.tobytes(), tile_index.tobytes())
             if key in cache:
-                return cache[key]
+                return keras.tree.map_structure(lambda a: a.astype(np.float32, copy=False),
+                                                cache[key])
             r = spec.patch_size
             patches = np.stack([
                 np.stack([
@@ -174,7 +180,12 @@ class PyramidGenerator:
             context = self.network(
                 {"context_patches": patches, "sigma": sigma, "coords": ctx_coords, **cond})
             if plan.cache_context:
-                cache[key] = context
+                kept = keras.tree.map_structure(lambda a: np.asarray(a).astype(store), context)
+                size = sum(a.nbytes for a in keras.tree.flatten(kept))
+                budget = plan.context_cache_budget
+                if budget is None or cached["bytes"] + size <= budget:
+                    cache[key] = kept
+                    cached["bytes"] += size
             return context
 
         def denoise_tiles(tiles, sigma, sample_index, tile_index):
@@ -215,7 +226,7 @@ class PyramidGenerator:
 
         def on_step(step, total, x_t, denoised):
             info = {"level": level, "step": step, "num_steps": total, "x": x_t,
-                    "denoised": denoised}
+                    "denoised": denoised, "context_cache_bytes": cached["bytes"]}
             return any(bool(cb(info)) for cb in plan.callbacks)
 
         out = sample(denoise_fn, x, sigmas, method=method, seed=derive_seed(plan.seed, level, 1),

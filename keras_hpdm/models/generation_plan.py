@@ -26,6 +26,9 @@ from keras_hpdm.checks import (
 DEFAULT_OVERLAP = (0.5, 0.5, 0.0)  # the paper's best: 50% on time and height (Table 4)
 DEFAULT_TILE_BATCH_SIZE = 16  # tiles per network call: bounds the device's memory
 VERBOSE = ("auto", 0, 1, 2)
+# How the context cache stores contexts: bfloat16 halves it (its 8-bit mantissa rounds the
+# coarse features by < 0.4%).
+CONTEXT_CACHE_DTYPES = ("float32", "bfloat16")
 
 DEFAULT_SAMPLING = {
     # Paper App. C: 128 steps at level 0, halved per level (128/64/32); stochastic Heun at
@@ -72,6 +75,9 @@ class GenerationPlan:
         seed: the seed of every draw (a fresh one when `generate` got None).
         blend: tile weights, one of `BLENDS`.
         cache_context: whether each tile's context is computed once per level.
+        context_cache_budget: bytes the cache may hold per level (None: no limit); the
+            contexts beyond it are recomputed at every step.
+        context_cache_dtype: how the cache stores contexts, one of `CONTEXT_CACHE_DTYPES`.
         use_ema: whether to sample with the EMA weights.
         callbacks: callables `fn(info) -> bool` called after every step.
         verbose: progress, one of `VERBOSE`.
@@ -96,6 +102,8 @@ class GenerationPlan:
     seed: int
     blend: str
     cache_context: bool
+    context_cache_budget: object
+    context_cache_dtype: str
     use_ema: bool
     callbacks: tuple
     verbose: object
@@ -110,8 +118,9 @@ class GenerationPlan:
     def resolve(cls, pyramid_levels, sampling, num_classes=None, text_dim=None, *,
                 conditions=None, num_samples=None, num_steps=None, guidance_scale=None,
                 overlap=DEFAULT_OVERLAP, tile_batch_size=DEFAULT_TILE_BATCH_SIZE, seed=None,
-                sampler=None, blend="uniform", cache_context=True, use_ema=True,
-                callbacks=None, verbose="auto", return_pyramid=False, num_levels=None):
+                sampler=None, blend="uniform", cache_context=True, context_cache_budget=None,
+                context_cache_dtype="float32", use_ema=True, callbacks=None, verbose="auto",
+                return_pyramid=False, num_levels=None):
         """Validates `generate`'s arguments (see `PatchDiffusionModel.generate`) against a
         model and fills in its defaults.
 
@@ -156,9 +165,19 @@ class GenerationPlan:
             samplers=tuple(samplers), guidance_scale=float(guidance_scale), overlap=overlap,
             tile_batch_size=tile_batch_size, seed=seed, blend=blend,
             cache_context=check_bool("cache_context", cache_context),
+            context_cache_budget=check_int("context_cache_budget", context_cache_budget,
+                                           low=0, allow_none=True),
+            context_cache_dtype=_check_cache_dtype(context_cache_dtype),
             use_ema=check_bool("use_ema", use_ema), callbacks=tuple(callbacks),
             verbose=verbose, return_pyramid=check_bool("return_pyramid", return_pyramid),
         )
+
+
+def _check_cache_dtype(dtype):
+    if not isinstance(dtype, str) or dtype not in CONTEXT_CACHE_DTYPES:
+        raise ValueError(f"`context_cache_dtype` must be one of {CONTEXT_CACHE_DTYPES}, got "
+                         f"{dtype!r}.")
+    return dtype
 
 
 def _resolve_steps(num_steps, num_levels):

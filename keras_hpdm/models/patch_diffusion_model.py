@@ -427,8 +427,9 @@ class PatchDiffusionModel(keras.Model):
     # ------------------------------------------------------------ generation
     def generate(self, conditions=None, num_samples=None, num_steps=None, guidance_scale=None,
                  overlap=DEFAULT_OVERLAP, tile_batch_size=DEFAULT_TILE_BATCH_SIZE, seed=None,
-                 sampler=None, blend="uniform", cache_context=True, use_ema=True,
-                 callbacks=None, verbose="auto", return_pyramid=False, num_levels=None):
+                 sampler=None, blend="uniform", cache_context=True, context_cache_budget=None,
+                 context_cache_dtype="float32", use_ema=True, callbacks=None, verbose="auto",
+                 return_pyramid=False, num_levels=None):
         """Generates videos at `pyramid.target_size`, level by level, tile by tile.
 
         Args:
@@ -449,9 +450,16 @@ class PatchDiffusionModel(keras.Model):
             blend: "uniform" or "smooth" tile blending weights.
             cache_context: compute each tile's coarse-level context once per level
                 (paper's cached inference) instead of at every step.
+            context_cache_budget: bytes the context cache may hold per level (None: no
+                limit). Tiles whose context would exceed it have it recomputed at every
+                step: memory stays bounded at any output size, and the cache's speed-up
+                shrinks to the share of tiles it holds.
+            context_cache_dtype: `"float32"` (exact) or `"bfloat16"` (half the memory;
+                the cached contexts rounded to bfloat16).
             use_ema: sample with the EMA weights (the live weights are restored after).
             callbacks: callables `fn(info) -> bool`; `info` has level, step, num_steps, x,
-                denoised. Returning True stops the current level early.
+                denoised and context_cache_bytes (what the cache holds). Returning True
+                stops the current level early.
             verbose: 0 silent, 1 a progress bar per level, 2 one line per level; "auto"
                 (default) is 1 on a terminal, else 2.
             return_pyramid: also return the generated canvas of every level.
@@ -468,7 +476,8 @@ class PatchDiffusionModel(keras.Model):
             self.backbone.text_dim, conditions=conditions, num_samples=num_samples,
             num_steps=num_steps, guidance_scale=guidance_scale, overlap=overlap,
             tile_batch_size=tile_batch_size, seed=seed, sampler=sampler, blend=blend,
-            cache_context=cache_context, use_ema=use_ema, callbacks=callbacks,
+            cache_context=cache_context, context_cache_budget=context_cache_budget,
+            context_cache_dtype=context_cache_dtype, use_ema=use_ema, callbacks=callbacks,
             verbose=verbose, return_pyramid=return_pyramid, num_levels=num_levels,
         )
         if distribute.process_count() > 1:
