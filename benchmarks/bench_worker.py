@@ -125,20 +125,28 @@ class Bench:
         return {"seconds": time.perf_counter() - t, "shape": list(video.shape)}
 
     def probe(self):
-        """Untimed diagnostics of one generation: numpy host peak (tracemalloc), canvases, and
-        the context cache of every level, estimated as (tile batches per step) x (tile batch
-        size) x (bytes of one tile's `encode_context` features): what `cache_context=True`
-        keeps for a whole level, whatever device or host memory it lives in."""
+        """Untimed diagnostics of one generation: numpy host peak (tracemalloc), canvases, the
+        context cache every level held (`info["context_cache_bytes"]`, measured: dtype and
+        budget included), and the full cache of every level, estimated as (tile batches
+        per step) x (tile batch size) x (bytes of one tile's `encode_context` features):
+        what `cache_context=True` keeps for a whole level, whatever memory it lives in."""
         import tracemalloc
+
+        held = {}  # level -> bytes the context cache held at the level's last step
+
+        def record(info):
+            held[str(info["level"])] = info["context_cache_bytes"] / MB
 
         tracemalloc.start()
         try:
-            video, canvases = self.model.generate(**self.gen_kwargs, return_pyramid=True)
+            video, canvases = self.model.generate(**self.gen_kwargs, return_pyramid=True,
+                                                  callbacks=[record])
             _, host_peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
         levels = len(canvases)
         return {
+            "context_mb_held_by_level": {k: v for k, v in held.items() if k != "0"},
             "host_numpy_peak_mb": host_peak / MB,
             "canvas_mb": canvases[-1].nbytes / MB,
             "all_canvases_mb": sum(c.nbytes for c in canvases) / MB,

@@ -12,9 +12,10 @@ Memory, per configuration (RSS = resident host memory of the process):
   - `timed MB`: peak RSS growth over the post-warm-up baseline during the timed generations,
   - `beyond canvas MB`: `timed MB` minus the output canvas (float32, host),
   - `host MB`: numpy peak during one generation (tracemalloc: canvases, tile stacks, sums),
-  - `context MB`: the context cache of the finest level with `cache_context=True` (every tile
-    batch's `encode_context` features are kept for the whole level; estimated as tile batches
-    x tile batch size x one tile's context bytes; recomputed per step without caching),
+  - `context MB`: what the context cache of the finest level held (`info["context_cache_bytes"]`
+    of `generate`'s callbacks: every tile batch's `encode_context` features, kept for the
+    whole level) in each variant: `cached` (float32), `bf16` (`context_cache_dtype=
+    "bfloat16"`), `fresh` (`cache_context=False`: recomputed at every step, nothing held),
   - `after clear MB` (JAX): RSS after `jax.clear_caches()` + `malloc_trim`, which shows how
     much of the resident memory was compilation caches.
 
@@ -30,6 +31,11 @@ import time
 from machine import machine_info
 from report import RESULTS, median, ratio, report
 from workers import finish_all, interleave, start_workers
+
+# The context cache: whole (float32), stored in bfloat16, or none (recomputed every step).
+VARIANTS = {"cached": {"cache_context": True},
+            "bf16": {"cache_context": True, "context_cache_dtype": "bfloat16"},
+            "fresh": {"cache_context": False}}
 
 SIZES = {  # patch size, levels, steps at level 0
     "small": ((2, 16, 16), 3, 4),
@@ -56,15 +62,15 @@ def main():
 
     specs = []
     for out_levels in range(1, levels + 1):
-        for cache in (True, False):
+        for variant, options in VARIANTS.items():
             cfg = {"backbone": "rin", "preset": args.preset,
                    "spec": {"patch_size": list(patch), "num_levels": levels,
                             "pyramid_time": False},
-                   "generate": {"num_steps": steps, "cache_context": cache,
+                   "generate": {"num_steps": steps, **options,
                                 "num_levels": out_levels, "sampler": "euler",
                                 "tile_batch_size": args.tile_batch_size},
                    "clear_caches": True, "torch_threads": args.torch_threads}
-            specs.append((f"L{out_levels}/{'cached' if cache else 'fresh'}", cfg, args.backend))
+            specs.append((f"L{out_levels}/{variant}", cfg, args.backend))
     print(f"generation scaling: setting up {len(specs)} workers (backend {args.backend})",
           flush=True)
     workers = start_workers(specs, jobs=args.jobs)
@@ -75,23 +81,26 @@ def main():
     finals = finish_all(live)
 
     rows = []
-    for w, (_, cfg, _) in zip(workers, specs, strict=True):
+    for w, (name, cfg, _) in zip(workers, specs, strict=True):
         g = cfg["generate"]
+        variant = name.split("/")[1]
         if w.error:
             rows.append({"levels": g["num_levels"], "cache_context": g["cache_context"],
-                         "error": w.error[-2000:]})
+                         "variant": variant, "error": w.error[-2000:]})
             continue
         info, fin, probe = w.info, dict(finals[w.name], **memory[w.name]), probes[w.name]
         _, t, h, wd, _ = info["output_shape"]
         pixels = t * h * wd
         seconds = median([r["seconds"] for r in replies[w.name]["generate"]])
         ctx = probe.get("context_mb_by_level") or {}
-        finest = ctx.get(str(g["num_levels"] - 1))
+        held = probe.get("context_mb_held_by_level") or {}
+        finest = held.get(str(g["num_levels"] - 1))
         timed = fin.get("step_rss_growth_mb")
         canvas = probe.get("canvas_mb")
         rows.append({
             "levels": g["num_levels"], "cache_context": g["cache_context"],
-            "output": info["output_shape"][1:4], "pixels": pixels, "seconds": seconds,
+            "variant": variant, "output": info["output_shape"][1:4], "pixels": pixels,
+            "seconds": seconds,
             "us_per_pixel": 1e6 * seconds / pixels if seconds else None,
             "first_generate_s": info.get("first_generate_s"),
             "rss_built_mb": info["rss_built_mb"],
@@ -103,7 +112,7 @@ def main():
             "host_numpy_peak_mb": probe.get("host_numpy_peak_mb"),
             "all_canvases_mb": probe.get("all_canvases_mb"),
             "context_mb_finest_level": finest if g["cache_context"] else None,
-            "context_mb_by_level": ctx,
+            "context_mb_by_level": ctx, "context_mb_held_by_level": held,
             "peak_rss_mb": max(info["peak_rss_setup_mb"], fin.get("peak_rss_mb") or 0.0),
             "rss_end_mb": fin.get("rss_end_mb"),
             "rss_after_clear_caches_mb": fin.get("rss_after_clear_caches_mb"),
@@ -114,19 +123,23 @@ def main():
     base = min((r["pixels"] for r in ok), default=1)
     speedups, notes = {}, []
     for lv in range(2, levels + 1):
-        pair = {r["cache_context"]: r for r in ok if r["levels"] == lv}
-        if True in pair and False in pair:
-            speedups[lv] = ratio(pair[False]["seconds"], pair[True]["seconds"])
-            notes.append(f"cached-context speedup at {lv} levels: {speedups[lv]:.2f}x")
+        by = {r["variant"]: r for r in ok if r["levels"] == lv}
+        for variant in ("cached", "bf16"):
+            if variant in by and "fresh" in by:
+                speedups.setdefault(variant, {})[lv] = ratio(by["fresh"]["seconds"],
+                                                             by[variant]["seconds"])
+                notes.append(f"{variant} context speed-up over recomputing at {lv} levels: "
+                             f"{speedups[variant][lv]:.2f}x")
     result = {
         "benchmark": "generation_scaling", "backend": args.backend, "size": args.size,
         "preset": args.preset, "patch_size": list(patch), "num_levels": levels,
         "steps": steps, "tile_batch_size": args.tile_batch_size, "repeats": args.repeats,
         "torch_threads": args.torch_threads,
-        "rows": rows, "cached_speedup": speedups, "machine": machine,
+        "rows": rows, "cached_speedup": speedups.get("cached", {}),
+        "bf16_speedup": speedups.get("bf16", {}), "machine": machine,
         "load_avg_end": round(os.getloadavg()[0], 2), "wall_s": time.perf_counter() - t0,
     }
-    cached = [r for r in ok if r["cache_context"]]
+    cached = [r for r in ok if r["variant"] == "cached"]
     chart = None
     if cached:
         chart = {
@@ -143,7 +156,7 @@ def main():
         title=f"\ngeneration scaling, backend={args.backend}, size={args.size}, RIN "
               f"'{args.preset}' (untrained), euler {steps} steps/level, tile batch "
               f"{args.tile_batch_size}; {machine['cpu']}, {machine['cpu_count']} cores",
-        failed=lambda r: f"L{r['levels']} cache={r['cache_context']}",
+        failed=lambda r: f"L{r['levels']} {r['variant']}",
         notes=notes, chart=chart,
     )
 
@@ -152,7 +165,7 @@ def table(base):
     return [
         ("output", lambda r: "x".join(map(str, r["output"])), None),
         ("pixels", lambda r: f"{r['pixels'] // base}x", None),
-        ("cache", lambda r: str(r["cache_context"]), None), ("s", "seconds", ".3f"),
+        ("context", "variant", None), ("s", "seconds", ".3f"),
         ("us/px", "us_per_pixel", ".1f"), ("warm-up MB", "warmup_growth_mb", ".0f"),
         ("timed MB", "timed_growth_mb", ".1f"), ("canvas MB", "canvas_mb", ".3f"),
         ("beyond canvas MB", "beyond_canvas_mb", ".1f"), ("host MB", "host_numpy_peak_mb", ".2f"),
