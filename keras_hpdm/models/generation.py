@@ -180,7 +180,9 @@ class PyramidGenerator:
             context = self.network(
                 {"context_patches": patches, "sigma": sigma, "coords": ctx_coords, **cond})
             if plan.cache_context:
-                kept = keras.tree.map_structure(lambda a: np.asarray(a).astype(store), context)
+                # float32: the network's own arrays, as before (no copy); bfloat16: a copy
+                kept = keras.tree.map_structure(
+                    lambda a: np.asarray(a).astype(store, copy=False), context)
                 size = sum(a.nbytes for a in keras.tree.flatten(kept))
                 budget = plan.context_cache_budget
                 if budget is None or cached["bytes"] + size <= budget:
