@@ -177,12 +177,17 @@ def section_data(d, rerun):
     if not d:
         return None
     cols = [("source", "case", None), ("pyramids/s", "pyramids_per_s", ".1f"),
-            ("first batches s", "warmup_seconds", ".2f")]
+            ("vs train", "vs_train", ".2f"), ("first batches s", "warmup_seconds", ".2f")]
+    train = d.get("train")
     head = (f"## Data pipeline\n\n`PyramidSpec{tuple(d['spec']['patch_size'])}`, "
             f"{d['spec']['num_levels']} levels, batch {d['batch_size']}, source "
             f"`{d['source']}`"
             + ("." if rerun else "; from an earlier `data_pipeline.py` run (not re-run: pass "
-               "`--data-pipeline`).") + "\n")
+               "`--data-pipeline`).")
+            + ("" if not train else
+               f" `vs train`: pyramids/s over the {train['videos_per_s']:.1f} videos/s RIN "
+               f"`{train['preset']}` trains at on the same spec and batch ({train['backend']}).")
+            + "\n")
     return head + "\n" + markdown_table(cols, d["results"])
 
 

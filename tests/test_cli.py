@@ -784,3 +784,9 @@ def test_init_from_with_level_loss_weights_keeps_the_trained_weights(run_dir):
         for a, b in zip(got, want, strict=True):
             np.testing.assert_array_equal(keras.ops.convert_to_numpy(a),
                                           keras.ops.convert_to_numpy(b), err_msg=a.path)
+
+
+def test_clips_per_file_is_refused_where_nothing_is_decoded(tmp_path, capsys):
+    # DATA is an array source: several clips per decode would not save anything.
+    assert run_cli(*TRAIN, "--clips-per-file", 2, "--steps", 1, "--out", tmp_path / "r") == 2
+    assert "`clips_per_file` (2) applies to media files" in error_line(capsys)

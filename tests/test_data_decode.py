@@ -34,6 +34,36 @@ def test_decode_video_lossless_indices_stride_fps(tmp_path):
         data.decode_video(path, channels=2)
 
 
+def _block_mean(frames, factor):
+    """Area average of `(..., H, W, C)` uint8 frames over `factor x factor` blocks."""
+    *lead, h, w, c = frames.shape
+    blocks = frames.reshape(*lead, h // factor, factor, w // factor, factor, c)
+    return blocks.astype(np.float64).mean(axis=(-4, -2))
+
+
+def test_cover_size_shrinks_on_decode_by_area_averaging(tmp_path):
+    frames = noise_video(6, 32, 48)  # noise: nearest-pixel or no filtering is far off
+    path = write_video(tmp_path / "clip.mkv", frames)  # lossless
+    small = data.decode_video(path, indices=[4, 1, 4], cover_size=(16, 16))
+    assert small.shape == (3, 16, 24, 3)  # decode.resized_cover_shape(32, 48, (16, 16))
+    want = _block_mean(frames[[4, 1, 4]], 2)
+    error = np.abs(small - want)
+    assert error.max() <= 1.0 and error.mean() < 0.5, (error.max(), error.mean())
+    assert np.abs(frames[[4, 1, 4], ::2, ::2] - want).mean() > 10  # what a bad filter gives
+    gray = data.decode_video(path, indices=[0], cover_size=(16, 16), channels=1)
+    assert gray.shape == (1, 16, 24, 1)
+    # Frames already small enough are never enlarged; one side may stay at the target.
+    np.testing.assert_array_equal(data.decode_video(path, cover_size=(32, 32)), frames)
+    assert data.decode_video(path, num_frames=1, cover_size=(8, 24)).shape == (1, 16, 24, 3)
+    image = noise_video(1, 32, 48)[0]
+    shrunk = data.read_image(write_image(tmp_path / "n.png", image), cover_size=(16, 16))
+    assert shrunk.shape == (16, 24, 3)
+    assert np.abs(shrunk - _block_mean(image, 2)).max() <= 1.0
+    for bad in [(16,), (0, 16), (16.5, 16), "16x16"]:
+        with pytest.raises(ValueError, match="cover_size"):
+            data.decode_video(path, cover_size=bad)
+
+
 @pytest.mark.parametrize("ext", [".mp4", ".avi", ".webm", ".gif"])
 def test_decode_container_formats(tmp_path, ext):
     frames = smooth_video(10, 32, 48)

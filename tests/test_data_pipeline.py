@@ -13,7 +13,6 @@ import warnings
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_hpdm import data
 from keras_hpdm.data import decode
@@ -77,18 +76,16 @@ def test_patches_equal_extract_on_decoded_file_with_resize():
     for ex in examples(take(ds, 2)):
         idx = ex["frame_indices"]
         np.testing.assert_array_equal(np.diff(idx), [3] * 7)  # 29.97 fps -> 10 fps
-        clip = data.decode_video(path, indices=idx).astype(np.float32)
-        size = decode.resized_cover_shape(144, 176, (16, 16))
-        assert size == (16, 20)
-        clip = tf.image.resize(clip, size, method="bilinear", antialias=True).numpy()
+        # Shrunk on decode (FFmpeg, area average) to the size covering the target.
+        clip = data.decode_video(path, indices=idx, cover_size=(16, 16)).astype(np.float32)
+        assert clip.shape[1:3] == decode.resized_cover_shape(144, 176, (16, 16)) == (16, 20)
         np.testing.assert_allclose(ex["patches"], reference_patches(clip, ex) / 127.5 - 1,
                                    atol=1e-5, rtol=0)
     gray = data.pyramid_dataset(path, SPEC, 1, crop="center", seed=1, channels=1,
                                 return_offsets=True)
     ex = examples(take(gray, 1))[0]
-    clip = data.decode_video(path, indices=ex["frame_indices"]).astype(np.float64)
-    clip = (clip @ [0.299, 0.587, 0.114])[..., None].astype(np.float32)
-    clip = tf.image.resize(clip, (16, 20), method="bilinear", antialias=True).numpy()
+    clip = data.decode_video(path, indices=ex["frame_indices"], cover_size=(16, 16))
+    clip = (clip.astype(np.float64) @ [0.299, 0.587, 0.114])[..., None].astype(np.float32)
     assert tuple(ex["crop_offset"]) == (0, 2) and ex["patches"].shape[-1] == 1
     np.testing.assert_allclose(ex["patches"], reference_patches(clip, ex) / 127.5 - 1,
                                atol=1e-5, rtol=0)
@@ -279,6 +276,78 @@ def test_cache_gives_the_same_pyramids(tmp_path):
         np.testing.assert_allclose(got["patches"][order], want_batch["patches"][ref],
                                    atol=1e-6)
     assert not cached.skipped
+
+
+def test_clips_per_file_cuts_exact_clips_from_one_decode(tmp_path, monkeypatch):
+    paths = [write_video(tmp_path / f"{i}.mkv", smooth_video(20, 16, 20, seed=i))
+             for i in range(4)]
+    decodes = []
+    real_decode = decode.decode_video
+    monkeypatch.setattr(decode, "decode_video",
+                        lambda path, **kw: decodes.append(path) or real_decode(path, **kw))
+    ds = data.pyramid_dataset(paths, SPEC, 4, seed=5, flip=True, return_offsets=True,
+                              clips_per_file=3, repeat=False)
+    assert ds.num_examples == 12
+    got = examples(take(ds, 3))
+    order = [int(ex["index"]) for ex in got]
+    assert sorted(order) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert len(decodes) == 4, "one decode per file, not per clip"
+    # Mixed across files: clips left grouped give 8 neighbours from the same file, a uniform
+    # permutation 2 on average.
+    assert sum(a == b for a, b in zip(order, order[1:], strict=False)) < 8, order
+    for ex in got:  # each clip is cut at its own place from the shared decode
+        clip = real_decode(paths[ex["index"]], indices=ex["frame_indices"],
+                           cover_size=(16, 16)).astype(np.float32)
+        np.testing.assert_allclose(ex["patches"], reference_patches(clip, ex) / 127.5 - 1,
+                                   atol=1e-5, rtol=0)
+    for i in range(4):
+        mine = [ex for ex in got if ex["index"] == i]
+        draws = {(tuple(ex["frame_indices"]), tuple(ex["crop_offset"]),
+                  tuple(ex["offsets"].ravel()), bool(ex["flipped"])) for ex in mine}
+        assert len(draws) == 3, f"file {i}: its clips repeat one draw"
+    # One clip per file (the default) is the stream every other test checks.
+    one = take(data.pyramid_dataset(paths, SPEC, 4, seed=5, flip=True, clips_per_file=1), 2)
+    default = take(data.pyramid_dataset(paths, SPEC, 4, seed=5, flip=True), 2)
+    for x, y in zip(one, default, strict=True):
+        np.testing.assert_array_equal(x["patches"], y["patches"])
+
+
+def test_clips_per_file_resumes_and_skips_bad_files(tmp_path, monkeypatch):
+    from keras_hpdm.data import file_builder
+
+    monkeypatch.setattr(file_builder, "MIX_FILES", 2)  # mixing blocks of 2 files x 2 clips
+    paths = [write_video(tmp_path / f"{i}.mkv", smooth_video(12, 16, 16, seed=i))
+             for i in range(5)]
+
+    def make(**kw):
+        return data.pyramid_dataset(paths, SPEC, 1, seed=4, flip=True, return_offsets=True,
+                                    clips_per_file=2, **kw)
+
+    whole = examples(take(make(), 27))  # 10 examples per pass
+    for start in (3, 4, 9, 13, 20):  # inside a block, at one, at a pass end, later passes
+        later = examples(take(make(start_example=start), 7))
+        for x, y in zip(whole[start:], later, strict=False):
+            for key in ("index", "patches", "offsets", "frame_indices", "flipped"):
+                np.testing.assert_array_equal(x[key], y[key], err_msg=f"{start}: {key}")
+    ds = make(repeat=False)
+    with open(paths[3], "wb") as f:  # damaged after the data set was built
+        f.write(b"not a video")
+    with pytest.warns(data.SkippedMediaWarning, match="3.mkv"):
+        order = [int(ex["index"]) for ex in examples(take(ds, 10))]
+    assert sorted(order) == [0, 0, 1, 1, 2, 2, 4, 4]
+    assert paths[3] in ds.skipped
+
+
+def test_clips_per_file_argument_errors(tmp_path):
+    videos = noise_video(16, 16, 16).reshape(2, 8, 16, 16, 3)
+    path = write_video(tmp_path / "a.mkv", smooth_video(8, 16, 16))
+    for source, kwargs in [(videos, {"clips_per_file": 2}),
+                           (path, {"clips_per_file": 2, "cache": True})]:
+        with pytest.raises(ValueError, match="clips_per_file"):
+            data.pyramid_dataset(source, SPEC, 2, **kwargs)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="clips_per_file"):
+            data.pyramid_dataset(path, SPEC, 2, clips_per_file=bad)
 
 
 def test_argument_errors():

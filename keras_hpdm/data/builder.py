@@ -41,6 +41,7 @@ class Settings:
     channels: int
     seed: int
     return_offsets: bool
+    clips_per_file: int = 1
 
     @property
     def target(self):
@@ -110,29 +111,34 @@ class Builder:
 
         return keys.flat_map(epoch)
 
-    def block_shuffle(self, ds, key):
-        """Shuffles a stream of scalars in blocks of `shuffle_buffer`, statelessly.
+    def block_shuffle(self, ds, key, size=None, first_block=0):
+        """Shuffles a stream (of scalars or example dicts) in blocks, statelessly.
 
         `Dataset.shuffle` cannot take a per-epoch tensor seed reliably (it goes through the
         global-seed logic); a block permutation keyed by (seed, epoch key, block number) can,
-        and still visits every element exactly once per epoch.
+        and still visits every element exactly once per epoch. Blocks hold `size` elements
+        (default `shuffle_buffer`) and are numbered from `first_block`, so a stream that
+        starts some whole blocks into an epoch is permuted as it would have been.
         """
-        size = self.shuffle_buffer or max(1, min(self.num_examples, 1024))
+        size = size or self.shuffle_buffer or max(1, min(self.num_examples, 1024))
         epoch_seed = tf.random.experimental.stateless_fold_in(self.base, key)
 
         def permute(block_number, block):
             seed = tf.random.experimental.stateless_fold_in(epoch_seed, block_number)
-            order = tf.random.experimental.stateless_shuffle(
-                tf.range(tf.shape(block)[0]), seed=seed)
-            return tf.gather(block, order)
+            count = tf.shape(tf.nest.flatten(block)[0])[0]
+            order = tf.random.experimental.stateless_shuffle(tf.range(count), seed=seed)
+            return tf.nest.map_structure(lambda x: tf.gather(x, order), block)
 
-        return ds.batch(size).enumerate().map(permute).unbatch()
+        first_block = tf.cast(first_block, tf.int64)
+        return ds.batch(size).enumerate(first_block).map(permute).unbatch()
 
-    def finish(self, clip, frame_indices, key, index, extra, ok=None):
-        """Transforms a `(F', H, W, C)` clip into one example dict."""
+    def finish(self, clip, frame_indices, key, index, extra, ok=None, seed_index=None):
+        """Transforms a `(F', H, W, C)` clip into one example dict (its randomness keyed by
+        `seed_index`, default `index`)."""
         s = self.s
         f, h, w = s.target
-        seeds = transforms.element_seeds(self.base, key, index, num=4)
+        seed_index = index if seed_index is None else seed_index
+        seeds = transforms.element_seeds(self.base, key, seed_index, num=4)
         is_uint8 = clip.dtype == tf.uint8
         x = transforms.to_channels(tf.cast(clip, tf.float32), s.channels)
         x = transforms.resize_cover(x, (h, w))

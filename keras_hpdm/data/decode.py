@@ -209,7 +209,7 @@ def _frame_ratio(frame_stride, fps, source_fps):
 
 
 def decode_video(path, *, start=0, num_frames=None, frame_stride=1, fps=None, indices=None,
-                 channels=3):
+                 channels=3, cover_size=None):
     """Decodes frames of a video file to a uint8 array.
 
     Decoding is sequential from the first frame and stops at the last frame needed; only the
@@ -224,6 +224,11 @@ def decode_video(path, *, start=0, num_frames=None, frame_stride=1, fps=None, in
         fps: resample to this frame rate by taking the nearest source frames.
         indices: explicit frame indices to return (overrides `start`/`num_frames`/stride).
         channels: 3 (RGB) or 1 (luma-weighted grayscale).
+        cover_size: optional `(height, width)`: frames larger than needed to cover it are
+            shrunk (aspect ratio kept, area averaging) to the smallest size that covers it
+            (`resized_cover_shape`), inside FFmpeg's colour conversion. Much cheaper than
+            converting full frames and resizing them afterwards (the pyramid pipeline's
+            path); frames that are already that small are returned as decoded.
 
     Returns:
         uint8 array `(T, H, W, channels)`.
@@ -243,6 +248,7 @@ def decode_video(path, *, start=0, num_frames=None, frame_stride=1, fps=None, in
     _check_channels(channels)
     check_frame_rate(frame_stride, fps)
     start = check_int("start", start, low=0, high=2**62)  # frame indices are int64
+    cover_size = _check_cover_size(cover_size)
     num_frames = check_int("num_frames", num_frames, low=1, allow_none=True)
     if indices is not None:
         indices = np.asarray(indices)
@@ -252,7 +258,7 @@ def decode_video(path, *, start=0, num_frames=None, frame_stride=1, fps=None, in
         if indices.size and indices.min() < 0:
             raise ValueError(f"`indices` (frame indices) must be >= 0, got {indices.min()}.")
     if media_kind(path) == "image":
-        image = read_image(path, channels=channels)
+        image = read_image(path, channels=channels, cover_size=cover_size)
         count = len(indices) if indices is not None else (num_frames or 1)  # as for videos
         return np.repeat(image[None], count, axis=0)
     container = _open_video(path)
@@ -262,7 +268,7 @@ def decode_video(path, *, start=0, num_frames=None, frame_stride=1, fps=None, in
         source_fps = _stream_fps(stream)
         if indices is None and num_frames is not None:
             indices = start + clip_steps(num_frames, frame_stride, fps, source_fps)
-        frames = _decode_frames(container, stream, path, indices, start)
+        frames = _decode_frames(container, stream, path, indices, start, cover_size)
     finally:
         container.close()
     if indices is None and (fps is not None or frame_stride != 1):
@@ -314,7 +320,7 @@ def _frame_numbers(container, stream, first):
     yield from enumerate(container.decode(stream))
 
 
-def _decode_frames(container, stream, path, indices, start):
+def _decode_frames(container, stream, path, indices, start, cover_size=None):
     wanted = None if indices is None else set(indices.tolist())
     last = None if indices is None else (int(indices.max()) if indices.size else -1)
     first = start if indices is None else (int(indices.min()) if indices.size else 0)
@@ -324,7 +330,7 @@ def _decode_frames(container, stream, path, indices, start):
         for i, frame in _frame_numbers(container, stream, first):
             count = i + 1
             if (wanted is None and i >= start) or (wanted is not None and i in wanted):
-                kept[i] = _frame_rgb(frame, path)
+                kept[i] = _frame_rgb(frame, path, cover_size)
             if last is not None and i >= last:
                 break
     except MediaDecodeError:
@@ -346,9 +352,32 @@ def _decode_frames(container, stream, path, indices, start):
     return np.stack([kept[i] for i in indices.tolist()])
 
 
-def _frame_rgb(frame, path):
-    """A decoded frame as uint8 RGB, downscaled by FFmpeg (area average) over `MAX_PIXELS`."""
-    height, width = decoded_size(path, frame.height, frame.width)
+def _check_cover_size(cover_size):
+    if cover_size is None:
+        return None
+    ok = (isinstance(cover_size, (tuple, list)) and len(cover_size) == 2
+          and all(is_integer(v) and v >= 1 for v in cover_size))
+    if not ok:
+        raise ValueError("`cover_size` must be None or (height, width) of positive ints, "
+                         f"got {cover_size!r}.")
+    return int(cover_size[0]), int(cover_size[1])
+
+
+def shrunk_size(height, width, cover_size):
+    """The size frames of `height x width` are decoded at for `cover_size`: the cover size
+    when that shrinks them, else unchanged (enlarging is left to the caller's resize)."""
+    if cover_size is None:
+        return height, width
+    new_h, new_w = resized_cover_shape(height, width, cover_size)
+    if new_h <= height and new_w <= width:
+        return new_h, new_w
+    return height, width
+
+
+def _frame_rgb(frame, path, cover_size=None):
+    """A decoded frame as uint8 RGB, downscaled by FFmpeg (area average) over `MAX_PIXELS`
+    and, with `cover_size`, to the size that just covers it."""
+    height, width = shrunk_size(*decoded_size(path, frame.height, frame.width), cover_size)
     if (height, width) == (frame.height, frame.width):
         return frame.to_ndarray(format="rgb24")
     return frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
@@ -364,7 +393,7 @@ def _to_channels(frames, channels):
     return np.repeat(frames, 3, axis=-1)
 
 
-def read_image(path, channels=3):
+def read_image(path, channels=3, cover_size=None):
     """Decodes an image file (png/jpg/webp/bmp; first frame of animations) to uint8.
 
     EXIF orientation is applied; 16-bit images are scaled to 8 bits; alpha is dropped.
@@ -375,6 +404,8 @@ def read_image(path, channels=3):
     Args:
         path: image file.
         channels: 3 (RGB) or 1 (grayscale).
+        cover_size: optional `(height, width)`: an image larger than needed to cover it is
+            shrunk (aspect kept, area averaging) to the smallest size covering it.
 
     Returns:
         uint8 array `(H, W, channels)`.
@@ -392,11 +423,14 @@ def read_image(path, channels=3):
 
     path = os.fspath(path)
     _check_channels(channels)
+    cover_size = _check_cover_size(cover_size)
     if os.path.getsize(path) == 0:
         raise MediaDecodeError(f"{path}: empty file (0 bytes).")
     try:
         with Image.open(path) as image:
-            size = decoded_size(path, image.height, image.width)
+            # Before the EXIF rotation, so the draft covers a square: either orientation.
+            square = None if cover_size is None else (max(cover_size),) * 2
+            size = shrunk_size(*decoded_size(path, image.height, image.width), square)
             if size != (image.height, image.width):
                 image.draft(image.mode, size[::-1])  # JPEG: decode at 1/2, 1/4 or 1/8 scale.
             image.load()  # Full decode: truncated files fail here, not later.
@@ -406,7 +440,7 @@ def read_image(path, channels=3):
                 scale = 65535.0 if array.max() > 255 else 255.0
                 image = Image.fromarray(np.floor(array / scale * 255 + 0.5).astype(np.uint8))
             image = image.convert("L" if channels == 1 else "RGB")
-            size = decoded_size(path, image.height, image.width)
+            size = shrunk_size(*decoded_size(path, image.height, image.width), cover_size)
             if size != (image.height, image.width):
                 image = image.resize(size[::-1], Image.Resampling.BOX)  # Area average.
             array = np.asarray(image, dtype=np.uint8)

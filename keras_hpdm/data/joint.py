@@ -22,8 +22,8 @@ from keras_hpdm.data import pipeline, sources
 # ones apply to the videos only (an image has one frame, repeated).
 OPTIONS = ("frames", "frame_stride", "fps", "crop", "flip", "shuffle", "repeat", "cache",
            "shard", "deterministic", "channels", "return_offsets", "shuffle_buffer",
-           "num_parallel_calls")
-VIDEO_ONLY = ("frames", "frame_stride", "fps")
+           "num_parallel_calls", "clips_per_file")
+VIDEO_ONLY = ("frames", "frame_stride", "fps", "clips_per_file")
 # `image_fraction` becomes a ratio of integers p/q for the interleave (exact integer
 # arithmetic at any stream position); 1/3 stays 1/3, 0.1234567 becomes 0.1235 (1000/8097).
 MAX_DENOMINATOR = 10_000
@@ -65,10 +65,11 @@ def mixed_pyramid_dataset(video_source, image_source, pyramid, batch_size, *,
         tokenizer: as `pyramid_dataset`'s, run on the mixed batches' captions.
         **options: `pyramid_dataset`'s `crop`, `flip`, `shuffle`, `repeat`, `cache`,
             `shard`, `deterministic`, `channels`, `shuffle_buffer` and
-            `num_parallel_calls` for both sources; `frames`, `frame_stride` and `fps` for
-            the videos. With `repeat=False` the stream ends when the source whose turn it is
-            runs out. `return_offsets=True` adds, besides the provenance, `"image"` bool
-            `(B,)`: which examples are images (`index` counts within each source).
+            `num_parallel_calls` for both sources; `frames`, `frame_stride`, `fps` and
+            `clips_per_file` for the videos. With `repeat=False` the stream ends when the
+            source whose turn it is runs out. `return_offsets=True` adds, besides the
+            provenance, `"image"` bool `(B,)`: which examples are images (`index` counts
+            within each source).
 
     Returns:
         `tf.data.Dataset` of dicts with the structure of `pyramid_dataset`'s: `"patches"`

@@ -35,7 +35,7 @@ def pyramid_dataset(source, pyramid, batch_size, *, frames=None, frame_stride=1,
                     crop="random", flip=False, labels=None, seed=None, shuffle=True, repeat=True,
                     cache=False, shard=None, deterministic=True, drop_remainder=True, channels=3,
                     return_offsets=False, shuffle_buffer=None, num_parallel_calls=None,
-                    tokenizer=None, start_example=0):
+                    tokenizer=None, start_example=0, clips_per_file=1):
     """A `tf.data.Dataset` of batches of patch pyramids, ready for `model.fit`.
 
     Each example is a clip of the source, resized (aspect kept) so it covers
@@ -102,6 +102,12 @@ def pyramid_dataset(source, pyramid, batch_size, *, frames=None, frame_stride=1,
             passes are skipped without reading; the rest of a pass is skipped before any
             decoding). A run resumed at step `s` passes `s * batch_size` to continue the
             data order where it stopped (exactly, as long as no file failed to decode).
+        clips_per_file: media files read directly (not `cache=True`): cut this many clips
+            (each with its own start, crop, flip and pyramid) from one decode of a file, so
+            a pass holds this many examples per file. Decoding dominates when reading video
+            files, and runs from the keyframe before a clip, so k clips decoded together
+            cost little more than one (`benchmarks/data_pipeline.py`). Each file's clips are
+            mixed with those of 15 other files before batching. Default 1.
 
     Returns:
         `tf.data.Dataset` of dicts `{"patches": float32 (B, L, f, h, w, C) in [-1, 1],
@@ -131,7 +137,8 @@ def pyramid_dataset(source, pyramid, batch_size, *, frames=None, frame_stride=1,
         flip=flip, labels=labels, seed=seed, shuffle=shuffle, repeat=repeat, cache=cache,
         shard=shard, deterministic=deterministic, channels=channels,
         return_offsets=return_offsets, shuffle_buffer=shuffle_buffer,
-        num_parallel_calls=num_parallel_calls, start_example=start_example)
+        num_parallel_calls=num_parallel_calls, start_example=start_example,
+        clips_per_file=clips_per_file)
     if tokenizer is not None and stream.label_kind != "text":
         raise ValueError("`tokenizer` needs captions: pass `labels=` with captions.")
     ds = batch_examples(stream.examples, stream, batch_size, drop_remainder, tokenizer)
@@ -168,7 +175,8 @@ def check_batching(batch_size, drop_remainder, tokenizer):
 def example_stream(source, pyramid, *, frames=None, frame_stride=1, fps=None, crop="random",
                    flip=False, labels=None, seed=None, shuffle=True, repeat=True, cache=False,
                    shard=None, deterministic=True, channels=3, return_offsets=False,
-                   shuffle_buffer=None, num_parallel_calls=None, start_example=0):
+                   shuffle_buffer=None, num_parallel_calls=None, start_example=0,
+                   clips_per_file=1):
     """The unbatched examples of `pyramid_dataset` (same arguments, checked the same way).
 
     `source` may also be an already resolved source (`mixed_pyramid_dataset` resolves and
@@ -202,10 +210,16 @@ def example_stream(source, pyramid, *, frames=None, frame_stride=1, fps=None, cr
     parallel = tf.data.AUTOTUNE if num_parallel_calls is None else check_int(
         "num_parallel_calls", num_parallel_calls, low=1)
     start_example = check_int("start_example", start_example, low=0)
+    clips_per_file = check_int("clips_per_file", clips_per_file, low=1)
 
     settings = Settings(pyramid, clip_frames, frame_stride, fps, crop == "random", bool(flip),
-                        channels, seed, bool(return_offsets))
+                        channels, seed, bool(return_offsets), clips_per_file)
     src = source if isinstance(source, RESOLVED) else sources.resolve_source(source, labels)
+    if clips_per_file > 1 and (cache or not isinstance(src, sources.FileSource)):
+        raise ValueError(
+            f"`clips_per_file` ({clips_per_file}) applies to media files read directly, "
+            "where decoding is the cost; arrays, prepared shards and `cache=True` sample "
+            "clips without decoding: pass clips_per_file=1.")
     build = {sources.FileSource: FileBuilder, sources.ArraySource: ArrayBuilder,
              shards.ShardSource: ShardBuilder}[type(src)]
     builder = build(src, settings, shard, bool(shuffle), bool(cache), shuffle_buffer,
