@@ -43,6 +43,7 @@ NOTES = {
     "tensorflow_xla": "tf.function, jit_compile=True (XLA)",
     "torch": "eager (jit_compile='auto' = no torch.compile)",
     "torch_1thread": "eager, torch.set_num_threads(1)",
+    "torch_compile": "jit_compile=True (Keras' torch.compile path)",
 }
 
 
@@ -61,6 +62,9 @@ def main():
                         help="skip the tensorflow jit_compile=True variant")
     parser.add_argument("--no-torch-1thread", dest="torch_1thread", action="store_false",
                         help="skip the torch variant limited to one intra-op thread")
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="also torch with jit_compile=True (torch.compile): minutes to "
+                             "compile, see the README's Performance notes")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
@@ -76,6 +80,8 @@ def main():
             variants.append(("tensorflow_xla", "tensorflow", True, None))
         if b == "torch" and args.torch_1thread:
             variants.append(("torch_1thread", "torch", "auto", 1))
+        if b == "torch" and args.torch_compile:
+            variants.append(("torch_compile", "torch", True, None))
     spec = {"patch_size": list(size["patch"]), "num_levels": size["levels"]}
     specs = []
     for preset in args.presets:
