@@ -42,6 +42,12 @@ from workers import finish_all, interleave, start_workers
 SIZES = {  # patch, levels, batch, RIN preset, UNet preset
     "small": {"patch": (2, 16, 16), "levels": 3, "batch": 2, "rin": "small", "unet": "tiny"},
     "large": {"patch": (4, 32, 32), "levels": 3, "batch": 8, "rin": "small", "unet": "small"},
+    # The paper's Table 1 (one GPU): HPDM-S, 16x64x64 patches, 64x256x256 (3 levels) and
+    # 64x512x512 (4 levels, where full resolution runs out of memory on an A100 80GB).
+    "paper": {"patch": (16, 64, 64), "levels": 3, "batch": 4, "rin": "hpdm_s",
+              "unet": "hpdm_s"},
+    "paper512": {"patch": (16, 64, 64), "levels": 4, "batch": 4, "rin": "hpdm_s",
+                 "unet": "hpdm_s"},
 }
 MODES = ("hpdm_ac", "hpdm", "full")
 
