@@ -197,10 +197,11 @@ def test_generate_from_checkpoint(run_dir, tmp_path, capsys):
     assert run_cli("generate", run_dir, "--class", 2, "--resolution", "2x8x8", "--out",
                    tmp_path / "coarse", "--guidance", 0, *FAST[:2], "--verbose", "0") == 0
     assert mp4_frames(tmp_path / "coarse" / "samples.mp4").shape == (2, 128, 128, 3)
-    # The context cache capped (here: nothing cached) and stored in bfloat16: the same
-    # sampling runs, into its own folder.
+    # The context cache capped (here: nothing cached) and stored in bfloat16, contexts cut
+    # on the coarser tile grid: the same sampling runs, into its own folder.
     assert run_cli("generate", run_dir, "--class", 2, "--out", tmp_path / "capped",
-                   "--context-cache-mb", 0, "--context-cache-dtype", "bfloat16", *FAST) == 0
+                   "--context-cache-mb", 0, "--context-cache-dtype", "bfloat16",
+                   "--context-parents", "grid", *FAST) == 0
     assert (tmp_path / "capped" / "samples.mp4").is_file()
     # A file is not an output folder: refused before anything is loaded.
     assert run_cli("generate", run_dir, "--class", 2, "--out", out / "samples.png") == 2
@@ -487,6 +488,7 @@ def test_bad_arguments_exit_2_with_a_message(argv, message, capsys, tmp_path, mo
     ["generate", "ckpt", "--guid", "2"],  # a prefix of a real option is not that option
     ["generate", "ckpt", "--context-cache-dtype", "float16"],
     ["generate", "ckpt", "--context-cache-mb", "-1"],
+    ["generate", "ckpt", "--context-parents", "centre"],
     [],
 ])
 def test_parse_errors_exit_2(argv, capsys):

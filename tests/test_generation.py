@@ -206,6 +206,97 @@ def test_context_chain_nests_tiles_in_parents():
                                       spec.coords_from_offsets(chain)[:2])
 
 
+@pytest.mark.parametrize("overlap", [(0.5, 0.5, 0.0), 0.0, 0.5, (0.25, 0.75, 0.3)])
+def test_context_parents_lie_on_the_coarser_tile_grid(overlap):
+    from keras_hpdm.diffusion.tiling import tile_grid
+    from keras_hpdm.models.context_cache import context_chains
+
+    spec = keras_hpdm.PyramidSpec((2, 8, 8), 3)
+    starts = tile_grid(spec.level_size(2), spec.patch_size, overlap)
+    centred = context_chains(spec, 2, starts, overlap, "center")
+    np.testing.assert_array_equal(centred, [spec.context_offsets(2, o) for o in starts])
+    chains = context_chains(spec, 2, starts, overlap, "grid")
+    coarse = {tuple(t) for t in tile_grid(spec.level_size(1), spec.patch_size, overlap)}
+    aligned = overlap in ((0.5, 0.5, 0.0), 0.0, 0.5)
+    for start, chain in zip(starts, chains, strict=True):
+        np.testing.assert_array_equal(chain[-1], start)
+        spec.check_offsets(chain)  # every patch lies inside its parent
+        if aligned:  # at 0 and 50% overlap every tile lies inside a coarser tile
+            assert tuple(chain[1]) in coarse, (start, chain[1])
+    parents = {tuple(c[1]) for c in chains}
+    assert len(parents) <= len(coarse)
+    if aligned:
+        assert len(parents) < len(starts)  # shared: what keeps the context cache small
+
+
+def test_the_context_cache_holds_coarse_patches_not_tiles():
+    """The cache keeps each coarse patch's features once, however many tiles use them:
+    its bytes do not grow with the number of tiles, the context network runs once per
+    distinct parent chain, and sampling equals recomputing every context at every step."""
+    from keras_hpdm.diffusion.tiling import tile_grid
+    from keras_hpdm.models.context_cache import context_chains
+
+    spec = keras_hpdm.PyramidSpec((2, 8, 8), 3)
+    backbone = RINBackbone.from_preset("tiny", pyramid=spec, num_classes=3)
+    m = with_context_weights(keras_hpdm.PatchDiffusionModel(backbone, seed=0))
+    context_rows, held = [], {}
+    real = m.predict_on_batch
+
+    def counting(inputs):
+        if "context_patches" in inputs:
+            context_rows.append(len(inputs["context_patches"]))
+        return real(inputs)
+
+    def run(**options):
+        context_rows.clear()
+
+        def record(info):
+            held[info["level"]] = info["context_cache_bytes"]
+        out = m.generate([0, 2], num_steps=2, seed=4, verbose=0, return_pyramid=True,
+                         callbacks=[record], tile_batch_size=64, **options)[1][-1]
+        return out, dict(held), sum(context_rows)
+
+    m.predict_on_batch = counting
+    try:
+        cached, cached_bytes, cached_rows = run(overlap=0.5, context_parents="grid")
+        few_tiles, few_bytes, _ = run(overlap=0.0, context_parents="grid")
+        fresh, _, fresh_rows = run(overlap=0.5, context_parents="grid", cache_context=False)
+        # The default parents centre their tiles: fewer are shared, all are still kept once.
+        centred, centred_bytes, centred_rows = run(overlap=0.5)
+        centred_fresh, _, _ = run(overlap=0.5, cache_context=False)
+    finally:
+        del m.predict_on_batch
+    # Cached contexts were computed in other batches than the tiles': float rounding only
+    # (XLA's kernels depend on the batch), which two Euler steps carry to the canvas. A
+    # wrong or misplaced context row moves whole tiles by ~0.1.
+    difference = np.abs(cached - fresh)
+    print(f"cached vs recomputed: max {difference.max():.1e}, mean {difference.mean():.1e}")
+    assert difference.max() < 1e-4 and difference.mean() < 1e-6
+    tiles = [len(tile_grid(spec.level_size(lv), spec.patch_size, 0.5)) for lv in (1, 2)]
+    assert tiles == [27, 343]  # 50% overlap on all three axes
+    starts = tile_grid(spec.level_size(2), spec.patch_size, 0.5)
+    parents = len({tuple(c[1]) for c in context_chains(spec, 2, starts, 0.5)})
+    assert parents <= 27
+    # Level 1's context is the one level-0 patch: one entry per sample, any tile count.
+    assert cached_bytes[1] == few_bytes[1] > 0
+    # Level 2: the level-0 patch and the distinct level-1 parents (a level-1 entry is no
+    # larger than a level-0 one: level 1 runs in fewer blocks), not 343 tiles' worth.
+    assert cached_bytes[1] < cached_bytes[2] <= (1 + parents) * cached_bytes[1]
+    # The context network ran once per sample and distinct chain (1 at level 1), not for
+    # every tile at every step (2 Euler evaluations per level) as without the cache.
+    assert cached_rows == 2 * (1 + parents)
+    assert fresh_rows >= 2 * (27 + 343) * 2  # (+ padding of the last tile batch)
+    centred_parents = len({tuple(c[1]) for c in context_chains(spec, 2, starts, 0.5,
+                                                                 "center")})
+    assert parents < centred_parents < 343
+    assert cached_bytes[2] < centred_bytes[2] <= (1 + centred_parents) * cached_bytes[1]
+    # (level 1: 2 rows; level 2: 2 x centred_parents, in tile batches of 64, the last padded)
+    assert centred_rows == 2 + -(-2 * centred_parents // 64) * 64
+    difference = np.abs(centred - centred_fresh)
+    assert difference.max() < 1e-4 and difference.mean() < 1e-6
+    assert np.abs(centred - cached).mean() > 1e-3  # the parents do change the samples
+
+
 def test_the_plan_is_resolved_once_with_generates_defaults(model):
     """`generate` builds one frozen `GenerationPlan` (every argument checked, every default
     filled in) and hands it whole to the level-by-level code."""
@@ -377,6 +468,8 @@ def test_context_cache_budget_and_bfloat16_store(model):
     for kwargs, match in [({"context_cache_budget": -1}, "`context_cache_budget` must be"),
                           ({"context_cache_budget": 1.5}, "`context_cache_budget` must be"),
                           ({"context_cache_dtype": "float16"}, "`context_cache_dtype` must be "
-                                                               "one of")]:
+                                                               "one of"),
+                          ({"context_parents": "centre"}, "`context_parents` must be one of"),
+                          ({"context_parents": None}, "`context_parents` must be one of")]:
         with pytest.raises(ValueError, match=match):
             model.generate([0], num_steps=2, verbose=0, **kwargs)

@@ -25,6 +25,7 @@ from keras_hpdm.cli.common import (
 )
 from keras_hpdm.models.generation_plan import (
     CONTEXT_CACHE_DTYPES,
+    CONTEXT_PARENTS,
     DEFAULT_OVERLAP,
     DEFAULT_TILE_BATCH_SIZE,
 )
@@ -77,6 +78,10 @@ def add_parser(sub):
     p.add_argument("--context-cache-dtype", choices=CONTEXT_CACHE_DTYPES, default="float32",
                    help="how the context cache stores features: bfloat16 halves it "
                         "(default: float32, exact)")
+    p.add_argument("--context-parents", choices=CONTEXT_PARENTS, default="center",
+                   help="where tiles' contexts are cut: center (the patch centring each "
+                        "tile: best samples) or grid (the coarser level's tiles: shared, so "
+                        "the context cache stays small at high resolution; default: center)")
     p.add_argument("--no-ema", action="store_true", help="sample with the live weights")
     p.add_argument("--seed", type=non_negative_int, default=0, help="default: 0")
     p.add_argument("--out", default="outputs/generated",
@@ -118,10 +123,12 @@ def generate_options(args):
 
 
 def _context_cache_options(args):
-    """`--context-cache-mb` / `--context-cache-dtype` (generate's only) as `generate`'s."""
+    """`--context-cache-mb` / `--context-cache-dtype` / `--context-parents` (generate's only) as
+    `generate`'s."""
     megabytes = getattr(args, "context_cache_mb", None)
     return dict(context_cache_budget=None if megabytes is None else int(megabytes * 2**20),
-                context_cache_dtype=getattr(args, "context_cache_dtype", "float32"))
+                context_cache_dtype=getattr(args, "context_cache_dtype", "float32"),
+                context_parents=getattr(args, "context_parents", "center"))
 
 
 def generate_and_save(model, args, conditions):

@@ -15,6 +15,7 @@ from keras_hpdm.diffusion.schedules import edm_sigmas
 from keras_hpdm.diffusion.seeding import derive_seed, per_sample_normal
 from keras_hpdm.diffusion.tiling import tile_grid, tiled_denoiser
 from keras_hpdm.models.backend_quirks import batch_replicas, shard_batch
+from keras_hpdm.models.context_cache import ContextCache, context_chains
 
 # `GenerationPlan.context_cache_dtype` -> the numpy type the context cache stores.
 CACHE_STORAGE = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
@@ -147,11 +148,13 @@ class PyramidGenerator:
         # The one tile grid of this level: `tile_index` below counts its rows, for the
         # contexts cut here and the tiles `tiled_denoiser` crops alike.
         starts = tile_grid(canvas_size, spec.patch_size, plan.overlap)
-        chains = np.stack([spec.context_offsets(level, o) for o in starts])  # (T, l+1, 3)
+        chains = context_chains(spec, level, starts, plan.overlap,
+                                plan.context_parents)  # (T, l+1, 3)
         coords = np.stack([spec.chain_coords(c) for c in chains])  # (T, l+1, 6)
         context_sigma = float(s["context_sigma"])
-        cache, cached = {}, {"bytes": 0}
-        store = CACHE_STORAGE[plan.context_cache_dtype]
+        halves = 1 if null is None else 2
+        cache = ContextCache(chains, CACHE_STORAGE[plan.context_cache_dtype],
+                             plan.context_cache_budget if plan.cache_context else 0)
 
         def conditions_for(sample_index):
             out = {k: v[sample_index] for k, v in conds.items()}
@@ -159,11 +162,19 @@ class PyramidGenerator:
                 out = {k: np.concatenate([out[k], null[k][sample_index]]) for k in out}
             return out
 
+        def context_coords(tile_index):
+            ctx_coords = coords[tile_index, :level]
+            return ctx_coords if null is None else np.concatenate([ctx_coords, ctx_coords])
+
         def context_for(sample_index, tile_index, cond):
-            key = (sample_index.tobytes(), tile_index.tobytes())
-            if key in cache:
-                return keras.tree.map_structure(lambda a: a.astype(np.float32, copy=False),
-                                                cache[key])
+            context = cache.lookup(sample_index, tile_index, halves,
+                                   context_coords(tile_index))
+            if context is None:
+                context = compute_context(sample_index, tile_index, cond)
+                cache.store(context, sample_index, tile_index, halves)
+            return context
+
+        def compute_context(sample_index, tile_index, cond):
             r = spec.patch_size
             patches = np.stack([
                 np.stack([
@@ -172,23 +183,31 @@ class PyramidGenerator:
                 ])
                 for i, t in zip(sample_index, tile_index, strict=True)
             ])  # (b, level, f, h, w, C)
-            ctx_coords = coords[tile_index, :level]
             if null is not None:
                 patches = np.concatenate([patches, patches])
-                ctx_coords = np.concatenate([ctx_coords, ctx_coords])
             sigma = np.full(patches.shape[:2], context_sigma, "float32")
-            context = self.network(
-                {"context_patches": patches, "sigma": sigma, "coords": ctx_coords, **cond})
-            if plan.cache_context:
-                # float32: the network's own arrays, as before (no copy); bfloat16: a copy
-                kept = keras.tree.map_structure(
-                    lambda a: np.asarray(a).astype(store, copy=False), context)
-                size = sum(a.nbytes for a in keras.tree.flatten(kept))
-                budget = plan.context_cache_budget
-                if budget is None or cached["bytes"] + size <= budget:
-                    cache[key] = kept
-                    cached["bytes"] += size
-            return context
+            return self.network({"context_patches": patches, "sigma": sigma,
+                                 "coords": context_coords(tile_index), **cond})
+
+        def fill_cache():
+            """Computes the context of every distinct parent chain once, in tile batches
+            (the last padded to a full one: no new compiled shape), before sampling."""
+            reps = cache.parent_representatives()
+            work = [(i, t) for i in range(n) for t in reps]
+            size = plan.tile_batch_size
+            for begin in range(0, len(work), size):
+                if cache.full:
+                    break
+                batch = work[begin:begin + size]
+                batch = batch + batch[-1:] * (size - len(batch)) if len(work) > size else batch
+                sample_index = np.array([i for i, _ in batch])
+                tile_index = np.array([t for _, t in batch])
+                cond = conditions_for(sample_index)
+                cache.store(compute_context(sample_index, tile_index, cond), sample_index,
+                            tile_index, halves)
+
+        if level > 0 and plan.cache_context:
+            fill_cache()
 
         def denoise_tiles(tiles, sigma, sample_index, tile_index):
             cond = conditions_for(sample_index)
@@ -228,7 +247,7 @@ class PyramidGenerator:
 
         def on_step(step, total, x_t, denoised):
             info = {"level": level, "step": step, "num_steps": total, "x": x_t,
-                    "denoised": denoised, "context_cache_bytes": cached["bytes"]}
+                    "denoised": denoised, "context_cache_bytes": cache.bytes}
             return any(bool(cb(info)) for cb in plan.callbacks)
 
         out = sample(denoise_fn, x, sigmas, method=method, seed=derive_seed(plan.seed, level, 1),

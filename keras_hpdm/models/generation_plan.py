@@ -29,6 +29,10 @@ VERBOSE = ("auto", 0, 1, 2)
 # How the context cache stores contexts: bfloat16 halves it (its 8-bit mantissa rounds the
 # coarse features by < 0.4%).
 CONTEXT_CACHE_DTYPES = ("float32", "bfloat16")
+# Where a tile's context is cut: "center" (the parent patch centring it: the best samples)
+# or "grid" (the coarser level's own tile holding it: tiles share parents, so the context
+# cache follows the coarser levels' tile counts; see models/context_cache.py).
+CONTEXT_PARENTS = ("center", "grid")
 
 DEFAULT_SAMPLING = {
     # Paper App. C: 128 steps at level 0, halved per level (128/64/32); stochastic Heun at
@@ -78,6 +82,7 @@ class GenerationPlan:
         context_cache_budget: bytes the cache may hold per level (None: no limit); the
             contexts beyond it are recomputed at every step.
         context_cache_dtype: how the cache stores contexts, one of `CONTEXT_CACHE_DTYPES`.
+        context_parents: where tiles' contexts are cut, one of `CONTEXT_PARENTS`.
         use_ema: whether to sample with the EMA weights.
         callbacks: callables `fn(info) -> bool` called after every step.
         verbose: progress, one of `VERBOSE`.
@@ -104,6 +109,7 @@ class GenerationPlan:
     cache_context: bool
     context_cache_budget: object
     context_cache_dtype: str
+    context_parents: str
     use_ema: bool
     callbacks: tuple
     verbose: object
@@ -119,8 +125,8 @@ class GenerationPlan:
                 conditions=None, num_samples=None, num_steps=None, guidance_scale=None,
                 overlap=DEFAULT_OVERLAP, tile_batch_size=DEFAULT_TILE_BATCH_SIZE, seed=None,
                 sampler=None, blend="uniform", cache_context=True, context_cache_budget=None,
-                context_cache_dtype="float32", use_ema=True, callbacks=None, verbose="auto",
-                return_pyramid=False, num_levels=None):
+                context_cache_dtype="float32", context_parents="center", use_ema=True,
+                callbacks=None, verbose="auto", return_pyramid=False, num_levels=None):
         """Validates `generate`'s arguments (see `PatchDiffusionModel.generate`) against a
         model and fills in its defaults.
 
@@ -152,6 +158,9 @@ class GenerationPlan:
             raise ValueError(f"`verbose` must be one of {VERBOSE}, got {verbose!r}.")
         if not isinstance(blend, str) or blend not in BLENDS:
             raise ValueError(f"`blend` must be one of {BLENDS}, got {blend!r}.")
+        if not isinstance(context_parents, str) or context_parents not in CONTEXT_PARENTS:
+            raise ValueError(f"`context_parents` must be one of {CONTEXT_PARENTS}, got "
+                             f"{context_parents!r}.")
         seed = check_seed(seed)
         if seed is None:
             seed = secrets.randbits(32)  # fresh entropy, as an unseeded NumPy generator
@@ -168,8 +177,9 @@ class GenerationPlan:
             context_cache_budget=check_int("context_cache_budget", context_cache_budget,
                                            low=0, allow_none=True),
             context_cache_dtype=_check_cache_dtype(context_cache_dtype),
-            use_ema=check_bool("use_ema", use_ema), callbacks=tuple(callbacks),
-            verbose=verbose, return_pyramid=check_bool("return_pyramid", return_pyramid),
+            context_parents=context_parents, use_ema=check_bool("use_ema", use_ema),
+            callbacks=tuple(callbacks), verbose=verbose,
+            return_pyramid=check_bool("return_pyramid", return_pyramid),
         )
 
 

@@ -428,7 +428,8 @@ class PatchDiffusionModel(keras.Model):
     def generate(self, conditions=None, num_samples=None, num_steps=None, guidance_scale=None,
                  overlap=DEFAULT_OVERLAP, tile_batch_size=DEFAULT_TILE_BATCH_SIZE, seed=None,
                  sampler=None, blend="uniform", cache_context=True, context_cache_budget=None,
-                 context_cache_dtype="float32", use_ema=True, callbacks=None, verbose="auto",
+                 context_cache_dtype="float32", context_parents="center", use_ema=True,
+                 callbacks=None, verbose="auto",
                  return_pyramid=False, num_levels=None):
         """Generates videos at `pyramid.target_size`, level by level, tile by tile.
 
@@ -448,14 +449,23 @@ class PatchDiffusionModel(keras.Model):
             sampler: "euler", "heun", "stochastic" for all levels, or one per level
                 (default: stochastic at level 0, Euler above).
             blend: "uniform" or "smooth" tile blending weights.
-            cache_context: compute each tile's coarse-level context once per level
-                (paper's cached inference) instead of at every step.
+            cache_context: compute the coarse-level context once per level (paper's
+                cached inference) instead of for every tile at every step. The cache keeps
+                each coarse patch's features once, however many tiles' contexts use it.
             context_cache_budget: bytes the context cache may hold per level (None: no
-                limit). Tiles whose context would exceed it have it recomputed at every
-                step: memory stays bounded at any output size, and the cache's speed-up
-                shrinks to the share of tiles it holds.
+                limit). Tiles whose context is not all kept recompute it at every step:
+                memory stays bounded at any output size, and the cache's speed-up shrinks
+                to the share of tiles it serves.
             context_cache_dtype: `"float32"` (exact) or `"bfloat16"` (half the memory;
                 the cached contexts rounded to bfloat16).
+            context_parents: where each tile's context is cut from the coarser levels:
+                `"center"` (the parent patch that centres the tile: the best samples) or
+                `"grid"` (the coarser level's own tile that holds it, nearest to centring
+                it: tiles share parents, so the cache follows the coarser levels' tile
+                counts, not the output's). At HPDM-S's 64x256x256 the finest level's cache
+                is 6.3 GiB with `"center"` and 1.2 GiB with `"grid"` (0.6 in bfloat16;
+                `benchmarks/context_cache_memory.py`); the bundled model's frame accuracy
+                is 2-6 points lower with `"grid"` (README).
             use_ema: sample with the EMA weights (the live weights are restored after).
             callbacks: callables `fn(info) -> bool`; `info` has level, step, num_steps, x,
                 denoised and context_cache_bytes (what the cache holds). Returning True
@@ -477,7 +487,8 @@ class PatchDiffusionModel(keras.Model):
             num_steps=num_steps, guidance_scale=guidance_scale, overlap=overlap,
             tile_batch_size=tile_batch_size, seed=seed, sampler=sampler, blend=blend,
             cache_context=cache_context, context_cache_budget=context_cache_budget,
-            context_cache_dtype=context_cache_dtype, use_ema=use_ema, callbacks=callbacks,
+            context_cache_dtype=context_cache_dtype, context_parents=context_parents,
+            use_ema=use_ema, callbacks=callbacks,
             verbose=verbose, return_pyramid=return_pyramid, num_levels=num_levels,
         )
         if distribute.process_count() > 1:
