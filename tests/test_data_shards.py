@@ -70,16 +70,27 @@ def test_prepare_png_round_trip_is_exact(media, tmp_path):
     assert [r["fps"] for r in records] == [25.0, 30.0, 0.0]
     assert data.verify_shards(str(tmp_path / "shards"))["ok"]
 
-    # The shard pipeline gives exactly the pyramids of the file pipeline (same seeds).
+    # Shards prepared at the target give exactly the pyramids of the file pipeline (same
+    # seeds): both shrink frames on decode (FFmpeg / Pillow area averaging).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", data.SkippedMediaWarning)
+        data.prepare(str(folder), tmp_path / "resized", num_shards=2,
+                     resize=SPEC.target_size[1:])
     kwargs = dict(seed=4, flip=True, shuffle=False, repeat=False, return_offsets=True)
     with pytest.warns(data.SkippedMediaWarning):
         from_files = by_index(take(data.pyramid_dataset(str(folder), SPEC, 3, **kwargs), 1))
-    from_shards = data.pyramid_dataset(str(tmp_path / "shards"), SPEC, 3, **kwargs)
+    from_shards = data.pyramid_dataset(str(tmp_path / "resized"), SPEC, 3, **kwargs)
     got = by_index(take(from_shards, 1))
     assert sorted(got) == sorted(from_files) == [0, 1, 2]
     for i in got:
         for key in ("patches", "coords", "offsets", "frame_indices", "crop_offset"):
             np.testing.assert_allclose(got[i][key], from_files[i][key], atol=1e-6, rtol=0)
+    # Full-size shards are resized by the pipeline (TF bilinear with antialiasing), a
+    # different low-pass filter from the files' on-decode shrink: the same geometry.
+    full = by_index(take(data.pyramid_dataset(str(tmp_path / "shards"), SPEC, 3, **kwargs), 1))
+    for i in full:
+        for key in ("coords", "offsets", "frame_indices", "crop_offset"):
+            np.testing.assert_array_equal(full[i][key], from_files[i][key])
     with pytest.raises(ValueError, match="already holds prepared shards"):
         data.prepare(str(folder), tmp_path / "shards")
 
@@ -98,11 +109,12 @@ def test_prepare_jpeg_resize_chunks_and_labels(tmp_path):
         ("still.png", 0, 1)]
     for record in records:
         path = next(p for p in paths if p == record["source"])
-        frames = data.decode_video(path)[record["start"] : record["start"] + 4].astype(np.float32)
-        size = decode.resized_cover_shape(*frames.shape[1:3], (16, 16))
+        full = data.decode_video(path)
+        size = decode.resized_cover_shape(*full.shape[1:3], (16, 16))
         assert record["frames"].shape[1:3] == size and min(size) == 16
-        want = tf.image.resize(frames, size, method="bilinear", antialias=True).numpy()
-        err = np.abs(record["frames"].astype(np.float32) - np.round(want))
+        # Shrunk on decode, as the file pipeline does (area averaging).
+        want = data.decode_video(path, cover_size=(16, 16))[record["start"]:][:4]
+        err = np.abs(record["frames"].astype(np.float32) - want)
         # JPEG q95 on 16x20 frames: ~1.5 levels mean error (a wrong frame or crop: ~50).
         assert err.mean() < 2.5 and err.max() < 16, (err.mean(), err.max())
     # 4-frame clips, resampled in time to the pyramid's 8 frames (nearest frame).

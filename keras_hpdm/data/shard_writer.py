@@ -92,7 +92,10 @@ def prepare(source, output_dir, *, num_shards=8, image_format="png", frames=None
         """Decoded, resized, chunked, encoded records of item `i` (or a skip reason)."""
         try:
             if is_files:
-                video = decode.decode_video(src.paths[i], frame_stride=frame_stride, fps=fps)
+                # Shrunk on decode as the pipeline shrinks files (FFmpeg / Pillow, area
+                # average): shards prepared at the target read as the files themselves do.
+                video = decode.decode_video(src.paths[i], frame_stride=frame_stride, fps=fps,
+                                            cover_size=_cover_size(resize))
                 rate = _effective_fps(src.fps[i], frame_stride, fps)
             else:
                 video = _array_to_uint8(src.videos[i])
@@ -181,6 +184,14 @@ def _check_resize(resize):
                      f"got {resize!r}.")
 
 
+def _cover_size(resize):
+    """`resize` (checked) as `decode_video`'s `cover_size`: covering (r, r) puts r on the
+    short side."""
+    if resize is None:
+        return None
+    return (resize, resize) if isinstance(resize, int) else tuple(resize)
+
+
 def _effective_fps(source_fps, frame_stride, fps):
     if fps is not None:
         return float(fps)
@@ -195,7 +206,8 @@ def _array_to_uint8(video):
 
 
 def _encode_ready(video, resize, channels):
-    """Resizes (TF bilinear + antialias, as the pipeline) and converts channels; uint8 out."""
+    """Resizes (TF bilinear + antialias, as the pipeline: files arrive here already shrunk
+    on decode, so this enlarges or leaves them) and converts channels; uint8 out."""
     import tensorflow as tf
 
     from keras_hpdm.data import transforms
