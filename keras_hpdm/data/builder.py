@@ -98,15 +98,20 @@ class Builder:
         fn = tf.autograph.experimental.do_not_convert(fn)
         return ds.map(fn, num_parallel_calls=self.parallel, deterministic=self.deterministic)
 
+    def epoch_order(self, key, count):
+        """Positions `0..count-1` in the order of the epoch with `key`: a stateless
+        permutation (or in order without `shuffle`)."""
+        order = tf.range(count, dtype=tf.int64)
+        if self.shuffle:
+            seed = tf.random.experimental.stateless_fold_in(self.base, key)
+            order = tf.random.experimental.stateless_shuffle(order, seed=seed)
+        return order
+
     def index_stream(self, keys, count):
         """(key, position) for positions `0..count-1`, a stateless permutation per key."""
-        base, shuffle = self.base, self.shuffle
 
         def epoch(key):
-            order = tf.range(count, dtype=tf.int64)
-            if shuffle:
-                seed = tf.random.experimental.stateless_fold_in(base, key)
-                order = tf.random.experimental.stateless_shuffle(order, seed=seed)
+            order = self.epoch_order(key, count)
             return tf.data.Dataset.from_tensor_slices(order).map(lambda p: (key, p))
 
         return keys.flat_map(epoch)

@@ -151,11 +151,8 @@ class FileBuilder(Builder):
 
         def epoch(n, key):
             first = tf.where(n == 0, tf.cast(skip_blocks, tf.int64), 0)
-            order = tf.range(count, dtype=tf.int64)
-            if self.shuffle:
-                seed = tf.random.experimental.stateless_fold_in(self.base, key)
-                order = tf.random.experimental.stateless_shuffle(order, seed=seed)
-            ds = tf.data.Dataset.from_tensor_slices(order).skip(first * files_per_block)
+            ds = tf.data.Dataset.from_tensor_slices(self.epoch_order(key, count))
+            ds = ds.skip(first * files_per_block)
             ds = ds.map(lambda p: load(key, p), num_parallel_calls=self.parallel,
                         deterministic=self.deterministic).unbatch()
             if self.shuffle:

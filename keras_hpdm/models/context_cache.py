@@ -1,20 +1,24 @@
-"""The context a level's tiles are denoised against, chosen to be shared and kept once.
+"""The context a level's tiles are denoised against, kept once per coarse patch.
 
 A tile at level `l` is denoised against the finished coarser levels cut at its chain of
-parent patches (`PyramidSpec.context_offsets`). Two choices make that context small:
+parent patches. Tiles share coarse patches (all of them the level-0 patch, many of them
+their parents), and the features a coarse level contributes depend only on the chain of
+patches down to it, so `ContextCache` keeps them once per (sample, cond / uncond half,
+level, chain prefix), not once per tile.
 
-- **Parents on the coarser level's tile grid** (`context_chains`): each parent is the
-  coarser level's own tile (`tile_grid` at the same overlap) that holds the child and is
-  nearest to centring it. At 50% overlap (and at none) every finer tile lies inside one, so
-  the 208 finest tiles of HPDM-S at 64x256x256 share the 18 tiles of the level above as
-  parents, instead of 208 parents all their own. Any parent that holds the child is one
-  the model saw in training (pyramids are cut at random nested parents).
-- **One entry per coarse patch** (`ContextCache`): the features a coarse level contributes
-  depend only on the chain of patches down to it, so they are kept once per (sample, cond /
-  uncond half, level, chain prefix), not once per tile. The cache's size then follows the
-  coarser levels' tile counts, not the output's: HPDM-S's finest level holds 1 level-0 and
-  18 level-1 patches' features (1.2 GiB in float32, 0.6 in bfloat16) instead of 208 tiles'
-  (32.5 GiB).
+Where the parents lie is `generate(context_parents=...)` (`context_chains`):
+
+- `"center"` (default): the parent patch that centres its tile
+  (`PyramidSpec.context_offsets`), as the model was always sampled.
+- `"grid"`: the coarser level's own tile (`tile_grid` at the same overlap) that holds the
+  tile, nearest to centring it. At 50% overlap (and at none) every finer tile lies inside
+  one, so the cache follows the coarser levels' tile counts, not the output's: at HPDM-S's
+  64x256x256 the finest level's 196 tiles share 18 parents, and the cache holds 1.2 GiB
+  instead of 6.3 GiB with centred parents (30.6 GiB with one context per tile;
+  `benchmarks/context_cache_memory.py`). Any parent that holds the tile is one the model
+  saw in training (pyramids are cut at random nested parents), but a tile at its parent's
+  edge gets less surrounding context: the bundled model's frame accuracy is 2-6 points
+  lower (README).
 """
 
 import numpy as np
@@ -66,9 +70,8 @@ class ContextCache:
 
     def __init__(self, chains, dtype, budget=None):
         self.level = chains.shape[1] - 1
-        flat = chains.reshape(len(chains), -1, 3)
         # prefix[k][t]: which distinct chain of patches for levels 0..k tile t has.
-        self.prefix = [np.unique(flat[:, :k + 1].reshape(len(chains), -1), axis=0,
+        self.prefix = [np.unique(chains[:, :k + 1].reshape(len(chains), -1), axis=0,
                                  return_inverse=True)[1].reshape(-1)
                        for k in range(self.level)]
         self.dtype, self.budget = dtype, budget
