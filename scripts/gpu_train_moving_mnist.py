@@ -20,6 +20,9 @@ embeddings of one of the table's captions of its own facts (digit, direction, sp
 table (`scripts/caption_table.py`, run where the text encoder is installed) holds them
 precomputed, so training needs neither the encoder nor TensorFlow; the model records the
 encoder and builds it when it first encodes a prompt (`keras-hpdm evaluate` scores it).
+`--init-backbone-from pretrained:moving_mnist` starts it from the trained class model: every
+backbone weight with the same path and shape is copied (`copy_matching_weights`), so only
+the text layers start fresh and the network already draws moving digits.
 
 The bundled model (README "The bundled model"):
 ```
@@ -193,6 +196,19 @@ def continue_from(path, args):
     return model
 
 
+def warm_start(model, path):
+    """Copies the backbone weights of the model at `path` that match the new model's (same
+    path and shape) and restarts the EMA at the result; prints what starts fresh."""
+    from keras_hpdm.cli.generate import load_checkpoint
+    from keras_hpdm.models.warm_start import copy_matching_weights
+
+    copied, kept = copy_matching_weights(model.backbone, load_checkpoint(path).backbone)
+    for ema, weight in zip(model.ema_weights, model.backbone.trainable_weights, strict=True):
+        ema.assign(keras.ops.convert_to_numpy(weight))
+    print(f"--init-backbone-from {path}: {len(copied)} weights copied, fresh: "
+          f"{', '.join(kept) or 'none'}", flush=True)
+
+
 def device_name():
     """The accelerator the backend computes on, for the model card."""
     backend = keras.config.backend()
@@ -224,6 +240,11 @@ def main(argv=None):
     own.add_argument("--workers", type=int, default=4, help="data loading processes")
     own.add_argument("--num-videos", type=int, default=None,
                      help="cycle over this many fixed videos instead of fresh ones")
+    own.add_argument("--init-backbone-from", default=None, metavar="FILE_OR_PRETRAINED",
+                     help="start the new model's backbone from a trained model with other "
+                          "conditioning (e.g. the text model from pretrained:moving_mnist): "
+                          "weights with the same path and shape are copied, the new "
+                          "conditioning layers start fresh")
     own.add_argument("--text-table", default=None,
                      help="train a text model on captioned Moving MNIST, with the caption "
                           "embeddings of this table (scripts/caption_table.py)")
@@ -250,6 +271,10 @@ def main(argv=None):
     model = (continue_from(args.init_from, args) if args.init_from
              else build_model(args, num_classes=None if text else 10, captions=False,
                               text=text))
+    if ours.init_backbone_from:
+        if args.init_from:
+            own.error("--init-backbone-from starts a new model; --init-from continues one")
+        warm_start(model, ours.init_backbone_from)
     spec = model.pyramid
     num_batches = (None if ours.num_videos is None
                    else max(1, ours.num_videos // args.batch_size))
@@ -257,7 +282,9 @@ def main(argv=None):
                            os.path.abspath(ours.text_table) if ours.text_table else None)
     command = "python scripts/gpu_train_moving_mnist.py " + shlex.join(argv)
     device = device_name()
-    origin = f"from {args.init_from}" if args.init_from else f"'{args.preset}'"
+    origin = (f"from {args.init_from}" if args.init_from
+              else f"'{args.preset}' from {ours.init_backbone_from}" if ours.init_backbone_from
+              else f"'{args.preset}'")
     print(f"{type(model.backbone).__name__} {origin}, "
           f"{model.backbone.count_params():,} parameters, {spec}, {device}", flush=True)
 
@@ -291,6 +318,8 @@ def main(argv=None):
                 "table": os.path.basename(ours.text_table),
                 "captions": int(len(table["captions"])),
                 "sequence_length": int(table["embeddings"].shape[1])}
+        if ours.init_backbone_from:
+            card["backbone_from"] = ours.init_backbone_from
         if evaluation is not None:
             card["evaluation"] = evaluation
         with open(os.path.join(ours.out_dir, ours.name + ".json"), "w") as f:

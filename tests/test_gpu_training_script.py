@@ -103,3 +103,34 @@ def test_text_training_from_a_caption_table(tmp_path):
     assert model.text_encoder.sequence_length == 8
     video = model.generate("the digit 3 travelling north", num_steps=1, seed=0, verbose=0)
     assert video.shape == (1, 4, 32, 32, 3)
+
+
+@pytest.mark.skipif(keras.config.backend() != "jax", reason="runs in the jax pass")
+def test_text_model_starts_from_a_trained_class_model(tmp_path):
+    """`--init-backbone-from`: the new text model's backbone and EMA take the class model's
+    shared weights; its text layers stay as built."""
+    from keras_hpdm.backbones import RINBackbone
+    from keras_hpdm.conditioning import MiniLMTextEncoder
+
+    spec = keras_hpdm.PyramidSpec((2, 16, 16), 2)
+    keras.utils.set_random_seed(0)
+    trained = keras_hpdm.PatchDiffusionModel(
+        RINBackbone.from_preset("tiny", pyramid=spec, channels=1, num_classes=10), seed=0)
+    path = str(tmp_path / "class.keras")
+    trained.save(path)
+    keras.utils.set_random_seed(1)
+    encoder = MiniLMTextEncoder(sequence_length=8)
+    model = keras_hpdm.PatchDiffusionModel(
+        RINBackbone.from_preset("tiny", pyramid=spec, channels=1,
+                                text_dim=encoder.embedding_dim),
+        text_encoder=encoder, seed=0)
+    fresh = {w.path.split("/", 1)[1]: np.array(w.numpy()) for w in model.backbone.weights}
+
+    load_script().warm_start(model, path)
+    source = {w.path.split("/", 1)[1]: w.numpy() for w in trained.backbone.weights}
+    for weight, ema in zip(model.backbone.trainable_weights, model.ema_weights, strict=True):
+        np.testing.assert_array_equal(ema.numpy(), weight.numpy())
+    for weight in model.backbone.weights:
+        name = weight.path.split("/", 1)[1]
+        expected = fresh[name] if name.startswith("text_") else source[name]
+        np.testing.assert_array_equal(weight.numpy(), expected, err_msg=name)
