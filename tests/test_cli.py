@@ -452,8 +452,6 @@ def test_demo_generates_digits_with_the_bundled_model(tmp_path):
      "one weight per level (2), got 1"),
     (["train", DATA, "--out", "x", "--levels", "2", "--level-loss-weights", "0", "0"],
      "must not all be 0"),
-    (["train", DATA, "--out", "x", "--distributed", "--steps", "4", "--log-every", "2",
-      "--sample-every", "2"], "--sample-every does not apply with --distributed"),
     # No cluster in the environment (torch: no distribution backend at all).
     (["train", DATA, "--out", "x", "--distributed", "--steps", "2"], "--distributed: "),
     (["generate", "/nonexistent/model.keras"], "does not exist"),

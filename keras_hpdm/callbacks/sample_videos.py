@@ -4,6 +4,7 @@ import os
 
 import keras
 
+from keras_hpdm import distribute
 from keras_hpdm.checks import check_int
 from keras_hpdm.media import save_videos
 
@@ -12,7 +13,9 @@ class SampleVideos(keras.callbacks.Callback):
     """Every `every_n_epochs` epochs, generates videos with a fixed seed and writes them.
 
     Files go to `directory/step_<global step>.{gif,png}` (a GIF of all samples side by side
-    and a PNG contact sheet), so the same noise shows how the model improves.
+    and a PNG contact sheet), so the same noise shows how the model improves. In a
+    multi-process run every process generates (the network calls are split between them)
+    and process 0 writes.
 
     Args:
         directory: output folder (created).
@@ -41,5 +44,7 @@ class SampleVideos(keras.callbacks.Callback):
         videos = self.model.generate(self.conditions, num_samples=self.num_samples,
                                      seed=self.seed, **self.generate_kwargs)
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        if not distribute.is_chief():
+            return
         stem = os.path.join(self.directory, f"step_{step:07d}")
         self.written.append(save_videos(stem, videos, formats=("gif", "png")))

@@ -182,10 +182,6 @@ def _check_args(args):
         if given:
             raise CommandError(f"{' and '.join(given)} only "
                                f"appl{'y' if len(given) > 1 else 'ies'} with --images.")
-    if getattr(args, "distributed", False) and args.sample_every:
-        raise CommandError("--sample-every does not apply with --distributed (generation runs "
-                           "in one process): sample from the checkpoint with "
-                           "`keras-hpdm generate OUT`.")
     weights = getattr(args, "level_loss_weights", None)
     if weights is not None and len(weights) != args.levels:
         raise CommandError(f"--level-loss-weights needs one weight per level ({args.levels}), "

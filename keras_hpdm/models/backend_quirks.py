@@ -7,7 +7,10 @@
   scalar logs along an axis they lack, both failing across workers.
 - Keras has no distribution backend for torch.
 - Keras' JAX trainer detaches variable values while it trains.
-- Keras' JAX `predict_on_batch` does not split a batch over a distribution's devices.
+- Keras' JAX `predict_on_batch` does not split a batch over a distribution's devices, and
+  in a multi-process run cannot read back an output that other processes' devices hold;
+  Keras' TensorFlow one, under several workers, takes each worker's batch as its share and
+  returns every worker's outputs concatenated.
 """
 
 import contextlib
@@ -136,6 +139,40 @@ def batch_replicas():
     return int(mesh.shape[list(mesh.axis_names).index(distribution.batch_dim_name)])
 
 
+def predict_workers(model):
+    """`(index, count)` of this worker among those a TensorFlow `predict_on_batch` of `model`
+    gathers outputs from (its multi-worker strategy's), else `(0, 1)`."""
+    strategy = getattr(model, "_distribute_strategy", None)
+    if keras.config.backend() != "tensorflow" or strategy is None:
+        return 0, 1
+    index, count = distribute.process_index(), distribute.process_count()
+    return (index, count) if count > 1 else (0, 1)
+
+
+def chief_seed(seed, model):
+    """Process 0's `seed` on every process of a run that generates in lockstep (a JAX
+    multi-process distribution, or `model` under a TensorFlow multi-worker strategy): a
+    fresh seed drawn by each process would give each its own tile batches. Else `seed`."""
+    if distribute.process_count() == 1:
+        return seed
+    if keras.config.backend() == "jax":
+        if keras.distribution.distribution() is None:
+            return seed
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        return int(multihost_utils.broadcast_one_to_all(np.uint32(seed)))
+    if predict_workers(model)[1] == 1:
+        return seed
+    import tensorflow as tf
+
+    strategy = model._distribute_strategy
+    values = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant(
+            seed if context.replica_id_in_sync_group == 0 else 0, tf.int64))
+    return int(strategy.reduce("SUM", values, axis=None))
+
+
 def shard_batch(inputs):
     """Places every array of `inputs` (batch first, a multiple of `batch_replicas()`) on the
     distribution's devices, split along the batch: the compiled function then runs each
@@ -146,3 +183,28 @@ def shard_batch(inputs):
         return keras.distribution.distribute_tensor(x, distribution.get_data_layout(x.shape))
 
     return keras.tree.map_structure(place, inputs)
+
+
+def replicated_across_processes(outputs):
+    """`outputs`, made whole on every device when a JAX distribution spans processes.
+
+    Every process of a multi-process run generates the same videos in lockstep: it makes
+    the same tile batches, the network splits each over all processes' devices, and each
+    process must then read back the whole output (Keras' `predict_on_batch` converts it
+    to numpy, which a batch split across processes refuses). Constraining the network's
+    output to be replicated gathers it inside the compiled call. Elsewhere: unchanged.
+    """
+    distribution = keras.distribution.distribution()
+    if keras.config.backend() != "jax" or distribution is None or distribute.process_count() == 1:
+        return outputs
+    import jax
+
+    replicated = jax.sharding.NamedSharding(distribution.device_mesh.backend_mesh,
+                                            jax.sharding.PartitionSpec())
+
+    def gather(x):
+        if isinstance(x, (jax.Array, jax.core.Tracer)):
+            return jax.lax.with_sharding_constraint(x, replicated)
+        return x  # symbolic (building), nothing to place
+
+    return keras.tree.map_structure(gather, outputs)

@@ -14,7 +14,7 @@ from keras_hpdm.diffusion.samplers import sample
 from keras_hpdm.diffusion.schedules import edm_sigmas
 from keras_hpdm.diffusion.seeding import derive_seed, per_sample_normal
 from keras_hpdm.diffusion.tiling import tile_grid, tiled_denoiser
-from keras_hpdm.models.backend_quirks import batch_replicas, shard_batch
+from keras_hpdm.models.backend_quirks import batch_replicas, predict_workers, shard_batch
 from keras_hpdm.models.context_cache import ContextCache, context_chains
 
 # `GenerationPlan.context_cache_dtype` -> the numpy type the context cache stores.
@@ -51,6 +51,12 @@ class CompiledNetwork:
     is split over the devices: padded to a multiple of their count by repeating its last
     row, placed sharded along the batch, and cut back after. Rows never interact, so the
     output is one device's (to float rounding).
+
+    In a multi-process run every process generates the same videos in lockstep (the same
+    seeds give the same tile batches everywhere) and each batch is split over all
+    processes: under JAX over every process's devices, the output gathered back to each
+    (`backend_quirks.replicated_across_processes`); under a TensorFlow multi-worker
+    strategy each worker passes its own rows and `predict_on_batch` returns all workers'.
     """
 
     def __init__(self, model):
@@ -59,14 +65,19 @@ class CompiledNetwork:
 
     def __call__(self, inputs):
         replicas = batch_replicas()
-        if replicas == 1:
+        worker, workers = predict_workers(self.model)
+        if replicas * workers == 1:
             return self._call(inputs)
         size = len(inputs["sigma"])
-        pad = -size % replicas
+        pad = -size % (replicas * workers)
         if pad:
             inputs = keras.tree.map_structure(
                 lambda x: np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]), inputs)
-        out = self._call(shard_batch(inputs))
+        if workers > 1:  # this worker's contiguous share; the outputs come back in order
+            share = (size + pad) // workers
+            inputs = keras.tree.map_structure(
+                lambda x: x[worker * share:(worker + 1) * share], inputs)
+        out = self._call(shard_batch(inputs) if replicas > 1 else inputs)
         return keras.tree.map_structure(lambda x: x[:size], out)
 
     def _call(self, inputs):

@@ -1,12 +1,12 @@
 """The HPDM task: trains with `fit` on patch pyramids, samples with tiled `generate`."""
 
 import contextlib
+import dataclasses
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_hpdm import distribute
 from keras_hpdm.backbones.hpdm_backbone import HPDMBackbone, print_notes
 from keras_hpdm.checks import check_level_weights, check_number, check_seed
 from keras_hpdm.diffusion.loss import PyramidDenoisingLoss
@@ -16,9 +16,11 @@ from keras_hpdm.models import batch_checks
 from keras_hpdm.models.backend_quirks import (
     ReplicaSeedGenerator,
     check_distribution,
+    chief_seed,
     first_replica_batch,
     logs_for_worker_mean,
     reattach_jax_variables_on_error,
+    replicated_across_processes,
     scale_loss_for_replicas,
 )
 from keras_hpdm.models.generation import PyramidGenerator, progress_verbosity
@@ -267,10 +269,12 @@ class PatchDiffusionModel(keras.Model):
         if isinstance(inputs, dict) and "sigma" in inputs:
             conditions = {k: inputs[k] for k in ("label", "text_embeddings") if k in inputs}
             if "context_patches" in inputs:
-                return self.encode_context(inputs["context_patches"], inputs["sigma"],
-                                           inputs["coords"], conditions)
-            return self.denoise(inputs["patches"], inputs["sigma"], inputs["coords"],
-                                conditions, context=inputs.get("context"))
+                out = self.encode_context(inputs["context_patches"], inputs["sigma"],
+                                          inputs["coords"], conditions)
+            else:
+                out = self.denoise(inputs["patches"], inputs["sigma"], inputs["coords"],
+                                   conditions, context=inputs.get("context"))
+            return replicated_across_processes(out)
         if isinstance(inputs, dict):
             # Keras calls the model on the batch before `compute_loss`: validate it here so
             # a bad batch fails with an error naming the key, not a KeyError from Keras.
@@ -479,6 +483,11 @@ class PatchDiffusionModel(keras.Model):
         Returns:
             uint8 numpy array `(N, T, H, W, 3)` (and the list of level canvases in [-1, 1]
             if `return_pyramid`).
+
+        In a multi-process run (`keras_hpdm.distribute.initialize`) every process must call
+        `generate` with the same arguments: they generate in lockstep, each network call
+        split between them, and all return the same videos (with `seed=None`, process 0's
+        fresh seed).
         """
         # Every argument is checked here, before any level runs (or a prompt is encoded).
         plan = GenerationPlan.resolve(
@@ -491,11 +500,8 @@ class PatchDiffusionModel(keras.Model):
             use_ema=use_ema, callbacks=callbacks,
             verbose=verbose, return_pyramid=return_pyramid, num_levels=num_levels,
         )
-        if distribute.process_count() > 1:
-            raise ValueError(
-                "`generate` runs in one process; this is one of a multi-process run "
-                f"({distribute.process_count()} processes). Load its checkpoint in a "
-                "single process to sample (`keras-hpdm generate RUN_FOLDER`).")
+        if seed is None:  # a fresh seed: the processes of a run generate with process 0's
+            plan = dataclasses.replace(plan, seed=chief_seed(plan.seed, self))
         return PyramidGenerator(self)(plan)
 
     # ---------------------------------------------------------------- saving
