@@ -198,6 +198,38 @@ def chief_only():
         keras.distribution.set_distribution(distribution)
 
 
+@contextlib.contextmanager
+def whole_variables(model):
+    """Around reading every variable of `model` (and its optimizer) on the host, e.g.
+    saving: under a JAX run whose variables are split between processes (`model_parallel`
+    over several hosts), each such variable is gathered whole onto every process (a
+    collective: every process must enter) and held there until the block ends. Elsewhere
+    (one process, variables whole on each process): nothing to do."""
+    if keras.config.backend() != "jax" or process_count() == 1:
+        yield
+        return
+    import jax
+    from jax.experimental import multihost_utils
+
+    variables = {id(v): v for v in model.variables}
+    optimizer = getattr(model, "optimizer", None)
+    for v in list(getattr(optimizer, "variables", [])):
+        variables.setdefault(id(v), v)
+    swapped = []
+    try:
+        for v in variables.values():  # the same order on every process
+            value = v._value
+            if (isinstance(value, jax.Array) and not value.is_fully_addressable
+                    and not value.is_fully_replicated):
+                whole = multihost_utils.process_allgather(value, tiled=True)
+                swapped.append((v, value))
+                v._value = jax.numpy.asarray(whole)  # on this process's default device
+        yield
+    finally:
+        for v, value in swapped:
+            v._value = value
+
+
 def distributed_dataset(model, make_dataset, global_batch_size):
     """The training data of this process: its own shard, batched so that the processes'
     batches together make `global_batch_size` examples per step.
@@ -209,7 +241,8 @@ def distributed_dataset(model, make_dataset, global_batch_size):
             `(index, count)` pair or None, e.g. `lambda b, s: pyramid_dataset(src, spec, b,
             shard=s, seed=0)`.
         global_batch_size: examples per step over all processes, a multiple of the number
-            of processes (TensorFlow: of replicas).
+            of processes (TensorFlow: of replicas; under a `model_parallel` mesh whose model
+            replicas span processes: of replicas, and a replica's processes read one shard).
 
     Returns:
         What `model.fit` takes: one process: `make_dataset(global_batch_size, None)`. JAX:
@@ -243,10 +276,30 @@ def distributed_dataset(model, make_dataset, global_batch_size):
                          "which would cut this process's shard again: use "
                          "`keras_hpdm.distribute.initialize()` or "
                          "`DataParallel(..., auto_shard_dataset=False)`.")
-    if global_batch_size % count:
+    shards, shard = data_shards(distribution, count)
+    if global_batch_size % shards:
         raise ValueError(f"`global_batch_size` ({global_batch_size}) must be a multiple of "
-                         f"the number of processes ({count}).")
-    return make_dataset(global_batch_size // count, (process_index(), count))
+                         f"the number of data shards ({shards}: "
+                         f"{'processes' if shards == count else 'model replicas'}).")
+    return make_dataset(global_batch_size // shards, (shard, shards) if shards > 1 else None)
+
+
+def data_shards(distribution, count):
+    """`(shards, this process's shard)`: one shard per process, unless the model replicas
+    (the mesh's batch axis) span several processes; then the processes of one replica read
+    the same shard (they hold one copy of the batch between them), as Keras'
+    `Distribution.data_shard_id` counts them: replica `r` is processes `r*k .. r*k+k-1`."""
+    mesh = getattr(distribution, "device_mesh", None)
+    batch_axis = getattr(distribution, "batch_dim_name", None)
+    if mesh is None or batch_axis not in mesh.axis_names:
+        return count, process_index()
+    replicas = int(mesh.shape[list(mesh.axis_names).index(batch_axis)])
+    if replicas >= count:
+        return count, process_index()
+    if count % replicas:
+        raise ValueError(f"{count} processes cannot split evenly between the mesh's "
+                         f"{replicas} model replicas (its {batch_axis!r} axis).")
+    return replicas, process_index() // (count // replicas)
 
 
 # ------------------------------------------------------------------ model parallel
@@ -321,8 +374,9 @@ def model_parallel(device_mesh):
     if BATCH_AXIS not in device_mesh.axis_names:
         raise ValueError(f"`device_mesh` needs a {BATCH_AXIS!r} axis, got axes "
                          f"{list(device_mesh.axis_names)}.")
+    # Data sets come sharded per process (`distributed_dataset`), not re-cut by Keras.
     return _ShapeAwareModelParallel(layout_map=layout_map(device_mesh),
-                                    batch_dim_name=BATCH_AXIS)
+                                    batch_dim_name=BATCH_AXIS, auto_shard_dataset=False)
 
 
 def parameter_bytes_per_device(model, distribution):

@@ -36,6 +36,7 @@ python scripts/gpu_train_moving_mnist.py --minutes 3.6 --out-dir out --name A2 \
 """
 
 import argparse
+import collections
 import datetime
 import functools
 import itertools
@@ -135,17 +136,32 @@ def _batch_job(job):
     return pyramid_batch(spec, batch_size, seed, index)
 
 
-def pyramid_batches(spec, batch_size, seed, processes, num_batches=None, table_path=None):
+def pyramid_batches(spec, batch_size, seed, processes, num_batches=None, table_path=None,
+                    ahead=4):
     """Batches 0, 1, 2, ... in order (cycling after `num_batches`), made by `processes`
     spawned worker processes (not forked: forking a process that holds an accelerator is
-    unsafe; 0 makes them here); captioned ones with `table_path`."""
+    unsafe; 0 makes them here); captioned ones with `table_path`.
+
+    At most `ahead` batches per process are made before they are consumed (`Pool.imap`
+    would make them as fast as the workers can: where training is slower than the data,
+    on a CPU, memory grows until the process is killed)."""
     indices = itertools.count() if num_batches is None else itertools.cycle(range(num_batches))
     jobs = ((spec.get_config(), batch_size, seed, i, table_path) for i in indices)
     if not processes:
         yield from map(_batch_job, jobs)
         return
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        yield from pool.imap(_batch_job, jobs, chunksize=1)
+        yield from bounded_imap(pool, _batch_job, jobs, ahead * processes)
+
+
+def bounded_imap(pool, fn, jobs, window):
+    """`pool.imap(fn, jobs)` with at most `window` jobs submitted and not yet consumed."""
+    pending = collections.deque(pool.apply_async(fn, (job,))
+                                for job in itertools.islice(jobs, window))
+    while pending:
+        result = pending.popleft().get()
+        pending.extend(pool.apply_async(fn, (job,)) for job in itertools.islice(jobs, 1))
+        yield result
 
 
 class Budget(keras.callbacks.Callback):

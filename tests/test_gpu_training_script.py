@@ -134,3 +134,25 @@ def test_text_model_starts_from_a_trained_class_model(tmp_path):
         name = weight.path.split("/", 1)[1]
         expected = fresh[name] if name.startswith("text_") else source[name]
         np.testing.assert_array_equal(weight.numpy(), expected, err_msg=name)
+
+
+def test_data_workers_run_a_bounded_window_ahead():
+    """The worker pool never holds more than `window` batches nobody has consumed (an
+    unbounded `imap` filled a CPU run's memory until it was killed)."""
+    from types import SimpleNamespace
+
+    submitted = []
+
+    class Pool:
+        def apply_async(self, fn, args):
+            submitted.append(args[0])
+            return SimpleNamespace(get=lambda: fn(*args))
+
+    import itertools
+
+    stream = load_script().bounded_imap(Pool(), lambda i: i * i, itertools.count(), window=3)
+    assert submitted == []  # nothing before the first batch is asked for
+    assert [next(stream) for _ in range(5)] == [0, 1, 4, 9, 16]
+    assert len(submitted) == 5 + 3  # consumed + the window, never the endless rest
+    assert list(load_script().bounded_imap(Pool(), str, iter(range(4)), window=8)) == [
+        "0", "1", "2", "3"]

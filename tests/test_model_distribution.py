@@ -666,3 +666,96 @@ OUTPUTS = {"video": video, **{f"level_{i}": c for i, c in enumerate(canvases)},
     # the seeds themselves must (else the rows would mix two draws).
     assert int(outs[0]["seed"]) == int(outs[1]["seed"])
     np.testing.assert_array_equal(outs[0]["unseeded"], outs[1]["unseeded"])
+
+
+@subprocess_test
+def test_jax_model_parallel_across_two_processes(tmp_path):
+    """`model_parallel` on a (1 batch x 2 model) mesh whose one model replica spans both
+    processes: each process holds half of every wide kernel, both read the same data (one
+    shard of the global batch: `distributed_dataset`), training equals one process's, and
+    process 0's checkpoint holds the weights whole and resumes split on both."""
+    reference = run_in_backends(MULTI_PROCESS + """
+model = build()
+initial, start = model.get_weights(), flat(model)
+history = model.fit(make_dataset(GLOBAL_BATCH, None), steps_per_epoch=1, epochs=STEPS,
+                    verbose=0)
+OUTPUTS = {"losses": np.array(history.history["loss"]), "weights": flat(model), "start": start,
+           **{f"initial_{i}": w for i, w in enumerate(initial)}}
+""", ["jax"], inputs=multi_process_inputs())["jax"]
+    initial = {k: v for k, v in reference.items() if k.startswith("initial_")}
+    with mock.patch.dict(os.environ, {"HPDM_CHECKPOINT": str(tmp_path)}):
+        outs = run_processes(MULTI_PROCESS + """
+import os
+import jax
+from jax.experimental import multihost_utils
+
+distribute.initialize()
+mesh = keras.distribution.DeviceMesh((1, 2), ["batch", "model"],
+                                     keras.distribution.list_devices())
+keras.distribution.set_distribution(distribute.model_parallel(mesh))
+weights = [INPUTS[f"initial_{i}"] for i in range(sum(k.startswith("initial_") for k in INPUTS))]
+seen = indices_seen(distribute.distributed_dataset(
+    None, lambda b, s: make_dataset(b, s, repeat=False, return_offsets=True), GLOBAL_BATCH))
+model = build(weights)
+directory = os.environ["HPDM_CHECKPOINT"]
+history = model.fit(distribute.distributed_dataset(model, make_dataset, GLOBAL_BATCH),
+                    steps_per_epoch=1, epochs=STEPS, verbose=0,
+                    callbacks=[TrainingCheckpoint(directory)])
+query = [w for w in model.backbone.weights if w.path.endswith("read_attn/query/kernel")][0]
+
+def gathered(layer):
+    return np.concatenate([np.ravel(multihost_utils.process_allgather(w.value, tiled=True))
+                           for w in layer.weights])
+
+multihost_utils.sync_global_devices("checkpoint written")
+resumed = load_training_checkpoint(directory)  # every process, split again
+OUTPUTS = {"seen": seen, "losses": np.array(history.history["loss"]),
+           "weights": gathered(model.backbone),
+           "all": gathered(model), "resumed": gathered(resumed),
+           "resumed_local": np.array(
+               [w for w in resumed.backbone.weights
+                if w.path.endswith("read_attn/query/kernel")][0]
+               .value.addressable_shards[0].data.shape),
+           "query": np.array(query.shape), "query_local": np.array(
+               query.value.addressable_shards[0].data.shape),
+           "process": jax.process_index()}
+""", "jax", 2, inputs={**multi_process_inputs(), **initial}, timeout=300)
+    assert [int(o["process"]) for o in outs] == [0, 1]
+    for out in outs:
+        # The checkpoint holds the split weights whole (gathered for saving), and a resume
+        # splits them again.
+        np.testing.assert_array_equal(out["resumed"], out["all"])
+        assert out["resumed_local"].tolist() == out["query_local"].tolist()
+        # One model replica: both processes read the whole global batch, the same one.
+        np.testing.assert_array_equal(out["seen"], outs[0]["seen"])
+        assert sorted(out["seen"].tolist()) == list(range(16))
+        shape, local = out["query"].tolist(), out["query_local"].tolist()
+        assert local == [shape[0], shape[1] // 2, shape[2]], (shape, local)  # half the heads
+        np.testing.assert_allclose(out["losses"], reference["losses"], rtol=LOSS_RTOL)
+        moved = np.linalg.norm(reference["weights"] - reference["start"])
+        error = np.linalg.norm(out["weights"] - reference["weights"]) / moved
+        print(f"|weights - one process's| / |update| = {error:.1e}")
+        assert error < UPDATE_RTOL, error
+
+
+@pytest.mark.parametrize("mesh_shape, count, expected", [
+    ((4, 1), 4, [(4, 0), (4, 1), (4, 2), (4, 3)]),   # data parallel: a shard each
+    ((8, 2), 4, [(4, 0), (4, 1), (4, 2), (4, 3)]),   # 2 replicas per process
+    ((2, 4), 4, [(2, 0), (2, 0), (2, 1), (2, 1)]),   # a replica over 2 processes
+    ((1, 8), 4, [(1, 0)] * 4),                       # one replica over all
+])
+def test_data_shards_follow_the_model_replicas(mesh_shape, count, expected):
+    from types import SimpleNamespace
+
+    mesh = SimpleNamespace(axis_names=["batch", "model"], shape=mesh_shape)
+    distribution = SimpleNamespace(device_mesh=mesh, batch_dim_name="batch")
+    got = []
+    for index in range(count):
+        with mock.patch.object(keras_hpdm.distribute, "process_index", return_value=index):
+            got.append(keras_hpdm.distribute.data_shards(distribution, count))
+    assert got == expected
+    with pytest.raises(ValueError, match="3 processes cannot split evenly"):
+        keras_hpdm.distribute.data_shards(
+            SimpleNamespace(device_mesh=SimpleNamespace(axis_names=["batch", "model"],
+                                                        shape=(2, 2)),
+                            batch_dim_name="batch"), 3)

@@ -264,10 +264,11 @@ class TrainingCheckpoint(keras.callbacks.Callback):
                 self._stop(problem)
 
     def _save_if_finite(self, epoch):
-        bad = _non_finite_variable(self.model)
-        if bad is not None:
-            return f"the variable {bad} holds NaN/Inf values"
-        self._write(epoch)
+        with distribute.whole_variables(self.model):  # split between processes: gathered
+            bad = _non_finite_variable(self.model)
+            if bad is not None:
+                return f"the variable {bad} holds NaN/Inf values"
+            self._write(epoch)
         return None
 
     def _stop(self, reason):
@@ -281,11 +282,10 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
     def save(self, epoch):
         """Writes the checkpoint of `epoch` (refuses a model holding NaN/Inf values)."""
-        bad = _non_finite_variable(self.model)
-        if bad is not None:
-            raise ValueError(f"Not saving {self.model_path}: the variable {bad} holds NaN/Inf "
-                             "values (the checkpoint on disk is kept).")
-        self._write(epoch)
+        problem = self._save_if_finite(epoch)
+        if problem is not None:
+            raise ValueError(f"Not saving {self.model_path}: {problem} (the checkpoint on "
+                             "disk is kept).")
 
     def _write(self, epoch):
         seconds = self.metadata.get("seconds", 0.0) + time.time() - self._start

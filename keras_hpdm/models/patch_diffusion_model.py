@@ -168,8 +168,10 @@ class PatchDiffusionModel(keras.Model):
                 # (Keras places a variable by its path, and `ema_i` matches no rule).
                 if getattr(v, "_layout", None) is not None:
                     ema._layout = v._layout
-                # A host copy: sharing the live buffer would alias two variables in JAX.
-                ema.assign(np.asarray(ops.convert_to_numpy(v), "float32"))
+                # A copy on the weight's devices: sharing the live buffer would alias two
+                # variables in JAX, and a host copy cannot read a weight split between
+                # processes.
+                ema.assign(ops.copy(ops.cast(v.value, "float32")))
         self.ema_step = self.add_weight(shape=(), initializer="zeros", trainable=False,
                                         name="ema_step", dtype="float32")
         self.built = True
