@@ -128,50 +128,70 @@ OUTPUTS = {**report("single", single), **report("dist", dist),
     assert_same_training(out)
 
 
-@subprocess_test
-def test_jax_generation_spreads_tile_batches_over_4_cpu_devices():
-    """Under `DataParallel` every tile batch (3 samples x tiles, padded to a multiple of 4)
-    is split over the 4 devices, and the videos are one device's (to float rounding)."""
-    code = """
+# A model whose context matters (random fusion kernels, as trained ones are) and whose EMA
+# copy holds its weights; generation records, per network call, the rows this process
+# passed and the devices they were placed on.
+GENERATION = """
 import keras
 import numpy as np
 import keras_hpdm
+from keras_hpdm import distribute
 from keras_hpdm.backbones import RINBackbone
 from keras_hpdm.models import generation
 
 spec = keras_hpdm.PyramidSpec((2, 16, 16), 2)
 
+
 def build(weights=None):
     keras.utils.set_random_seed(0)
     model = keras_hpdm.PatchDiffusionModel(
         RINBackbone.from_preset("tiny", pyramid=spec, num_classes=2), seed=0)
+    if weights is not None:
+        model.set_weights(weights)
+        return model
     rng = np.random.default_rng(0)
-    for fusion in model.backbone.fusions:  # context that matters (in the EMA copy too)
+    for fusion in model.backbone.fusions:
         fusion.context_kernel.assign(rng.normal(scale=0.2, size=fusion.context_kernel.shape))
     for ema, weight in zip(model.ema_weights, model.backbone.trainable_weights):
         ema.assign(np.asarray(weight.numpy(), "float32"))
-    if weights is not None:
-        model.set_weights(weights)
     return model
+
+
+calls = []
+call = generation.CompiledNetwork._call
+def recording_call(self, inputs):
+    sigma = inputs["sigma"]
+    devices = getattr(getattr(sigma, "sharding", None), "device_set", [None])
+    calls.append((len(sigma), len(devices)))
+    return call(self, inputs)
+generation.CompiledNetwork._call = recording_call
+seeds = []
+generate_plan = generation.PyramidGenerator.__call__
+def recording_generate(self, plan):
+    seeds.append(plan.seed)
+    return generate_plan(self, plan)
+generation.PyramidGenerator.__call__ = recording_generate
+
 
 def pyramid(model):
     return model.generate([0, 1, 1], num_steps=2, seed=3, verbose=0, tile_batch_size=5,
-                          guidance_scale=1.0, return_pyramid=True)[1]
+                          guidance_scale=1.5, return_pyramid=True)
+"""
 
+
+@subprocess_test
+def test_jax_generation_spreads_tile_batches_over_4_cpu_devices():
+    """Under `DataParallel` every tile batch (3 samples x tiles, padded to a multiple of 4)
+    is split over the 4 devices, and the videos are one device's (to float rounding)."""
+    code = GENERATION + """
 single_model = build()
-single = pyramid(single_model)
-placed = []
-shard = generation.shard_batch
-def recording_shard(inputs):
-    out = shard(inputs)
-    placed.append((len(out["sigma"]), len(out["sigma"].sharding.device_set)))
-    return out
-generation.shard_batch = recording_shard
+single = pyramid(single_model)[1]
+del calls[:]
 devices = keras.distribution.list_devices("cpu")
 keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-dist = pyramid(build(single_model.get_weights()))
+dist = pyramid(build(single_model.get_weights()))[1]
 OUTPUTS = {"single_0": single[0], "single_1": single[1], "dist_0": dist[0],
-           "dist_1": dist[1], "placed": np.array(placed), "num_devices": len(devices)}
+           "dist_1": dist[1], "placed": np.array(calls), "num_devices": len(devices)}
 """
     flags = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4")
     with mock.patch.dict(os.environ, {"XLA_FLAGS": flags.strip()}):
@@ -563,55 +583,6 @@ OUTPUTS = {"single_loss": single_loss, "dist_loss": dist_loss, "start": start,
     assert error < UPDATE_RTOL, error
 
 
-# A model whose context matters (random fusion kernels, as trained ones are) and whose EMA
-# copy holds its weights; generation records, per network call, the rows this process
-# passed and the devices they were placed on.
-GENERATION = """
-import keras
-import numpy as np
-import keras_hpdm
-from keras_hpdm import distribute
-from keras_hpdm.backbones import RINBackbone
-from keras_hpdm.models import generation
-
-spec = keras_hpdm.PyramidSpec((2, 16, 16), 2)
-
-
-def build(weights=None):
-    keras.utils.set_random_seed(0)
-    model = keras_hpdm.PatchDiffusionModel(
-        RINBackbone.from_preset("tiny", pyramid=spec, num_classes=2), seed=0)
-    if weights is not None:
-        model.set_weights(weights)
-        return model
-    rng = np.random.default_rng(0)
-    for fusion in model.backbone.fusions:
-        fusion.context_kernel.assign(rng.normal(scale=0.2, size=fusion.context_kernel.shape))
-    for ema, weight in zip(model.ema_weights, model.backbone.trainable_weights):
-        ema.assign(np.asarray(weight.numpy(), "float32"))
-    return model
-
-
-calls = []
-call = generation.CompiledNetwork._call
-def recording_call(self, inputs):
-    sigma = inputs["sigma"]
-    devices = getattr(getattr(sigma, "sharding", None), "device_set", [None])
-    calls.append((len(sigma), len(devices)))
-    return call(self, inputs)
-generation.CompiledNetwork._call = recording_call
-seeds = []
-generate_plan = generation.PyramidGenerator.__call__
-def recording_generate(self, plan):
-    seeds.append(plan.seed)
-    return generate_plan(self, plan)
-generation.PyramidGenerator.__call__ = recording_generate
-
-
-def pyramid(model):
-    return model.generate([0, 1, 1], num_steps=2, seed=3, verbose=0, tile_batch_size=5,
-                          guidance_scale=1.5, return_pyramid=True)
-"""
 
 
 @subprocess_test
