@@ -294,9 +294,9 @@ videos, labels = INPUTS["videos"], INPUTS["labels"]
 
 def make_dataset(batch_size, shard, start_example=0, fixed_noise=False, repeat=True,
                  return_offsets=False):
-    # The pipeline's epoch keys also depend on TensorFlow's global seed and on how many
-    # random ops were made since it was set: reset it, so that every process makes a
-    # shard's data exactly as the one-process run does.
+    # With repeat=False the pipeline's epoch keys also depend on TensorFlow's global seed
+    # and on how many random ops were made since it was set: reset it, so that every
+    # process makes a shard's data exactly as the one-process run does.
     keras.utils.set_random_seed(0)
     ds = keras_hpdm.data.pyramid_dataset(videos, spec, batch_size, labels=labels, seed=0,
                                          shard=shard, start_example=start_example,

@@ -7,10 +7,12 @@ Structure (one graph, no Python in the hot path except the PyAV decode of raw fi
                                    -> crop -> flip -> PyramidSpec.tf_sample -> [-1, 1]
                --filter (decode ok)--> batch --> prefetch
 
-Epoch keys come from `tf.data.Dataset.random(seed, rerandomize_each_iteration=True)`: each
-pass over the data set (each Keras epoch with `repeat=False`, or each repetition) gets a new
-key, and the same `seed` replays the same keys. Every example's randomness is a stateless
-function of `(seed, key, example index)`.
+Each pass over the data gets its own epoch key, and every example's randomness is a
+stateless function of `(seed, key, example index)`. Repeated (the default), the key is the
+pass number: the same `seed` replays the same batches whatever else the process did. With
+`repeat=False` each iteration (each Keras epoch) is one pass, and its key comes from
+`tf.data.Dataset.random(seed, rerandomize_each_iteration=True)`, which also folds in
+TensorFlow's global seed.
 
 `example_stream` checks the arguments, resolves the source (`sources.py`) and hands it to
 the builder for its kind (`file_builder.py`, `array_builder.py`, `shard_builder.py`, on the
@@ -69,9 +71,11 @@ def pyramid_dataset(source, pyramid, batch_size, *, frames=None, frame_stride=1,
             mapping paths to class labels or captions, or an array of length N for arrays.
             Class labels add `"label"` int32 `(B,)`; captions add `"text"` tf.string `(B,)`.
         seed: non-negative int; the same seed gives the same batches in the same order
-            (with `deterministic=True`). `None` draws one. The per-pass epoch keys come
-            from `tf.data.Dataset.random(seed)`, which also folds in TensorFlow's global
-            seed when one is set (e.g. by `keras.utils.set_random_seed`): fix both.
+            (with `deterministic=True`). `None` draws one. With `repeat=False` the
+            per-iteration epoch keys come from `tf.data.Dataset.random(seed)`, which also
+            folds in TensorFlow's global seed and its random ops run since it was set
+            (e.g. by `keras.utils.set_random_seed`, or building a model under the
+            TensorFlow backend): fix both, in the same order.
         shuffle: shuffle examples every epoch (a full permutation for files, arrays and
             cached data; for shards, shard files in random order, interleaved, then shuffled
             in blocks of `shuffle_buffer` records).
@@ -228,9 +232,10 @@ def example_stream(source, pyramid, *, frames=None, frame_stride=1, fps=None, cr
     if not repeat and passes:
         raise ValueError(f"`start_example` must be < the {builder.num_examples} examples of "
                          f"one pass when `repeat=False`, got {start_example}.")
-    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).skip(passes)
-    if not repeat:
-        keys = keys.take(1)
+    if repeat:  # one key per pass: its number (the seed enters with `builder.base`)
+        keys = tf.data.Dataset.counter(passes)
+    else:  # one pass per iteration (a Keras epoch); a new key each needs TF's re-randomizing
+        keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
     examples = builder.examples(keys).filter(lambda ex: ex["ok"]).map(
         lambda ex: {k: v for k, v in ex.items() if k != "ok"})
     return ExampleStream(examples, builder.num_examples, src.class_names,
