@@ -730,3 +730,17 @@ def test_data_shards_follow_the_model_replicas(mesh_shape, count, expected):
             SimpleNamespace(device_mesh=SimpleNamespace(axis_names=["batch", "model"],
                                                         shape=(2, 2)),
                             batch_dim_name="batch"), 3)
+
+
+def test_a_failed_process_reports_where_it_failed():
+    """A process that prints arrays before failing still shows its traceback's start (where
+    it was raised) and its end (the error), not only the arrays."""
+    from keras_hpdm.testing.multibackend import _log_tail
+
+    log = ("startup noise\n" * 50 + "Traceback (most recent call last)\n  File \"x.py\", "
+           "line 7, in <module>\n" + "[1. 2. 3.]\n" * 3000 + "AssertionError: differ")
+    tail = _log_tail(log)
+    assert tail.startswith("Traceback") and '"x.py", line 7' in tail
+    assert tail.endswith("AssertionError: differ") and len(tail) < 3100
+    assert _log_tail("no traceback " * 500) == ("no traceback " * 500)[-3000:]
+

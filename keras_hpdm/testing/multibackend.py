@@ -77,6 +77,16 @@ def _free_ports(count):
             s.close()
 
 
+def _log_tail(text, limit=3000):
+    """The end of a failed process's log, from its last traceback where it has one: an error
+    that prints arrays would otherwise fill the tail and hide where it was raised."""
+    start = text.rfind("Traceback (most recent call last)")
+    if start < 0 or len(text) - start <= limit:
+        return text[-limit:]
+    tail = text[start:]
+    return f"{tail[:limit // 2]}\n[... {len(tail) - limit} characters ...]\n{tail[-limit // 2:]}"
+
+
 def run_processes(code, backend, num_processes, inputs=None, timeout=600):
     """Runs `code` as `num_processes` processes of one multi-process run under `backend`,
     all at once, on loopback ports; returns one `{name: array}` per process (in process
@@ -107,7 +117,7 @@ def run_processes(code, backend, num_processes, inputs=None, timeout=600):
                     status = "timeout"
                 if status != 0:
                     log.seek(0)
-                    failed.append(f"process {index} (exit {status}):\n{log.read()[-3000:]}")
+                    failed.append(f"process {index} (exit {status}):\n{_log_tail(log.read())}")
         finally:
             for proc, log in procs:
                 if proc.poll() is None:
