@@ -206,10 +206,15 @@ def continue_from(path, args):
     model = type(trained).from_config({**trained.get_config(), "ema_decay": None,
                                        "ema_half_life": args.ema_half_life})
     copy_weights(model.backbone.weights, trained.backbone.weights)
-    for ema, weight in zip(model.ema_weights, model.backbone.trainable_weights, strict=True):
-        ema.assign(keras.ops.convert_to_numpy(weight))
+    restart_ema(model)
     compile_model(model, args)
     return model
+
+
+def restart_ema(model):
+    """Sets every EMA copy to its weight's current value (a fresh average from here)."""
+    for ema, weight in zip(model.ema_weights, model.backbone.trainable_weights, strict=True):
+        ema.assign(keras.ops.convert_to_numpy(weight))
 
 
 def warm_start(model, path):
@@ -219,8 +224,7 @@ def warm_start(model, path):
     from keras_hpdm.models.warm_start import copy_matching_weights
 
     copied, kept = copy_matching_weights(model.backbone, load_checkpoint(path).backbone)
-    for ema, weight in zip(model.ema_weights, model.backbone.trainable_weights, strict=True):
-        ema.assign(keras.ops.convert_to_numpy(weight))
+    restart_ema(model)
     print(f"--init-backbone-from {path}: {len(copied)} weights copied, fresh: "
           f"{', '.join(kept) or 'none'}", flush=True)
 
@@ -277,6 +281,8 @@ def main(argv=None):
     keras.config.set_dtype_policy(args.precision)
     os.makedirs(ours.out_dir, exist_ok=True)
 
+    if ours.init_backbone_from and args.init_from:
+        own.error("--init-backbone-from starts a new model; --init-from continues one")
     text = None
     if ours.text_table:
         if ours.eval_per_class:
@@ -288,8 +294,6 @@ def main(argv=None):
              else build_model(args, num_classes=None if text else 10, captions=False,
                               text=text))
     if ours.init_backbone_from:
-        if args.init_from:
-            own.error("--init-backbone-from starts a new model; --init-from continues one")
         warm_start(model, ours.init_backbone_from)
     spec = model.pyramid
     num_batches = (None if ours.num_videos is None
