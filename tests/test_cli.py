@@ -249,6 +249,8 @@ def test_evaluate_scores_a_digit_model_and_updates_its_card(run_dir, tmp_path, c
     assert updated["evaluation"]["scores"]["num_videos"] == 20
     assert updated["evaluation"]["command"].startswith("keras-hpdm evaluate")
     assert run_cli("evaluate", digits_run, "--fvd", 1) == 2
+    assert run_cli("evaluate", digits_run, "--sensitivity", 2) == 2
+    assert "--sensitivity scores text-conditional models" in capsys.readouterr().err
 
 
 @one_pass_only
@@ -264,8 +266,8 @@ def test_a_text_model_trains_on_builtin_captions_and_is_scored_on_them(tmp_path,
     model = keras.saving.load_model(run / "model.keras", compile=False)
     assert model.backbone.text_dim and not model.backbone.num_classes
     capsys.readouterr()
-    assert run_cli("evaluate", run, "--videos", 2, "--steps", 1, "--json",
-                   tmp_path / "scores.json") == 0
+    assert run_cli("evaluate", run, "--videos", 2, "--steps", 1, "--sensitivity", 3,
+                   "--json", tmp_path / "scores.json") == 0
     printed = capsys.readouterr().out
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert scores["settings"]["phrasings"] == "held_out"
@@ -274,6 +276,12 @@ def test_a_text_model_trains_on_builtin_captions_and_is_scored_on_them(tmp_path,
     for name in ("digit_accuracy", "direction_accuracy", "still_fraction", "persistence"):
         assert 0.0 <= scores[name] <= 1.0 and f"{name:<16} {scores[name]:.4f}" in printed
     assert repr(scores["examples"][0]["caption"]) in printed
+    gaps = scores["caption_sensitivity"]
+    assert gaps["num_videos"] == 3 and "caption sensitivity (3 videos)" in printed
+    for name in ("digit", "direction", "speed", "wording"):
+        assert len(gaps["increase"][name]) == len(gaps["sigmas"]) == 4
+        assert all(np.isfinite(gaps["increase_level_0"][name]))
+        assert f"    {name:<10} " in printed
 
 
 def test_export_keeps_the_ema_samples(run_dir, tmp_path):

@@ -160,3 +160,56 @@ def test_text_evaluation_scores_what_the_videos_show():
     class_model.backbone.text_dim = None
     with pytest.raises(ValueError, match="text-conditional"):
         evaluate_moving_mnist_text(class_model)
+
+
+class DirectionReadingStub:
+    """Stands in for a text model that uses only the direction its caption names: the
+    embedding is the caption's direction (read back from the wording tables), and the loss
+    of a pyramid is 1 where that direction is the one its coarsest level shows, else 2."""
+
+    def __init__(self, phrasings):
+        from keras_hpdm import PyramidSpec
+
+        self.pyramid = PyramidSpec((4, 16, 16), 3)
+        self.backbone = types.SimpleNamespace(text_dim=1, channels=1)
+        self.loss_fn = types.SimpleNamespace(level_weights=None)
+        self.phrases = sorted(((p.lower(), mmc.DIRECTIONS.index(name)) for name, ps in
+                               mmc._DIRECTION_PHRASES[phrasings].items() for p in ps),
+                              key=lambda pd: -len(pd[0]))
+        self.calls = []
+
+    def encode_text(self, captions):
+        named = [next(d for p, d in self.phrases if p in c.lower()) for c in captions]
+        return np.array(named, np.float32)[:, None, None]
+
+    def pyramid_loss(self, patches, coords, conditions, sigma, noise):
+        self.calls.append(float(sigma[0, 0]))
+        coarse = np.clip((np.asarray(patches)[:, 0] + 1.0) * 127.5, 0, 255).astype(np.uint8)
+        shown = measured_directions(coarse, min_travel=0.75)
+        named = conditions["text_embeddings"][:, 0, 0]
+        loss = 1.0 + (named != shown).mean()
+        return loss, np.full(3, loss)
+
+
+@pytest.mark.parametrize("phrasings", ["held_out", "train"])
+def test_caption_sensitivity_changes_exactly_the_named_fact(phrasings):
+    """Against a model that uses only the direction, changing the direction doubles the loss
+    at every noise level and level, and changing the digit, the speed or the wording
+    changes nothing: each variant changes its own fact and no other."""
+    from keras_hpdm.metrics import caption_sensitivity
+
+    stub = DirectionReadingStub(phrasings)
+    out = caption_sensitivity(stub, num_videos=24, sigmas=(1.0, 20.0), phrasings=phrasings,
+                              seed=3, batch_size=10)
+    assert out["sigmas"] == [1.0, 20.0] and out["num_videos"] == 24
+    assert out["loss"] == [1.0, 1.0]  # the true captions name what the videos show
+    for key in ("increase", "increase_level_0"):
+        np.testing.assert_allclose(out[key]["direction"], [100.0, 100.0])
+        for other in ("digit", "speed", "wording"):
+            np.testing.assert_allclose(out[key][other], [0.0, 0.0], atol=1e-9)
+    # 5 captions x 2 sigmas x 3 batches (10, 10, 4).
+    assert len(stub.calls) == 30
+    with pytest.raises(ValueError, match="text-conditional"):
+        caption_sensitivity(types.SimpleNamespace(backbone=types.SimpleNamespace(text_dim=None)))
+    with pytest.raises(ValueError, match="sigmas"):
+        caption_sensitivity(stub, sigmas=(1.0, -2.0))

@@ -62,6 +62,11 @@ def add_parser(sub):
     p.add_argument("--fvd", type=non_negative_int, default=0, metavar="N",
                    help="FVD/KVD with N generated and N real videos (0: skip; default: 0); "
                         "text models: any N > 0 scores the --videos videos")
+    p.add_argument("--sensitivity", type=non_negative_int, default=0, metavar="N",
+                   help="text models: also the caption sensitivity on N videos, the "
+                        "denoising loss increase when the caption names another digit, "
+                        "direction or speed (keras_hpdm.metrics.caption_sensitivity; 0: "
+                        "skip; default: 0)")
     p.add_argument("--json", help="also write the scores (and the settings) to this file")
     p.add_argument("--card", help="add the scores and settings to this model card (the JSON "
                                   "`export` writes beside the .keras), under 'evaluation'")
@@ -87,6 +92,18 @@ def read_card(path):
     return card
 
 
+def print_sensitivity(gaps):
+    """The caption-sensitivity table: loss increase (%) per changed fact and sigma."""
+    print(f"  caption sensitivity ({gaps['num_videos']} videos): loss increase in % when "
+          "the caption names another ..., all levels / level 0")
+    print("    sigma      " + "".join(f"{s:>14g}" for s in gaps["sigmas"]))
+    for name in gaps["increase"]:
+        cells = "".join(f"{a:>+7.2f}/{b:<+6.2f}" for a, b in
+                        zip(gaps["increase"][name], gaps["increase_level_0"][name],
+                            strict=True))
+        print(f"    {name:<10} {cells}")
+
+
 def run(args):
     from keras_hpdm.cli.generate import load_checkpoint
 
@@ -105,6 +122,9 @@ def run(args):
                            f"text); this one has num_classes={backbone.get('num_classes')}, "
                            f"text_dim={backbone.get('text_dim')}, channels="
                            f"{backbone.get('channels')}.")
+    if args.sensitivity and not text:
+        raise CommandError("--sensitivity scores text-conditional models; this one is "
+                           "class-conditional.")
     steps, sampler = per_level(args.steps), per_level(args.sampler)
     if model is None:
         # The requests the evaluation makes: one digit and `per_class` samples, or one
@@ -129,6 +149,12 @@ def run(args):
         scores = evaluate_moving_mnist_text(
             model, num_videos=args.videos, phrasings=args.phrasings, seed=args.seed,
             fvd=bool(args.fvd), **options)
+        if args.sensitivity:
+            from keras_hpdm.metrics import caption_sensitivity
+
+            settings["sensitivity_videos"] = args.sensitivity
+            scores["caption_sensitivity"] = caption_sensitivity(
+                model, num_videos=args.sensitivity, phrasings=args.phrasings, seed=args.seed)
     else:
         settings["per_class"] = args.per_class
         scores = evaluate_moving_mnist(model, per_class=args.per_class, seed=args.seed,
@@ -145,6 +171,8 @@ def run(args):
     for example in scores.get("examples", [])[:5]:
         print(f"  {example['caption']!r}: read {example['digit_read']}, moving "
               f"{example['direction_measured'] or 'nowhere'}")
+    if "caption_sensitivity" in scores:
+        print_sensitivity(scores["caption_sensitivity"])
     if "fvd" in scores:
         print(f"  (FVD/KVD with {scores['fvd_num_videos']} generated and real videos)")
     record = {"settings": settings, "scores": scores,

@@ -2,6 +2,7 @@
 (a digit reader: class accuracy and persistence of generated digits). The FVD callback
 lives in `keras_hpdm.callbacks`."""
 
+from keras_hpdm.metrics.caption_sensitivity import caption_sensitivity
 from keras_hpdm.metrics.digit_reader import DigitReader, centre_digits
 from keras_hpdm.metrics.digit_scores import digit_video_scores, read_videos
 from keras_hpdm.metrics.features import extract_video_features, pretrained_i3d
@@ -26,6 +27,7 @@ __all__ = [
     "DigitReader",
     "FrechetVideoDistance",
     "I3D",
+    "caption_sensitivity",
     "centre_digits",
     "digit_video_scores",
     "direction_accuracy",
