@@ -505,3 +505,78 @@ class TestContextSwitches:
         for name in ("use_coords", "detach_context"):
             with pytest.raises(ValueError, match=name):
                 make_backbone(kind, **{name: "no"})
+
+
+@pytest.mark.parametrize("kind", list(BACKBONES))
+def test_coarse_prior_starts_at_zero_and_moves_level_0_only(kind):
+    """A new coarse prior leaves a trained network's output exactly as it was (what a warm
+    start relies on). Once learned, it moves level 0 by a map of the conditions (class,
+    noise level, pooled text) and never a finer level, nor a pass whose level 0 is cached
+    context. Saved in the config; False for files from before it."""
+    inputs = make_inputs()
+    reference = make_backbone(kind)
+    fill_zero_weights(reference, seed=3)
+    backbone = make_backbone(kind, coarse_prior=True)
+    prior = backbone.coarse_prior_map
+    assert prior.kernel.shape == (backbone.cond_dim, 2 * 8 * 8 * 3)
+    np.testing.assert_array_equal(numpy(prior.kernel), 0.0)
+    others = [w for w in backbone.weights if f"/{prior.name}/" not in w.path]
+    assert len(others) == len(backbone.weights) - 2 == len(reference.weights)
+    for target, source in zip(others, reference.weights, strict=True):
+        target.assign(numpy(source))
+    base = numpy(reference(inputs))
+    np.testing.assert_array_equal(numpy(backbone(inputs)), base)
+    rng = np.random.default_rng(0)
+    prior.kernel.assign(rng.normal(scale=0.3, size=prior.kernel.shape).astype("float32"))
+    out = numpy(backbone(inputs))
+    np.testing.assert_array_equal(out[:, 1:], base[:, 1:])
+    assert np.abs(out[:, 0] - base[:, 0]).min() > 0
+    relabelled = numpy(backbone({**inputs, "label": (inputs["label"] + 1) % 5}))
+    assert np.abs(relabelled[:, 0] - out[:, 0]).max() > 1e-3
+    head = {k: (v[:, :1] if k != "label" else v) for k, v in inputs.items()}
+    tail = {k: (v[:, 1:] if k != "label" else v) for k, v in inputs.items()}
+    cached = numpy(backbone(tail, context=backbone.encode_context(head)))
+    np.testing.assert_allclose(cached, base[:, 1:], atol=1e-5)
+    config = backbone.get_config()
+    assert config["coarse_prior"] is True
+    restored = BACKBONES[kind].from_config(json.loads(json.dumps(config)))
+    restored(inputs)
+    restored.set_weights(backbone.get_weights())
+    np.testing.assert_array_equal(numpy(restored(inputs)), out)
+    del config["coarse_prior"]
+    assert BACKBONES[kind].from_config(config).coarse_prior_map is None
+    with pytest.raises(ValueError, match="coarse_prior"):
+        make_backbone(kind, coarse_prior="yes")
+
+
+def test_coarse_prior_reads_the_pooled_text():
+    """In a text model the prior also reads the pooled text itself: two prompts move level
+    0 apart through the prior alone."""
+    spec = PyramidSpec((2, 8, 8), 2)
+    backbone = RINBackbone.from_preset("tiny", pyramid=spec, channels=1, text_dim=6,
+                                       coarse_prior=True)
+    rng = np.random.default_rng(0)
+    inputs = {"patches": rng.normal(size=(2, 2, 2, 8, 8, 1)).astype("float32"),
+              "sigma": np.full((2, 2), 5.0, "float32"),
+              "coords": np.stack([spec.coords_from_offsets(spec.sample_offsets(i))
+                                  for i in range(2)]).astype("float32"),
+              "text_embeddings": rng.normal(size=(2, 3, 6)).astype("float32")}
+    backbone(inputs)
+    kernel = backbone.coarse_prior_map.kernel
+    assert kernel.shape == (backbone.cond_dim + 6, 2 * 8 * 8)
+    # Only the pooled-text rows of the kernel are set: the prior reads the text directly.
+    values = np.zeros(kernel.shape, "float32")
+    values[backbone.cond_dim:] = rng.normal(size=(6, 128))
+    kernel.assign(values)
+    zeros = ops.zeros((2, 2, 2, 8, 8, 1), "float32")
+    silent = np.zeros((2, 2, backbone.cond_dim), "float32")  # SiLU(0) = 0: text alone
+
+    def prior(text):
+        return numpy(backbone.add_coarse_prior(zeros, silent, text))
+
+    text = inputs["text_embeddings"]
+    ours, swapped = prior(text), prior(text[::-1])
+    assert np.abs(ours[:, 0]).max() > 0.1 and np.abs(ours[:, 1]).max() == 0
+    np.testing.assert_allclose(swapped[::-1], ours, atol=1e-6)
+    assert np.abs(ours[0, 0] - ours[1, 0]).max() > 0.1
+    np.testing.assert_array_equal(prior(np.zeros_like(text)), 0.0)  # the null condition

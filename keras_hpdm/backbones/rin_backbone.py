@@ -50,6 +50,7 @@ class RINBackbone(HPDMBackbone):
             load with False.
         token_mixing: mix neighbouring data tokens in every block's write step (see
             `TokenGridMixing`); files saved before this option existed load with False.
+        fusion_mode, use_coords, detach_context, coarse_prior: see `HPDMBackbone`.
 
     Example:
     ```python
@@ -90,6 +91,7 @@ class RINBackbone(HPDMBackbone):
         fusion_mode="deep",
         use_coords=True,
         detach_context=False,
+        coarse_prior=False,
         **kwargs,
     ):
         super().__init__(
@@ -103,6 +105,7 @@ class RINBackbone(HPDMBackbone):
             fusion_mode=fusion_mode,
             use_coords=use_coords,
             detach_context=detach_context,
+            coarse_prior=coarse_prior,
             **kwargs,
         )
         num_heads = check_int("num_heads", num_heads, low=1)

@@ -42,8 +42,8 @@ class UNet3DBackbone(HPDMBackbone):
         downsample_time: halve time too when going down (only while frames stay even).
         dropout: residual-block dropout.
         levels_per_block, channels, num_classes, text_dim, cond_dim, fusion_mode, use_coords,
-            detach_context: as in `RINBackbone` (`"shallow"` fusion fuses the input
-            convolution's output of every level, before the first stage).
+            detach_context, coarse_prior: as in `RINBackbone` (`"shallow"` fusion fuses the
+            input convolution's output of every level, before the first stage).
 
     Example:
     ```python
@@ -61,13 +61,14 @@ class UNet3DBackbone(HPDMBackbone):
                  num_res_blocks=2, attention_stages=(2,), num_heads=4, groups=8,
                  downsample_time=True, dropout=0.0, levels_per_block="linear", channels=3,
                  num_classes=None, text_dim=None, cond_dim=256, fusion_mode="deep",
-                 use_coords=True, detach_context=False, **kwargs):
+                 use_coords=True, detach_context=False, coarse_prior=False, **kwargs):
         num_stages = len(_check_sequence("channel_multipliers", channel_multipliers))
         super().__init__(pyramid=pyramid, num_blocks=2 * num_stages + 1,
                          levels_per_block=levels_per_block, channels=channels,
                          num_classes=num_classes, text_dim=text_dim, cond_dim=cond_dim,
                          fusion_mode=fusion_mode, use_coords=use_coords,
-                         detach_context=detach_context, **kwargs)
+                         detach_context=detach_context, coarse_prior=coarse_prior,
+                         **kwargs)
         self.base_channels = check_int("base_channels", base_channels, low=1)
         self.channel_multipliers = tuple(
             check_int(f"channel_multipliers[{i}]", m, low=1)
