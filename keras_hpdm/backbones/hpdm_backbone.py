@@ -287,7 +287,8 @@ class HPDMBackbone(keras.Model):
             cond * ops.rsqrt(ops.mean(ops.square(cond), -1, keepdims=True) + 1e-6))]
         if text is not None:
             # The pooled text itself: the noise-level vector carries what the prompt says
-            # about the layout only faintly (one 96-wide MLP shared with the noise level).
+            # about the layout only faintly (it passes one `cond_dim`-wide MLP shared with
+            # the noise level).
             features.append(pooled_text(text))
         prior = self.coarse_prior_map(ops.concatenate(features, axis=-1))
         prior = ops.reshape(prior, (-1, 1) + tuple(out.shape[2:]))
