@@ -172,7 +172,6 @@ class DirectionReadingStub:
 
         self.pyramid = PyramidSpec((4, 16, 16), 3)
         self.backbone = types.SimpleNamespace(text_dim=1, channels=1)
-        self.loss_fn = types.SimpleNamespace(level_weights=None)
         self.phrases = sorted(((p.lower(), mmc.DIRECTIONS.index(name)) for name, ps in
                                mmc._DIRECTION_PHRASES[phrasings].items() for p in ps),
                               key=lambda pd: -len(pd[0]))

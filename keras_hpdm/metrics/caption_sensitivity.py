@@ -95,24 +95,20 @@ def caption_sensitivity(model, num_videos=64, sigmas=(1.0, 2.5, 6.0, 20.0),
     coords = np.stack([p["coords"] for p in pyramids]).astype(np.float32)
     noise = rng.standard_normal(patches.shape).astype(np.float32)
 
-    def level_losses(name, sigma):
-        total = np.zeros(spec.num_levels)
+    def losses_at(name, sigma):
+        """`(overall, per_level)` means over the videos: the loss's own level weighting."""
+        overall, per_level = 0.0, np.zeros(spec.num_levels)
         for start in range(0, num_videos, batch_size):
             rows = slice(start, start + batch_size)
             n = len(patches[rows])
-            _, per_level = model.pyramid_loss(
+            total, levels = model.pyramid_loss(
                 patches[rows], coords[rows], {"text_embeddings": embeddings[name][rows]},
                 np.full((n, spec.num_levels), sigma, np.float32), noise[rows])
-            total += n * np.asarray(keras.ops.convert_to_numpy(per_level), np.float64)
-        return total / num_videos
+            overall += n * float(keras.ops.convert_to_numpy(total))
+            per_level += n * np.asarray(keras.ops.convert_to_numpy(levels), np.float64)
+        return overall / num_videos, per_level / num_videos
 
-    losses = {name: [level_losses(name, s) for s in sigmas] for name in variants}
-    weights = model.loss_fn.level_weights
-    weights = (np.ones(spec.num_levels) if weights is None
-               else np.asarray(weights, np.float64))
-
-    def overall(per_level):
-        return float(np.sum(per_level * weights) / np.sum(weights))
+    losses = {name: [losses_at(name, s) for s in sigmas] for name in variants}
 
     def increase(name, pick):
         return [float(100.0 * (pick(v) / pick(t) - 1.0))
@@ -121,7 +117,7 @@ def caption_sensitivity(model, num_videos=64, sigmas=(1.0, 2.5, 6.0, 20.0),
     others = ("wording",) + FACTS
     return {
         "sigmas": sigmas, "num_videos": num_videos, "phrasings": phrasings,
-        "loss": [overall(t) for t in losses["true"]],
-        "increase": {name: increase(name, overall) for name in others},
-        "increase_level_0": {name: increase(name, lambda v: float(v[0])) for name in others},
+        "loss": [t[0] for t in losses["true"]],
+        "increase": {name: increase(name, lambda v: v[0]) for name in others},
+        "increase_level_0": {name: increase(name, lambda v: float(v[1][0])) for name in others},
     }
