@@ -199,12 +199,13 @@ def continue_from(path, args):
     """A model with the weights of the sampling copy at `path` (which has no EMA or optimizer
     state): an EMA of `--ema-half-life` starting at those weights, a fresh optimizer."""
     from keras_hpdm.cli.generate import load_checkpoint
-    from keras_hpdm.cli.train import compile_model
+    from keras_hpdm.cli.train import compile_model, objective_overrides
     from keras_hpdm.models.growth import copy_weights
 
     trained = load_checkpoint(path)
     model = type(trained).from_config({**trained.get_config(), "ema_decay": None,
-                                       "ema_half_life": args.ema_half_life})
+                                       "ema_half_life": args.ema_half_life,
+                                       **objective_overrides(args)})
     copy_weights(model.backbone.weights, trained.backbone.weights)
     restart_ema(model)
     compile_model(model, args)

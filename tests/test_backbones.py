@@ -1,4 +1,5 @@
 import json
+import math
 import os
 
 import keras
@@ -274,8 +275,9 @@ def rin_parameter_count(config, spec, channels=3, num_classes=None, text_dim=Non
     )
     if num_classes:  # + the null class: into the noise features and as a latent token
         total += (num_classes + 1) * (frequency_dim + dz)
-    if text_dim:
-        total += dense(text_dim, frequency_dim) + dense(text_dim, dz)  # pooled, per token
+    if text_dim:  # attention-pooling queries, pooled -> noise features, tokens -> latents
+        heads = math.gcd(8, text_dim)
+        total += heads * text_dim + dense(text_dim, frequency_dim) + dense(text_dim, dz)
     return total
 
 

@@ -777,14 +777,22 @@ def test_train_init_from_grows_a_run(run_dir, tmp_path, capsys):
 
 
 def test_init_from_with_level_loss_weights_keeps_the_trained_weights(run_dir):
-    """New loss weights rebuild the grown model: its backbone and EMA weights stay the
-    trained ones."""
+    """New loss weights and noise levels rebuild the grown model: its backbone and EMA
+    weights stay the trained ones. Objective flags not given keep the model's own."""
     from keras_hpdm.cli.train import init_model
 
-    args = argparse.Namespace(init_from=str(run_dir), levels=3, optimizer="adam", lr=1e-3,
-                              steps=2, warmup=0, level_loss_weights=[1.0, 1.0, 4.0])
-    model = init_model(args)
     old = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    objective = ("condition_dropout", "p_mean", "p_std", "level_noise_scale")
+    args = argparse.Namespace(init_from=str(run_dir), levels=2, optimizer="adam", lr=1e-3,
+                              steps=2, warmup=0, **dict.fromkeys(objective))
+    kept = init_model(args).get_config()
+    assert {k: kept[k] for k in objective} == {k: old.get_config()[k] for k in objective}
+    given = {"condition_dropout": 0.3, "p_mean": 0.7, "p_std": 0.9, "level_noise_scale": 1.5}
+    assert all(old.get_config()[k] != v for k, v in given.items())
+    args = argparse.Namespace(init_from=str(run_dir), levels=3, optimizer="adam", lr=1e-3,
+                              steps=2, warmup=0, level_loss_weights=[1.0, 1.0, 4.0], **given)
+    model = init_model(args)
+    assert {k: model.get_config()[k] for k in objective} == given
     assert model.loss_fn.level_weights == (1.0, 1.0, 4.0) and model.pyramid.num_levels == 3
     assert args.patch_size == list(old.pyramid.patch_size) and args.channels == 1
     for got, want in ((model.backbone.weights, old.backbone.weights),

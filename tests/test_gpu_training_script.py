@@ -156,3 +156,24 @@ def test_data_workers_run_a_bounded_window_ahead():
     assert len(submitted) == 5 + 3  # consumed + the window, never the endless rest
     assert list(load_script().bounded_imap(Pool(), str, iter(range(4)), window=8)) == [
         "0", "1", "2", "3"]
+
+
+@pytest.mark.skipif(keras.config.backend() != "torch", reason="runs in the torch pass")
+def test_text_pooling_probe_reads_facts_from_new_wordings(tmp_path):
+    """`scripts/text_pooling_probe.py` end to end, small: the digit is named by the same
+    token in every wording ("7", "seven"), so even a short read-out finds it in held-out
+    captions; the frozen pooling is the plain mean (its queries stay zero)."""
+    probe = load_module("text_pooling_probe")
+    out = tmp_path / "probe.json"
+    probe.main(["--fact", "digit", "--train", "400", "--test", "100", "--steps", "150",
+                "--seeds", "0", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["pooling"].split()[0] for r in rows] == ["mean", "attention"]
+    for row in rows:
+        assert row["train"] > 0.9 and row["held_out"] > 0.6, row
+    texts, facts = probe.captions("train", 64, seed=0)
+    tokens = keras_hpdm.conditioning.MiniLMTextEncoder(sequence_length=24).encode(
+        texts)["embeddings"]
+    frozen = probe.probe(tokens, facts[:, 0], 10, attention=False, seed=0, steps=5,
+                         batch_size=16)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(frozen.layers[1].queries), 0.0)

@@ -15,6 +15,7 @@ from keras_hpdm.layers import (
     PatchTokenizer,
     RINBlock,
     SigmaEmbedding,
+    TextAttentionPooling,
     TokenGridMixing,
 )
 from keras_hpdm.layers.deep_context_fusion import relative_boxes
@@ -488,6 +489,38 @@ class NumpyReferenceTest(TestCase):
         condition = np.random.default_rng(4).normal(size=(2, 1, 16)).astype("float32")
         self.assertAllClose(layer(sigma, condition=condition), mlp(features + condition),
                             atol=1e-4, rtol=1e-4)
+
+    def test_text_attention_pooling_matches_numpy(self):
+        rng = np.random.default_rng(8)
+        tokens = rng.normal(size=(3, 5, 6)).astype("float32")
+        tokens[0, 3:] = 0.0  # padding (the encoders zero it)
+        tokens[2] = 0.0  # the null condition
+        layer = TextAttentionPooling(num_heads=2)
+        # Zero queries (the start): the mean of the real tokens, RMS-normalised.
+        mean = np.stack([tokens[0, :3].mean(0), tokens[1].mean(0)]).astype(np.float64)
+        self.assertAllClose(layer(tokens)[:2],
+                            mean / np.sqrt((mean**2).mean(-1, keepdims=True)), atol=1e-5)
+        self.assertAllEqual(layer(tokens)[2], np.zeros(6))
+        randomize(layer, seed=9, scale=2.0)
+        q = n(layer.queries).astype(np.float64)
+        want = []
+        for x in tokens[:2].astype(np.float64):
+            x = x[np.abs(x).sum(-1) > 0]
+            keys = x / np.sqrt((x**2).mean(-1, keepdims=True))
+            weights = special.softmax(keys @ q.T, axis=0)  # (S, heads)
+            pooled = np.concatenate([weights[:, h] @ x[:, 3 * h:3 * h + 3] for h in range(2)])
+            want.append(pooled / np.sqrt((pooled**2).mean()))
+        self.assertAllClose(layer(tokens)[:2], np.stack(want), atol=1e-5, rtol=1e-5)
+        self.assertAllEqual(layer(tokens)[2], np.zeros(6))
+        # A sharp query reads the token it matches, wherever it stands.
+        layer.queries.assign(np.stack([50.0 * tokens[1, 4] / np.abs(tokens[1, 4]).max()] * 2))
+        picked = n(layer(tokens[1:2]))[0]
+        self.assertAllClose(picked, tokens[1, 4] / np.sqrt((tokens[1, 4]**2).mean()),
+                            atol=1e-3)
+        self.run_layer_test(TextAttentionPooling, {"num_heads": 3}, tokens,
+                            expected_output_shape=(3, 6), run_precision_check=False)
+        with pytest.raises(ValueError, match="num_heads"):
+            TextAttentionPooling(4)(tokens)
 
     def test_tokenizer_and_detokenizer_pixel_order(self):
         rng = np.random.default_rng(5)

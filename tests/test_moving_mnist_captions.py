@@ -67,13 +67,23 @@ def test_held_out_phrasings_share_no_wording_with_training():
             train = [p for v in train.values() for p in v]
             held = [p for v in held.values() for p in v]
         assert not set(train) & set(held), name
-    directions = mmc._DIRECTION_PHRASES
-    train = {p for v in directions["train"].values() for p in v}
-    held = {p for v in directions["held_out"].values() for p in v}
-    assert not train & held
-    _, train_captions, _ = data.captioned_moving_mnist(300, seed=0)
-    _, held_captions, _ = data.captioned_moving_mnist(300, seed=0, phrasings="held_out")
-    assert not set(train_captions) & set(held_captions)
+    directions = {name: {p for v in table.values() for p in v}
+                  for name, table in mmc._DIRECTION_PHRASES.items()}
+    assert set(directions) == set(mmc.PHRASINGS)
+    assert not directions["train"] & (directions["held_out"] | directions["compass"])
+    assert not directions["held_out"] & directions["compass"]
+    captions = {phrasings: set(data.captioned_moving_mnist(300, seed=0, phrasings=phrasings)[1])
+                for phrasings in mmc.PHRASINGS}
+    assert not captions["train"] & (captions["held_out"] | captions["compass"])
+    assert not captions["held_out"] & captions["compass"]
+    # Compass captions are the held-out ones with the direction in compass words.
+    for seed in range(5):
+        captions = [data.moving_mnist_caption(7, "up-right", "fast", phrasings=p, seed=seed)
+                    for p in ("compass", "held_out")]
+        stripped = [next(c.replace(p, "<direction>") for p in
+                         mmc._DIRECTION_PHRASES[phrasings]["up-right"] if p in c)
+                    for c, phrasings in zip(captions, ("compass", "held_out"), strict=True)]
+        assert "north-east" in captions[0] and stripped[0] == stripped[1], captions
     # Several phrasings per fact: many distinct captions for the same facts.
     same = [data.moving_mnist_caption(7, "up-right", "fast", seed=s) for s in range(40)]
     assert len(set(same)) >= 10

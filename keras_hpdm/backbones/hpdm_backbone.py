@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import math
 import re
 import shutil
 import textwrap
@@ -14,6 +15,7 @@ from keras_hpdm.checks import check_bool, check_int
 from keras_hpdm.layers.class_embedding import ClassEmbedding
 from keras_hpdm.layers.deep_context_fusion import DeepContextFusion
 from keras_hpdm.layers.sigma_embedding import SigmaEmbedding
+from keras_hpdm.layers.text_attention_pooling import TextAttentionPooling
 from keras_hpdm.pyramid import PyramidSpec
 
 
@@ -32,6 +34,10 @@ def print_notes(lines, print_fn=None, line_length=None):
 # Where context fusion runs: before every block (the paper's DCF), only on the first block's
 # inputs (the paper's "shallow fusion" ablation), or nowhere.
 FUSION_MODES = ("deep", "shallow", "none")
+# Queries that pool a text model's prompt tokens into its condition vector (see
+# `TextAttentionPooling`): a few facts per prompt, each worded a few tokens long. Widths
+# that 8 does not divide get the largest count that divides them.
+TEXT_POOLING_HEADS = 8
 
 
 def fold_levels(x):
@@ -61,13 +67,6 @@ class PyramidPass:
     num_context: int
     context: object
     recorder: list | None
-
-
-def pooled_text(text):
-    """Mean over the tokens of `(B, S, D)` text embeddings, RMS-normalised, float32 `(B, D)`;
-    zero text (the null condition) stays zero."""
-    pooled = ops.mean(ops.cast(text, "float32"), axis=1)
-    return pooled * ops.rsqrt(ops.mean(ops.square(pooled), -1, keepdims=True) + 1e-12)
 
 
 class HPDMBackbone(keras.Model):
@@ -101,7 +100,7 @@ class HPDMBackbone(keras.Model):
         detach_context: the fusions stop gradients into the coarser levels.
         coarse_prior: add to the coarsest level's output (the whole video at patch size) a
             learned linear map of the conditions: the noise-level vector and, for text
-            models, the pooled text embedding. At high noise the best denoiser of that
+            models, the attention-pooled text embedding. At high noise the best denoiser of that
             level outputs the mean video given the condition (where the prompt puts
             things); the blocks reach a condition-dependent layout only slowly (measured:
             captioned Moving MNIST direction, `keras_hpdm.metrics.caption_sensitivity`),
@@ -159,6 +158,10 @@ class HPDMBackbone(keras.Model):
         # Pooled text -> the same feature space, at unit scale (the pooled embedding is
         # RMS-normalised, the kernel starts with unit gain); backbones may also read the
         # tokens.
+        self.text_attention = (
+            TextAttentionPooling(math.gcd(TEXT_POOLING_HEADS, text_dim), name="text_attention")
+            if text_dim else None
+        )
         self.text_pooling = (
             keras.layers.Dense(
                 features, dtype="float32", name="text_pooling",
@@ -184,7 +187,7 @@ class HPDMBackbone(keras.Model):
         if self.num_classes:
             inputs["label"] = keras.KerasTensor((batch_size,), dtype="int32")
         if self.text_dim:
-            inputs["text_embeddings"] = keras.KerasTensor((batch_size, 1, self.text_dim))
+            inputs["text_embeddings"] = keras.KerasTensor((batch_size, 2, self.text_dim))
         return inputs
 
     def build(self, input_shape=None):
@@ -289,7 +292,7 @@ class HPDMBackbone(keras.Model):
             # The pooled text itself: the noise-level vector carries what the prompt says
             # about the layout only faintly (it passes one `cond_dim`-wide MLP shared with
             # the noise level).
-            features.append(pooled_text(text))
+            features.append(self.text_attention(text))
         prior = self.coarse_prior_map(ops.concatenate(features, axis=-1))
         prior = ops.reshape(prior, (-1, 1) + tuple(out.shape[2:]))
         return ops.concatenate([out[:, :1] + prior, out[:, 1:]], axis=1)
@@ -356,7 +359,7 @@ class HPDMBackbone(keras.Model):
         if self.class_embedding is not None:
             condition = ops.cast(self.class_embedding(label), "float32")[:, None, :]
         if self.text_pooling is not None:
-            pooled = self.text_pooling(pooled_text(text))[:, None, :]
+            pooled = self.text_pooling(self.text_attention(text))[:, None, :]
             condition = pooled if condition is None else condition + pooled
         cond = self.sigma_embedding(sigma, condition=condition)
         return ops.cast(cond, self.compute_dtype)

@@ -91,7 +91,7 @@ rin_presets = {
     "t2v": {
         "metadata": {
             "description": "HPDM-T2V (paper: 3.9B parameters, T5-11B text, 4 levels).",
-            "params": 5_475_259_684,
+            "params": 5_475_292_452,
             "params_for": {"patch_size": [16, 48, 64], "channels": 3},
         },
         "config": {**_PAPER, "tokenizer_patch": [1, 3, 4], "data_dim": 1024,

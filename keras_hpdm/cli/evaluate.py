@@ -15,6 +15,7 @@ from keras_hpdm.cli.common import (
     positive_int,
     refuse_overwrite,
 )
+from keras_hpdm.data.moving_mnist_captions import PHRASINGS
 
 SCORES = ("class_accuracy", "digit_accuracy", "direction_accuracy", "still_fraction",
           "frame_accuracy", "persistence", "class_effect", "noise_effect", "fvd",
@@ -46,8 +47,9 @@ def add_parser(sub):
                    help="videos per digit (default: 2)")
     p.add_argument("--videos", type=positive_int, default=20,
                    help="text models: videos (one caption each; default: 20)")
-    p.add_argument("--phrasings", choices=("held_out", "train"), default="held_out",
-                   help="text models: caption wordings (default: held_out, never trained on)")
+    p.add_argument("--phrasings", choices=PHRASINGS, default="held_out",
+                   help="text models: caption wordings (default: held_out, never trained on; "
+                        "compass: held_out with compass words for the direction)")
     p.add_argument("--steps", type=positive_int, nargs="+",
                    help="sampling steps: level 0 (halved per level) or one per level "
                         "(default: the model's)")

@@ -73,7 +73,9 @@ def add_parser(sub):
                         "pretrained:NAME), grown to --levels when that is more than its "
                         "levels (`PatchDiffusionModel.grow`): its architecture, patch size, "
                         "channels and conditioning are kept (--preset, --backbone, "
-                        "--backbone-option and --patch-size do not apply); the optimizer "
+                        "--backbone-option and --patch-size do not apply), and so is its "
+                        "training objective unless --p-mean, --p-std, --level-noise-scale, "
+                        "--level-loss-weights or --condition-dropout is given; the optimizer "
                         "starts fresh")
     g = p.add_argument_group("pyramid and model")
     g.add_argument("--patch-size", type=positive_int, nargs=3, default=[4, 16, 16],
@@ -99,16 +101,16 @@ def add_parser(sub):
                    help="for captions: minilm (bundled), a local keras-hub preset directory, "
                         "or a keras-hub preset name or handle (downloads: needs "
                         "--allow-download; default: minilm)")
-    g.add_argument("--condition-dropout", type=fraction, default=0.1,
+    g.add_argument("--condition-dropout", type=fraction, default=None,
                    help="condition dropout for classifier-free guidance (default: 0.1)")
     g.add_argument("--ema-half-life", type=positive_float, default=500.0,
                    help="EMA half-life in steps (default: 500)")
-    g.add_argument("--p-mean", type=float, default=-1.2,
+    g.add_argument("--p-mean", type=float, default=None,
                    help="mean of log(sigma) at level 0 in training (EDM: -1.2; higher trains "
                         "more at the high noise that decides the layout; default: -1.2)")
-    g.add_argument("--p-std", type=positive_float, default=1.2,
+    g.add_argument("--p-std", type=positive_float, default=None,
                    help="std of log(sigma) in training (default: 1.2)")
-    g.add_argument("--level-noise-scale", type=positive_float, default=2.0,
+    g.add_argument("--level-noise-scale", type=positive_float, default=None,
                    help="sigma multiplier per finer level (default: 2)")
     g.add_argument("--level-loss-weights", type=non_negative_float, nargs="+", metavar="W",
                    help="one loss weight per level, coarsest first (the loss is their "
@@ -279,12 +281,23 @@ def build_model(args, num_classes, captions, text=None):
             raise
         raise CommandError(f"--backbone-option: {e}") from None
     model = keras_hpdm.PatchDiffusionModel(
-        backbone, condition_dropout=args.condition_dropout, text_encoder=text_encoder,
-        ema_half_life=args.ema_half_life, seed=args.seed, p_mean=args.p_mean,
-        p_std=args.p_std, level_noise_scale=args.level_noise_scale,
-        level_loss_weights=getattr(args, "level_loss_weights", None))
+        backbone, text_encoder=text_encoder, ema_half_life=args.ema_half_life,
+        seed=args.seed, **{**OBJECTIVE_DEFAULTS, **objective_overrides(args)})
     compile_model(model, args)
     return model
+
+
+# The training objective's flags: their defaults (those of `PatchDiffusionModel`) apply to a
+# new model; a model continued with --init-from keeps its own unless a flag is given.
+OBJECTIVE_DEFAULTS = {"condition_dropout": 0.1, "p_mean": -1.2, "p_std": 1.2,
+                      "level_noise_scale": 2.0, "level_loss_weights": None}
+
+
+def objective_overrides(args):
+    """The objective flags given on the command line, as `PatchDiffusionModel` config."""
+    given = {name: getattr(args, name, None) for name in OBJECTIVE_DEFAULTS}
+    return {name: list(value) if isinstance(value, (list, tuple)) else value
+            for name, value in given.items() if value is not None}
 
 
 def compile_model(model, args):
@@ -316,13 +329,12 @@ def init_model(args):
     args.patch_size = list(model.pyramid.patch_size)
     args.no_pyramid_time = not model.pyramid.pyramid_time
     args.channels = model.backbone.channels
-    weights = getattr(args, "level_loss_weights", None)
-    if weights is not None:  # a model built with them, the trained weights copied over
+    overrides = objective_overrides(args)
+    if overrides:  # a model built with them, the trained weights copied over
         from keras_hpdm.models.growth import copy_weights
 
         trained = model
-        model = type(model).from_config({**model.get_config(),
-                                         "level_loss_weights": list(weights)})
+        model = type(model).from_config({**model.get_config(), **overrides})
         copy_weights(model.weights, trained.weights)
     compile_model(model, args)
     return model

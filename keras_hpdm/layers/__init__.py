@@ -10,6 +10,7 @@ from keras_hpdm.layers.mlp import MLP
 from keras_hpdm.layers.patch_tokenizer import PatchDetokenizer, PatchTokenizer
 from keras_hpdm.layers.rin_block import RINBlock
 from keras_hpdm.layers.sigma_embedding import SigmaEmbedding
+from keras_hpdm.layers.text_attention_pooling import TextAttentionPooling
 from keras_hpdm.layers.token_grid_mixing import TokenGridMixing
 from keras_hpdm.layers.unet_res_block import UNetResBlock
 from keras_hpdm.layers.upsample3d import Upsample3D
@@ -26,6 +27,7 @@ __all__ = [
     "PatchTokenizer",
     "RINBlock",
     "SigmaEmbedding",
+    "TextAttentionPooling",
     "TokenGridMixing",
     "UNetResBlock",
     "Upsample3D",

@@ -40,7 +40,7 @@ def caption_sensitivity(model, num_videos=64, sigmas=(1.0, 2.5, 6.0, 20.0),
             square grayscale videos (Moving MNIST).
         num_videos: videos (and captions) scored.
         sigmas: noise levels, one loss each (the same at every pyramid level).
-        phrasings: caption wordings, `"held_out"` (default) or `"train"`.
+        phrasings: caption wordings, `"held_out"` (default), `"train"` or `"compass"`.
         seed: seeds the videos, pyramids, changed facts, wordings and noise.
         batch_size: pyramids per loss call.
 

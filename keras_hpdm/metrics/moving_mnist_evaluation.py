@@ -135,7 +135,8 @@ def evaluate_moving_mnist_text(model, num_videos=20, phrasings="held_out", seed=
         model: a text-conditional `PatchDiffusionModel` making grayscale videos of at least
             28x28 pixels (Moving MNIST).
         num_videos: videos to generate (one per caption).
-        phrasings: `"held_out"` (default) or `"train"`.
+        phrasings: `"held_out"` (default), `"train"` or `"compass"` (see
+            `keras_hpdm.data.moving_mnist_caption`).
         seed: seeds the captions (and their real videos) and the generation.
         fvd: also FVD/KVD of the generated videos against the captions' real videos, with
             a second real set beside them (the real/real reference).
