@@ -197,7 +197,8 @@ class Budget(keras.callbacks.Callback):
 
 def continue_from(path, args):
     """A model with the weights of the sampling copy at `path` (which has no EMA or optimizer
-    state): an EMA of `--ema-half-life` starting at those weights, a fresh optimizer."""
+    state): an EMA of `--ema-half-life` starting at those weights, a fresh optimizer, and
+    the file's training objective but for the objective flags given (`--p-mean`, ...)."""
     from keras_hpdm.cli.generate import load_checkpoint
     from keras_hpdm.cli.train import compile_model, objective_overrides
     from keras_hpdm.models.growth import copy_weights

@@ -282,20 +282,21 @@ def build_model(args, num_classes, captions, text=None):
         raise CommandError(f"--backbone-option: {e}") from None
     model = keras_hpdm.PatchDiffusionModel(
         backbone, text_encoder=text_encoder, ema_half_life=args.ema_half_life,
-        seed=args.seed, **{**OBJECTIVE_DEFAULTS, **objective_overrides(args)})
+        seed=args.seed, **objective_overrides(args))
     compile_model(model, args)
     return model
 
 
-# The training objective's flags: their defaults (those of `PatchDiffusionModel`) apply to a
-# new model; a model continued with --init-from keeps its own unless a flag is given.
-OBJECTIVE_DEFAULTS = {"condition_dropout": 0.1, "p_mean": -1.2, "p_std": 1.2,
-                      "level_noise_scale": 2.0, "level_loss_weights": None}
+# The training objective's flags (parsed as None when not given): a new model takes
+# `PatchDiffusionModel`'s defaults for those not given, a model continued with --init-from
+# its own.
+OBJECTIVE_FLAGS = ("condition_dropout", "p_mean", "p_std", "level_noise_scale",
+                   "level_loss_weights")
 
 
 def objective_overrides(args):
     """The objective flags given on the command line, as `PatchDiffusionModel` config."""
-    given = {name: getattr(args, name, None) for name in OBJECTIVE_DEFAULTS}
+    given = {name: getattr(args, name, None) for name in OBJECTIVE_FLAGS}
     return {name: list(value) if isinstance(value, (list, tuple)) else value
             for name, value in given.items() if value is not None}
 

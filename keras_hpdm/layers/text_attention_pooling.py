@@ -67,7 +67,7 @@ class TextAttentionPooling(keras.layers.Layer):
 
     def call(self, tokens):
         tokens = ops.cast(tokens, "float32")
-        batch, length, dim = tokens.shape
+        dim = tokens.shape[-1]
         energy = ops.mean(ops.square(tokens), -1)  # (B, S)
         real = energy > 0
         # Keys at unit scale per token, so a query's size alone sets how sharp it looks.
@@ -75,7 +75,8 @@ class TextAttentionPooling(keras.layers.Layer):
         scores = ops.einsum("bsd,hd->bhs", keys, self.queries)
         scores = ops.where(real[:, None, :], scores, -1e9)
         weights = ops.softmax(scores, axis=-1)  # all-padding rows: uniform over zeros
-        heads = ops.reshape(tokens, (-1, length, self.num_heads, dim // self.num_heads))
+        heads = ops.reshape(tokens, tuple(ops.shape(tokens)[:2])
+                            + (self.num_heads, dim // self.num_heads))
         pooled = ops.reshape(ops.einsum("bhs,bshc->bhc", weights, heads), (-1, dim))
         return pooled * ops.rsqrt(ops.mean(ops.square(pooled), -1, keepdims=True) + 1e-12)
 
