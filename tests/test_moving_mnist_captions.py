@@ -67,6 +67,9 @@ def test_held_out_phrasings_share_no_wording_with_training():
             train = [p for v in train.values() for p in v]
             held = [p for v in held.values() for p in v]
         assert not set(train) & set(held), name
+    from keras_hpdm.cli.evaluate import PHRASINGS as CLI_CHOICES
+
+    assert CLI_CHOICES == mmc.PHRASINGS  # `keras-hpdm evaluate --phrasings`
     directions = {name: {p for v in table.values() for p in v}
                   for name, table in mmc._DIRECTION_PHRASES.items()}
     assert set(directions) == set(mmc.PHRASINGS)

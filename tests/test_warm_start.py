@@ -34,8 +34,9 @@ def test_text_backbone_starts_from_a_class_backbone():
     copied, kept = copy_matching_weights(target, source)
 
     after, trained = values(target.weights), values(source.weights)
-    assert sorted(kept) == ["text_pooling/bias", "text_pooling/kernel",
-                            "text_to_latent/bias", "text_to_latent/kernel"]
+    assert sorted(kept) == ["text_attention/queries", "text_pooling/bias",
+                            "text_pooling/kernel", "text_to_latent/bias",
+                            "text_to_latent/kernel"]
     assert len(copied) + len(kept) == len(target.weights)
     assert len(copied) == len(source.weights) - 2  # all but the two class embeddings
     for path in copied:
