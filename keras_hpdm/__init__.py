@@ -58,6 +58,11 @@ def __getattr__(name):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
 
+    if name in _SUBMODULES and _startup._initializing():
+        # `from keras_hpdm import distribute` inside a module being imported: loading every
+        # module here could come back to that half-made one. Only the submodule asked for;
+        # the Keras-import hook loads the rest once the outermost import ends.
+        return importlib.import_module(f"{__name__}.{name}")
     _load_all()
     if name in _NAMES:
         value = getattr(importlib.import_module(_NAMES[name]), name)

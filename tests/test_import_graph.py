@@ -21,7 +21,10 @@ How imports become edges (module names as Python spells them; a package is its `
 """
 
 import ast
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -158,3 +161,39 @@ def test_reexporting_init_is_not_a_cycle(tmp_path):
     (root / "a.py").write_text("def f():\n    pass\n")
     (root / "b.py").write_text("from pkg import a\nfrom pkg.a import f as g\n")
     assert find_cycles(import_graph(root)) == []
+
+
+def _modules_importing_a_lazy_submodule(root=ROOT):
+    """Modules with `from keras_hpdm import <submodule>` at the top level: the package's
+    `__getattr__` (which loads every module) answers that form when the submodule is not
+    yet loaded."""
+    found = []
+    for module, (path, _) in _modules(root).items():
+        for node in ast.parse(path.read_text()).body:
+            if (isinstance(node, ast.ImportFrom) and not node.level
+                    and node.module == PACKAGE
+                    and any((root / a.name).with_suffix(".py").exists()
+                            or (root / a.name / "__init__.py").exists()
+                            for a in node.names)):
+                found.append(module)
+                break
+    return found
+
+
+@pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "torch") != "torch",
+                    reason="import machinery, not the backend: runs in the torch pass")
+def test_modules_that_import_a_submodule_by_name_import_first():
+    """`python -c "import keras_hpdm.models.backend_quirks"` failed with a circular import:
+    its `from keras_hpdm import distribute` went through the package's lazy `__getattr__`,
+    which loaded every module, back to the half-made one. Each such module is imported
+    first in a fresh interpreter, and the rest still loads (classes registered)."""
+    modules = _modules_importing_a_lazy_submodule()
+    assert "keras_hpdm.models.backend_quirks" in modules
+    for module in modules:
+        code = (f"import {module}, keras, sys\n"
+                "assert 'keras_hpdm.models.patch_diffusion_model' in sys.modules\n"
+                "assert keras.saving.get_registered_object("
+                "'keras_hpdm>PatchDiffusionModel') is not None\n")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, "KERAS_BACKEND": "torch"}, timeout=300)
+        assert proc.returncode == 0, f"{module}:\n{proc.stderr[-1500:]}"

@@ -267,6 +267,14 @@ def test_from_preset_loads_the_bundled_model(monkeypatch):
     assert model.backbone.count_params() == metadata["params"]
     assert "Moving MNIST" in metadata["description"] and "file" not in metadata
     assert model.pyramid.target_size == (16, 64, 64) and model.backbone.num_classes == 10
+    # The text model: the card's parameter count, MiniLM's width, a text encoder it builds
+    # from its config (offline) and a guidance default saved in the file.
+    text = keras_hpdm.PatchDiffusionModel.from_preset("moving_mnist_text")
+    assert text.backbone.count_params() == keras_hpdm.PatchDiffusionModel.presets[
+        "moving_mnist_text"]["params"]
+    assert text.backbone.num_classes is None and text.backbone.text_dim == 384
+    assert text.sampling["guidance_scale"] == 4.0
+    assert text.pyramid == model.pyramid
     with pytest.raises(ValueError, match=r"Unknown pretrained model 'nope'; available: "):
         keras_hpdm.PatchDiffusionModel.from_preset("nope")
     calls = []

@@ -47,6 +47,20 @@ def test_text_backbone_starts_from_a_class_backbone():
     assert any(not np.array_equal(before[p], trained[p]) for p in copied)
 
 
+def test_a_unet_text_backbone_starts_from_a_unet_class_backbone():
+    """Two UNets built in one process share every path but the conditioning layers' (the
+    noise-level MLP's layers were auto-named by a process-wide count, so the second UNet's
+    never matched the first's)."""
+    keras.utils.set_random_seed(0)
+    source = built(UNet3DBackbone.from_preset("tiny", pyramid=SPEC, channels=1,
+                                              num_classes=4))
+    target = built(UNet3DBackbone.from_preset("tiny", pyramid=SPEC, channels=1, text_dim=16))
+    copied, kept = copy_matching_weights(target, source)
+    assert sorted(kept) == ["text_attention/queries", "text_pooling/bias",
+                            "text_pooling/kernel"]
+    assert {"cond_mlp/hidden/kernel", "cond_mlp/out/kernel"} <= set(copied)
+
+
 def test_changed_shapes_stay_and_other_architectures_are_refused():
     keras.utils.set_random_seed(0)
     source = built(RINBackbone.from_preset("tiny", pyramid=SPEC, channels=1, num_classes=4))

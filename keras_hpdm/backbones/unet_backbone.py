@@ -104,9 +104,11 @@ class UNet3DBackbone(HPDMBackbone):
             self.time_down.append(down)
             frames //= 2 if down else 1
         policy = self.dtype_policy
+        # Named: auto-names count the process's Dense layers, so a second UNet built in one
+        # process would have other weight paths (and a warm start would not match them).
         self.cond_mlp = keras.Sequential([
-            keras.layers.Dense(self.cond_dim, activation="silu", dtype=policy),
-            keras.layers.Dense(self.cond_dim, dtype=policy),
+            keras.layers.Dense(self.cond_dim, activation="silu", dtype=policy, name="hidden"),
+            keras.layers.Dense(self.cond_dim, dtype=policy, name="out"),
         ], name="cond_mlp")
         self.conv_in = keras.layers.Conv3D(widths[0], 3, padding="same", dtype=policy,
                                            name="conv_in")

@@ -73,7 +73,9 @@ def add_parser(sub):
                         "skip; default: 0)")
     p.add_argument("--json", help="also write the scores (and the settings) to this file")
     p.add_argument("--card", help="add the scores and settings to this model card (the JSON "
-                                  "`export` writes beside the .keras), under 'evaluation'")
+                                  "`export` writes beside the .keras), under 'evaluation'; "
+                                  "a text model's under 'evaluations' by --phrasings too, "
+                                  "its held-out scores also under 'evaluation'")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0,
                    help="0 silent, 1 progress bars, 2 one line per level (default: 0)")
     p.set_defaults(func=run)
@@ -187,7 +189,10 @@ def run(args):
             json.dump({"checkpoint": args.checkpoint, **record}, f, indent=1)
         print(f"wrote scores: {os.path.abspath(args.json)}")
     if card is not None:
-        card["evaluation"] = record
+        if text:  # a record per wording set; the held-out one is the model's headline
+            card.setdefault("evaluations", {})[args.phrasings] = record
+        if not text or args.phrasings == "held_out":
+            card["evaluation"] = record
         tmp = args.card + ".tmp"
         with open(tmp, "w") as f:
             json.dump(card, f, indent=1)

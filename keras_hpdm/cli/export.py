@@ -7,8 +7,12 @@ import platform
 
 from keras_hpdm.cli.common import (
     CommandError,
+    check_plan,
     checkpoint_inputs,
     guidance,
+    model_config,
+    per_level,
+    positive_int,
     print_outputs,
     refuse_overwrite,
 )
@@ -35,18 +39,23 @@ def add_parser(sub):
                    help="the guidance scale the exported model samples with by default "
                         "(saved as its sampling[\"guidance_scale\"]; default: the "
                         "checkpoint's)")
+    p.add_argument("--steps", type=positive_int, nargs="+", metavar="N",
+                   help="the sampling steps the exported model uses by default: level 0's "
+                        "(halved per finer level) or one per level (saved as its "
+                        "sampling[\"num_steps\"]; default: the checkpoint's)")
     p.set_defaults(func=run)
     return p
 
 
-def sampling_copy(model, use_ema=True, guidance_scale=None):
+def sampling_copy(model, use_ema=True, guidance_scale=None, num_steps=None):
     """A new `PatchDiffusionModel` with `model`'s (EMA) weights and no EMA of its own
-    (sampling with `guidance_scale` by default when given)."""
+    (sampling with `guidance_scale` and `num_steps` by default when given)."""
     from keras_hpdm.models import PatchDiffusionModel
 
     config = {**model.get_config(), "ema_decay": None, "ema_half_life": None}
-    if guidance_scale is not None:
-        config["sampling"] = {**config["sampling"], "guidance_scale": guidance_scale}
+    defaults = {"guidance_scale": guidance_scale, "num_steps": num_steps}
+    config["sampling"] = {**config["sampling"],
+                          **{k: v for k, v in defaults.items() if v is not None}}
     copy = PatchDiffusionModel.from_config(config)
     swap = use_ema and bool(model.ema_weights)
     if swap:
@@ -116,8 +125,13 @@ def run(args):
     refuse_overwrite([args.output, card_path], checkpoint_inputs(args.checkpoint))
     # Everything is read and checked before anything is written.
     card = model_card(args.checkpoint, args.description)
+    steps = per_level(args.steps)
+    config = model_config(args.checkpoint)
+    if steps is not None and config is not None:  # before the weights load
+        check_plan(config, None, num_steps=steps)
     model = load_checkpoint(args.checkpoint)
-    copy = sampling_copy(model, use_ema=not args.live_weights, guidance_scale=args.guidance)
+    copy = sampling_copy(model, use_ema=not args.live_weights, guidance_scale=args.guidance,
+                         num_steps=steps)
     _write_atomically(args.output, copy.save)
     outputs = {"model": args.output}
     if card is not None:
