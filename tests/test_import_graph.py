@@ -167,14 +167,12 @@ def _modules_importing_a_lazy_submodule(root=ROOT):
     """Modules with `from keras_hpdm import <submodule>` at the top level: the package's
     `__getattr__` (which loads every module) answers that form when the submodule is not
     yet loaded."""
-    found = []
-    for module, (path, _) in _modules(root).items():
+    modules, found = _modules(root), []
+    for module, (path, _) in modules.items():
         for node in ast.parse(path.read_text()).body:
             if (isinstance(node, ast.ImportFrom) and not node.level
                     and node.module == PACKAGE
-                    and any((root / a.name).with_suffix(".py").exists()
-                            or (root / a.name / "__init__.py").exists()
-                            for a in node.names)):
+                    and any(f"{PACKAGE}.{a.name}" in modules for a in node.names)):
                 found.append(module)
                 break
     return found
