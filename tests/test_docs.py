@@ -9,8 +9,9 @@ kind of block is never silently left out):
   chains), through the `keras-hpdm` console script's own function (pyproject.toml's
   `[project.scripts]`), in-process, in the torch pass (`SHELL_BACKEND`: the cheapest by
   far), with `--backend` set to it; each command must write what the README says it writes;
-- Python blocks in a fresh interpreter under every backend (the backend is fixed at
-  import), and the shapes their comments promise are checked.
+- Python blocks in a fresh interpreter (the backend is fixed at import): under every
+  backend when the block picks its backend, else once, in the torch pass; the shapes their
+  comments promise are checked.
 
 Long runs are made short by `SUBSTITUTIONS`, one table of (pattern, replacement, why): the
 same commands and calls run, with smaller numbers. A pattern that no longer matches the
@@ -287,6 +288,7 @@ def check_outputs(argv):
 # ~3 minutes under JAX or TensorFlow, which compile every new model (train, resume, train,
 # export, evaluate) and every sampled level.
 SHELL_BACKEND = "torch"
+BACKEND_LINE = re.compile(r'^os\.environ\["KERAS_BACKEND"\] = ', re.M)
 
 
 @pytest.mark.skipif(BACKEND != SHELL_BACKEND, reason=f"runs in the {SHELL_BACKEND} pass")
@@ -367,12 +369,16 @@ def test_readme_size_comments_hold(block):
 
 @pytest.mark.parametrize("block", blocks_of("python"), ids=block_id)
 def test_readme_python_block(block, tmp_path):
+    """The block runs; one that picks its backend (`os.environ["KERAS_BACKEND"] = ...`, the
+    API tour's "same code" promise) runs under every backend, one that does not (the
+    Quickstart's bundled-model call, which tests/test_cli.py's demo tests run under every
+    backend) once, in the shell blocks' pass."""
     _, code = block
+    if not BACKEND_LINE.search(code) and BACKEND != SHELL_BACKEND:
+        pytest.skip(f"backend-free block: runs in the {SHELL_BACKEND} pass")
     script = tmp_path / "readme_block.py"
     script.write_text(substituted("python", code) + "\n" + claims(code))
     env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3")
-    if BACKEND == "torch":  # as tests/conftest.py's single_thread_torch: 27 s -> 20 s here
-        env.setdefault("OMP_NUM_THREADS", "1")
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, (
