@@ -177,3 +177,26 @@ def test_text_pooling_probe_reads_facts_from_new_wordings(tmp_path):
     frozen = probe.probe(tokens, facts[:, 0], 10, attention=False, seed=0, steps=5,
                          batch_size=16)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(frozen.layers[1].queries), 0.0)
+
+
+@pytest.mark.skipif(keras.config.backend() != "torch", reason="runs in the torch pass")
+def test_level0_mean_probe_reads_the_bundled_text_models_layout(tmp_path, capsys):
+    """`scripts/level0_mean_probe.py` on the bundled text model: the data's level-0 videos
+    (and their means per fact) travel in the named sector, fast ones about twice as far as
+    slow ones (a wrong angle convention or axis fails); the model's mean at sigma 20 moves
+    the way training wordings name in most prompts (measured: 97% of 32); a class model is
+    refused."""
+    probe = load_module("level0_mean_probe")
+    out = tmp_path / "probe.json"
+    assert probe.main(["pretrained:moving_mnist_text", "--phrasings", "train", "--videos",
+                       "24", "--sigmas", "20", "--draws", "1", "--json", str(out)]) == 0
+    rows = {r["source"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"data", "data mean", "model, sigma 20"}
+    for source in ("data", "data mean"):
+        assert rows[source]["named_sector"] == 1.0, rows[source]
+        assert 1.6 < rows[source]["travel_fast"] / rows[source]["travel_slow"] < 2.4
+    assert rows["model, sigma 20"]["named_sector"] > 0.6, rows["model, sigma 20"]
+    assert "model, sigma 20" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        probe.main(["pretrained:moving_mnist", "--videos", "2"])
+    assert exit_info.value.code == 2 and "not text-conditional" in capsys.readouterr().err
