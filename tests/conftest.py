@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # generate CLI tests, side by side: torch 181 -> 71 s, tensorflow 225 -> 162 s, jax 213 ->
 # 198 s.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 "
-                      "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+                      "--xla_cpu_multi_thread_eigen=false")
 for _name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
     os.environ.setdefault(_name, "1")
 

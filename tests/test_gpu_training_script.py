@@ -16,6 +16,10 @@ from keras_hpdm.data.moving_mnist import moving_mnist
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_train_moving_mnist.py"
 
 
+# Backend-independent checks of the scripts (the GPU script trains under any backend), in one
+# pass: the torch pass, the shortest of the three.
+torch_pass = pytest.mark.skipif(keras.config.backend() != "torch", reason="runs in the torch pass")
+
 def load_script():
     spec = importlib.util.spec_from_file_location("gpu_train_moving_mnist", SCRIPT)
     module = importlib.util.module_from_spec(spec)
@@ -23,7 +27,7 @@ def load_script():
     return module
 
 
-@pytest.mark.skipif(keras.config.backend() != "jax", reason="numpy only: runs in the jax pass")
+@torch_pass
 @pytest.mark.parametrize("patch_size, levels", [((4, 16, 16), 3), ((2, 16, 16), 2)])
 def test_script_batches_are_the_pyramids_pyramid_spec_cuts(patch_size, levels):
     script = load_script()
@@ -55,7 +59,7 @@ def load_module(name):
     return module
 
 
-@pytest.mark.skipif(keras.config.backend() != "jax", reason="runs in the jax pass")
+@torch_pass
 def test_text_training_from_a_caption_table(tmp_path):
     """The caption table holds every fact's captions as `fit` would encode them; a text
     batch gives each video one of its own facts' captions; the script trains a text model
@@ -105,7 +109,7 @@ def test_text_training_from_a_caption_table(tmp_path):
     assert video.shape == (1, 4, 32, 32, 3)
 
 
-@pytest.mark.skipif(keras.config.backend() != "jax", reason="runs in the jax pass")
+@torch_pass
 def test_text_model_starts_from_a_trained_class_model(tmp_path):
     """`--init-backbone-from`: the new text model's backbone and EMA take the class model's
     shared weights; its text layers stay as built."""
@@ -158,7 +162,7 @@ def test_data_workers_run_a_bounded_window_ahead():
         "0", "1", "2", "3"]
 
 
-@pytest.mark.skipif(keras.config.backend() != "torch", reason="runs in the torch pass")
+@torch_pass
 def test_text_pooling_probe_reads_facts_from_new_wordings(tmp_path):
     """`scripts/text_pooling_probe.py` end to end, small: the digit is named by the same
     token in every wording ("7", "seven"), so even a short read-out finds it in held-out
@@ -179,7 +183,7 @@ def test_text_pooling_probe_reads_facts_from_new_wordings(tmp_path):
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(frozen.layers[1].queries), 0.0)
 
 
-@pytest.mark.skipif(keras.config.backend() != "torch", reason="runs in the torch pass")
+@torch_pass
 def test_level0_mean_probe_reads_the_bundled_text_models_layout(tmp_path, capsys):
     """`scripts/level0_mean_probe.py` on the bundled text model: the data's level-0 videos
     (and their means per fact) travel in the named sector, fast ones about twice as far as
