@@ -28,17 +28,16 @@ from keras_hpdm.data.moving_mnist_captions import DIRECTIONS, PHRASINGS, SPEEDS
 
 
 def level0_videos(spec, videos, channels):
-    """uint8 `(N, T, H, W, 1)` videos -> their level-0 patches in [-1, 1] (box averages)."""
-    n, frames, size = len(videos), spec.target_size[0], spec.target_size[1]
-    kf, kh, kw = spec.level_factor(0)
-    x = videos.astype(np.float32) / 127.5 - 1.0
-    x = x.reshape(n, frames // kf, kf, size // kh, kh, size // kw, kw, 1).mean(axis=(2, 4, 6))
-    return np.repeat(x, channels, axis=-1)
+    """uint8 `(N, T, H, W, 1)` videos -> their level-0 patches in [-1, 1]."""
+    origin = np.zeros((spec.num_levels, 3), np.int64)
+    x = np.stack([spec.extract(video, origin)[0] for video in videos]) / 127.5 - 1.0
+    return np.repeat(x.astype(np.float32), channels, axis=-1)
 
 
 def travel(x):
     """`(N, f, h, w, C)` videos in [-1, 1] -> `(N, 2)` (rows, columns) displacement of the
-    brightness centroid from the first frame to the last."""
+    brightness centroid from the first frame to the last. Brightness-weighted, not
+    thresholded as `keras_hpdm.metrics.motion.digit_centroids`: a mean is a faint blur."""
     weight = np.clip(x.mean(-1) + 1.0, 0.0, None)
     rows, cols = np.mgrid[:x.shape[2], :x.shape[3]]
     total = weight.sum((2, 3)) + 1e-6

@@ -20,6 +20,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_train_moving_mni
 # pass: the torch pass, the shortest of the three.
 torch_pass = pytest.mark.skipif(keras.config.backend() != "torch", reason="runs in the torch pass")
 
+
 def load_script():
     spec = importlib.util.spec_from_file_location("gpu_train_moving_mnist", SCRIPT)
     module = importlib.util.module_from_spec(spec)
