@@ -9,7 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # op's thread pool spin-waits for cores the other processes hold: one thread per process
 # (set before any backend is imported; subprocesses inherit it). Measured on the demo and
 # generate CLI tests, side by side: torch 181 -> 71 s, tensorflow 225 -> 162 s, jax 213 ->
-# 198 s.
+# 198 s; the whole suite about as long as before (its multi-process tests took longer).
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 "
                       "--xla_cpu_multi_thread_eigen=false")
 for _name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
