@@ -9,10 +9,12 @@ sector, and how far it travels (level-0 pixels, first frame to last) per speed. 
 that follows the prompt only partly falls back towards the unconditional mean, which does
 not move. `--text-tokens off` zeroes the text tokens' own path into the backbone (RIN's
 `text_to_latent`), so that only the pooled text conditions the model: which path carries
-the layout. Prints a table and writes JSON.
+the layout. `--by-wording` adds the share per direction wording: which wordings the model
+does not follow. Prints a table and writes JSON.
 
     python scripts/level0_mean_probe.py pretrained:moving_mnist_text \
         [--phrasings train held_out] [--videos 256] [--sigmas 20 5] [--text-tokens off]
+        [--by-wording]
 """
 
 import argparse
@@ -24,7 +26,12 @@ import numpy as np
 
 from keras_hpdm.cli.generate import load_checkpoint
 from keras_hpdm.data import captioned_moving_mnist
-from keras_hpdm.data.moving_mnist_captions import DIRECTIONS, PHRASINGS, SPEEDS
+from keras_hpdm.data.moving_mnist_captions import (
+    _DIRECTION_PHRASES,
+    DIRECTIONS,
+    PHRASINGS,
+    SPEEDS,
+)
 
 
 def level0_videos(spec, videos, channels):
@@ -46,16 +53,37 @@ def travel(x):
     return centre[:, -1] - centre[:, 0]
 
 
-def scores(x, facts):
-    """The share of videos moving in their named sector and the mean travel per speed."""
+def in_named_sector(x, facts):
+    """Per video: does it travel in its named direction's 45-degree sector?"""
     shift = travel(x)
     angle = np.arctan2(shift[:, 1], -shift[:, 0])  # clockwise from up, as DIRECTIONS
-    sector = np.round(angle / (np.pi / 4)).astype(int) % len(DIRECTIONS)
-    distance = np.linalg.norm(shift, axis=1)
-    out = {"named_sector": float(np.mean(sector == facts["direction"]))}
+    return np.round(angle / (np.pi / 4)).astype(int) % len(DIRECTIONS) == facts["direction"]
+
+
+def scores(x, facts):
+    """The share of videos moving in their named sector and the mean travel per speed."""
+    distance = np.linalg.norm(travel(x), axis=1)
+    out = {"named_sector": float(np.mean(in_named_sector(x, facts)))}
     for i, speed in enumerate(SPEEDS):
         out[f"travel_{speed}"] = float(distance[facts["speed"] == i].mean())
     return out
+
+
+def direction_wording(caption, direction, phrasings):
+    """The wording of `direction` (an index) that `caption` uses: the longest of the
+    `phrasings` set's wordings of that direction found in it."""
+    wordings = _DIRECTION_PHRASES[phrasings][DIRECTIONS[direction]]
+    return max((w for w in wordings if w in caption.lower()), key=len)
+
+
+def by_wording(ok, captions, facts, phrasings):
+    """`{wording: [prompts in the named sector, prompts]}`, worst share first."""
+    counts = {}
+    for hit, caption, direction in zip(ok, captions, facts["direction"], strict=True):
+        count = counts.setdefault(direction_wording(caption, direction, phrasings), [0, 0])
+        count[0] += int(hit)
+        count[1] += 1
+    return dict(sorted(counts.items(), key=lambda item: item[1][0] / item[1][1]))
 
 
 def conditional_means(model, x0, captions, sigma, draws, seed):
@@ -82,6 +110,9 @@ def main(argv=None):
     p.add_argument("--draws", type=int, default=4, help="noise draws averaged per prompt")
     p.add_argument("--text-tokens", choices=("on", "off"), default="on")
     p.add_argument("--seed", type=int, default=1, help="videos and captions (default: 1)")
+    p.add_argument("--by-wording", action="store_true",
+                   help="also the named-sector share per direction wording (first sigma): "
+                        "which wordings the model does not follow")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)
     if args.videos < 1 or args.draws < 1:
@@ -95,7 +126,7 @@ def main(argv=None):
             p.error(f"--text-tokens off: {type(model.backbone).__name__} has no text_to_latent")
         to_latent.kernel.assign(np.zeros(to_latent.kernel.shape, "float32"))
     spec = model.pyramid
-    rows = []
+    rows, wordings = [], {}
     for phrasings in args.phrasings:
         videos, captions, facts = captioned_moving_mnist(
             args.videos, num_frames=spec.target_size[0], size=spec.target_size[1],
@@ -111,6 +142,9 @@ def main(argv=None):
             got = conditional_means(model, x0, captions, sigma, args.draws, args.seed)
             rows.append({"phrasings": phrasings, "source": f"model, sigma {sigma:g}",
                          **scores(got, facts)})
+            if args.by_wording and sigma == args.sigmas[0]:
+                wordings[phrasings] = by_wording(in_named_sector(got, facts), captions, facts,
+                                                 phrasings)
     header = ["phrasings", "source", "named_sector"] + [f"travel_{s}" for s in SPEEDS]
     print(f"text tokens {args.text_tokens}, {args.videos} prompts per set, "
           f"{args.draws} noise draws")
@@ -118,9 +152,15 @@ def main(argv=None):
     for row in rows:
         print(" | ".join(f"{row[k]:.3f}" if isinstance(row[k], float) else row[k]
                          for k in header))
+    for phrasings, counts in wordings.items():
+        print(f"\n{phrasings} wordings, model at sigma {args.sigmas[0]:g}: named sector | "
+              "prompts | wording")
+        for wording, (hits, total) in counts.items():
+            print(f"{hits / total:.3f} | {total} | {wording}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"settings": vars(args), "rows": rows}, f, indent=1)
+            json.dump({"settings": vars(args), "rows": rows, "by_wording": wordings}, f,
+                      indent=1)
     return 0
 
 

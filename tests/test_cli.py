@@ -17,16 +17,13 @@ import pytest
 from PIL import Image
 
 from keras_hpdm.cli import main
+from tests.markers import one_pass_only
 
 DATA = "builtin:moving_mnist?num_videos=16&num_frames=8&size=32"
 TRAIN = ["train", DATA, "--labels", "auto", "--channels", "1", "--patch-size", "2", "8", "8",
          "--levels", "2", "--batch-size", "2", "--log-every", "2", "--save-every", "2",
          "--backbone-option", "num_latents=4", "--verbose", "0"]
 FAST = ["--steps", "2", "2", "--tile-batch-size", "64", "--verbose", "0"]
-# For what does not depend on the backend (argument checks, file checks before Keras).
-# Run once, in the torch pass: the shortest (scripts/test.sh runs the passes side by side).
-one_pass_only = pytest.mark.skipif(keras.config.backend() != "torch",
-                                   reason="backend-independent: runs in the torch pass")
 
 
 def run_cli(*argv):
@@ -848,6 +845,33 @@ def test_init_from_with_level_loss_weights_keeps_the_trained_weights(run_dir):
         for a, b in zip(got, want, strict=True):
             np.testing.assert_array_equal(keras.ops.convert_to_numpy(a),
                                           keras.ops.convert_to_numpy(b), err_msg=a.path)
+
+
+def test_init_from_a_sampling_copy_starts_an_ema(run_dir, tmp_path):
+    """An exported or bundled model keeps no EMA: `--init-from` it gives the new run one of
+    `--ema-half-life`, starting at the trained weights (else it sampled from the live,
+    noisy weights). A run's own checkpoint keeps its EMA as it was."""
+    from keras_hpdm.cli.export import sampling_copy
+    from keras_hpdm.cli.train import init_model
+
+    old = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    path = tmp_path / "exported.keras"
+    sampling_copy(old).save(path)
+    args = argparse.Namespace(init_from=str(path), levels=3, optimizer="adam", lr=1e-3,
+                              steps=2, warmup=0, ema_half_life=123.0)
+    model = init_model(args)
+    assert model.ema_half_life == 123.0 and model.pyramid.num_levels == 3
+    exported = sampling_copy(old).backbone.trainable_weights  # the run's EMA weights
+    for got in (model.backbone.trainable_weights, model.ema_weights):
+        for a, b in zip(got, exported, strict=True):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(a),
+                                          keras.ops.convert_to_numpy(b))
+    args.init_from = str(run_dir)
+    kept = init_model(args)
+    assert kept.ema_half_life == old.ema_half_life != 123.0
+    for a, b in zip(kept.ema_weights, old.ema_weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a),
+                                      keras.ops.convert_to_numpy(b))
 
 
 def test_clips_per_file_is_refused_where_nothing_is_decoded(tmp_path, capsys):

@@ -5,8 +5,11 @@ import json
 import os
 import re
 
+import keras
 import numpy as np
 from PIL import Image
+
+from tests.markers import one_pass_only
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 
@@ -171,3 +174,37 @@ def test_generate_high_resolution_quick(tmp_path, single_thread_torch):
     assert summary["levels"] == result["levels"]
     with Image.open(tmp_path / "levels.png") as sheet:
         assert sheet.size[0] > 2 * sheet.size[1]  # two canvases side by side
+
+
+# ----------------------------------------------------- grow_to_high_resolution.py
+@one_pass_only  # grow, fit, generate: tests/test_growth.py runs them on every backend
+def test_grow_to_high_resolution_quick(tmp_path):
+    example = load_example("grow_to_high_resolution")
+    result = example.main(["--quick", "--output", str(tmp_path)])
+    assert result["old_levels_identical"] is True
+    assert result["target_size"] == {"before": [4, 32, 32], "after": [8, 64, 64]}
+    assert result["levels_per_block"] == {"before": [1, 2], "after": [1, 3]}
+    rows = result["held_out_loss"]
+    assert [r["step"] for r in rows] == [0, 1, 2] and all(len(r["levels"]) == 3 for r in rows)
+    assert np.isfinite([r["levels"] for r in rows]).all()
+    assert rows[2]["levels"] != rows[0]["levels"]  # the EMA weights moved
+    # Fixed noise: the same weights give the same held-out loss, call after call.
+    model = result["model"]
+    batch = example.held_out_pyramids(
+        model.pyramid, *example.twice_the_resolution(model.pyramid, 3, seed=5), seed=0)
+    assert example.level_losses(model, batch) == example.level_losses(model, batch)
+    assert result["samples"].shape == (10, 8, 64, 64, 3)
+    scores = result["digit_scores"]
+    assert list(scores) == ["before growing", "grown, not fine-tuned", "grown and fine-tuned"]
+    assert [row["size"] for row in scores.values()] == [[4, 32, 32], [8, 64, 64], [8, 64, 64]]
+    assert all(0 <= row["class_accuracy"] <= 1 and "videos" not in row
+               for row in scores.values())
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["held_out_loss"] == rows and report["steps"] == 2
+    assert report["ema_half_life"] == 500.0  # the model kept none: fine-tuning started one
+    loaded = keras.saving.load_model(tmp_path / "grown.keras")
+    assert loaded.pyramid.num_levels == 3 and not loaded.ema_weights
+    with Image.open(tmp_path / "loss.png") as plot:
+        assert plot.size == (640, 360)
+    assert {os.path.basename(p) for p in report["files"].values()} == {
+        "samples.mp4", "samples.gif", "samples.png", "loss.png"}

@@ -21,7 +21,6 @@ import os
 import re
 from unittest import mock
 
-import keras
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -44,10 +43,7 @@ from keras_hpdm.diffusion.samplers import SAMPLERS
 from keras_hpdm.diffusion.schedules import MAX_NUM_STEPS
 from keras_hpdm.layers import CropResample, DeepContextFusion, PatchDetokenizer, PatchTokenizer
 from keras_hpdm.pyramid import MAX_TARGET_SIZE, MAX_TARGET_VOXELS
-
-# Run once, in the torch pass: the shortest (scripts/test.sh runs the passes side by side).
-one_pass_only = pytest.mark.skipif(keras.config.backend() != "torch",
-                                   reason="backend-independent: runs in the torch pass")
+from tests.markers import one_pass_only
 
 
 def fuzz(max_examples, deadline=None):

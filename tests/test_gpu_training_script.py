@@ -12,13 +12,9 @@ import pytest
 
 import keras_hpdm
 from keras_hpdm.data.moving_mnist import moving_mnist
+from tests.markers import one_pass_only
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_train_moving_mnist.py"
-
-
-# Backend-independent checks of the scripts (the GPU script trains under any backend), in one
-# pass: the torch pass, the shortest of the three.
-torch_pass = pytest.mark.skipif(keras.config.backend() != "torch", reason="runs in the torch pass")
 
 
 def load_script():
@@ -28,7 +24,7 @@ def load_script():
     return module
 
 
-@torch_pass
+@one_pass_only
 @pytest.mark.parametrize("patch_size, levels", [((4, 16, 16), 3), ((2, 16, 16), 2)])
 def test_script_batches_are_the_pyramids_pyramid_spec_cuts(patch_size, levels):
     script = load_script()
@@ -60,7 +56,7 @@ def load_module(name):
     return module
 
 
-@torch_pass
+@one_pass_only
 def test_text_training_from_a_caption_table(tmp_path):
     """The caption table holds every fact's captions as `fit` would encode them; a text
     batch gives each video one of its own facts' captions; the script trains a text model
@@ -110,7 +106,7 @@ def test_text_training_from_a_caption_table(tmp_path):
     assert video.shape == (1, 4, 32, 32, 3)
 
 
-@torch_pass
+@one_pass_only
 def test_text_model_starts_from_a_trained_class_model(tmp_path):
     """`--init-backbone-from`: the new text model's backbone and EMA take the class model's
     shared weights; its text layers stay as built."""
@@ -163,7 +159,7 @@ def test_data_workers_run_a_bounded_window_ahead():
         "0", "1", "2", "3"]
 
 
-@torch_pass
+@one_pass_only
 def test_text_pooling_probe_reads_facts_from_new_wordings(tmp_path):
     """`scripts/text_pooling_probe.py` end to end, small: the digit is named by the same
     token in every wording ("7", "seven"), so even a short read-out finds it in held-out
@@ -184,7 +180,7 @@ def test_text_pooling_probe_reads_facts_from_new_wordings(tmp_path):
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(frozen.layers[1].queries), 0.0)
 
 
-@torch_pass
+@one_pass_only
 def test_level0_mean_probe_reads_the_bundled_text_models_layout(tmp_path, capsys):
     """`scripts/level0_mean_probe.py` on the bundled text model: the data's level-0 videos
     (and their means per fact) travel in the named sector, fast ones about twice as far as
@@ -194,8 +190,17 @@ def test_level0_mean_probe_reads_the_bundled_text_models_layout(tmp_path, capsys
     probe = load_module("level0_mean_probe")
     out = tmp_path / "probe.json"
     assert probe.main(["pretrained:moving_mnist_text", "--phrasings", "train", "--videos",
-                       "24", "--sigmas", "20", "--draws", "1", "--json", str(out)]) == 0
-    rows = {r["source"]: r for r in json.loads(out.read_text())["rows"]}
+                       "24", "--sigmas", "20", "--draws", "1", "--by-wording", "--json",
+                       str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = {r["source"]: r for r in result["rows"]}
+    # Per wording: every prompt counted once under a training wording of its direction,
+    # and the shares add up to the overall one.
+    counts = result["by_wording"]["train"]
+    assert sum(total for _, total in counts.values()) == 24
+    assert set(counts) <= {w for ws in probe._DIRECTION_PHRASES["train"].values() for w in ws}
+    assert sum(hits for hits, _ in counts.values()) / 24 == rows["model, sigma 20"][
+        "named_sector"]
     assert set(rows) == {"data", "data mean", "model, sigma 20"}
     for source in ("data", "data mean"):
         assert rows[source]["named_sector"] == 1.0, rows[source]

@@ -55,8 +55,9 @@ def add_parser(sub):
         "KERAS_DISTRIBUTION_NUM_PROCESSES=2 \\\n"
         "      KERAS_DISTRIBUTION_PROCESS_ID=0 keras-hpdm train videos/ --distributed "
         "--batch-size 64 --out runs/big   # on every host, its own id\n"
-        "  keras-hpdm train 'builtin:moving_mnist?num_frames=32&size=128' --labels auto \\\n"
-        "      --init-from pretrained:moving_mnist --levels 4 --out runs/grown",
+        "  keras-hpdm train 'builtin:moving_mnist?num_frames=32&size=128&digit_size=56&"
+        "speed=0.05' \\\n      --labels auto --init-from pretrained:moving_mnist --levels 4 "
+        "--out runs/grown   # grown to twice the resolution",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("data", nargs="?",
@@ -76,7 +77,8 @@ def add_parser(sub):
                         "--backbone-option and --patch-size do not apply), and so is its "
                         "training objective unless --p-mean, --p-std, --level-noise-scale, "
                         "--level-loss-weights or --condition-dropout is given; the optimizer "
-                        "starts fresh")
+                        "starts fresh, and so does the EMA (--ema-half-life) for a model "
+                        "that keeps none (exported, pretrained)")
     g = p.add_argument_group("pyramid and model")
     g.add_argument("--patch-size", type=positive_int, nargs=3, default=[4, 16, 16],
                    metavar=("F", "H", "W"), help="patch size (default: 4 16 16)")
@@ -331,12 +333,19 @@ def init_model(args):
     args.no_pyramid_time = not model.pyramid.pyramid_time
     args.channels = model.backbone.channels
     overrides = objective_overrides(args)
+    fresh_ema = not model.ema_weights and getattr(args, "ema_half_life", None) is not None
+    if fresh_ema:  # a sampling copy (exported, pretrained) keeps none: averaging restarts
+        overrides.update(ema_decay=None, ema_half_life=args.ema_half_life)
     if overrides:  # a model built with them, the trained weights copied over
         from keras_hpdm.models.growth import copy_weights
 
         trained = model
         model = type(model).from_config({**model.get_config(), **overrides})
-        copy_weights(model.weights, trained.weights)
+        if fresh_ema:
+            copy_weights(model.backbone.weights, trained.backbone.weights)
+            copy_weights(model.ema_weights, model.backbone.trainable_weights)
+        else:
+            copy_weights(model.weights, trained.weights)
     compile_model(model, args)
     return model
 
