@@ -45,7 +45,7 @@ import numpy as np
 
 from keras_hpdm.backbones import RINBackbone
 from keras_hpdm.cli.export import sampling_copy
-from keras_hpdm.media import save_png, save_videos
+from keras_hpdm.media import plot_curves, save_videos
 from keras_hpdm.metrics import digit_video_scores
 from keras_hpdm.models.growth import copy_weights
 
@@ -70,8 +70,9 @@ def held_out_pyramids(spec, videos, labels, seed):
 
 def level_losses(model, batch, seed=0, batch_size=16):
     """Every level's EDM-weighted denoising loss on `batch` at noise drawn once from the
-    model's training distribution (`seed`): the same draws at every call, so two calls
-    differ only by the weights. Returns a list, coarsest level first."""
+    model's training distribution (`LevelNoiseDistribution`'s formula, drawn by NumPy from
+    `seed`: the same draws at every call and on every backend), so two calls differ only
+    by the weights. Returns a list, coarsest level first."""
     patches = batch["patches"]
     n, num_levels = patches.shape[:2]
     rng = np.random.default_rng(seed)
@@ -114,39 +115,6 @@ class HeldOutLoss(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.record((epoch + 1) * self.steps_per_epoch)
-
-
-def plot_losses(path, rows):
-    """Held-out loss per level over the steps, one line per level (PIL, no matplotlib)."""
-    from PIL import Image, ImageDraw
-
-    from keras_hpdm.media import LEVEL_COLORS
-
-    width, height, margin = 640, 360, 50
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    steps = [r["step"] for r in rows]
-    values = np.array([r["levels"] for r in rows])
-    low, high = values.min() * 0.95, values.max() * 1.05
-    span = max(steps[-1] - steps[0], 1)
-
-    def xy(step, value):
-        return (margin + (step - steps[0]) / span * (width - 2 * margin),
-                height - margin - (value - low) / (high - low) * (height - 2 * margin))
-
-    draw.rectangle([margin, margin, width - margin, height - margin], outline="black")
-    for level in range(values.shape[1]):
-        color = LEVEL_COLORS[level % len(LEVEL_COLORS)]
-        draw.line([xy(s, v) for s, v in zip(steps, values[:, level], strict=True)],
-                  fill=color, width=2)
-        draw.text((width - margin + 4, margin + 14 * level), f"level {level}", fill=color)
-    draw.text((margin, 8), "held-out loss per level (fixed noise) over fine-tuning steps",
-              fill="black")
-    draw.text((margin, height - margin + 6), f"step {steps[0]}", fill="black")
-    draw.text((width - margin - 60, height - margin + 6), f"step {steps[-1]}", fill="black")
-    draw.text((4, margin - 14), f"{high:.3f}", fill="black")
-    draw.text((4, height - margin), f"{low:.3f}", fill="black")
-    return save_png(path, np.asarray(image))
 
 
 def halved(videos):
@@ -278,7 +246,11 @@ def main(argv=None):
     for row in scores.values():
         row.pop("videos", None)
     files = save_videos(os.path.join(args.output, "samples"), samples)  # mp4, gif, png
-    loss_plot = plot_losses(os.path.join(args.output, "loss.png"), held.rows)
+    loss_plot = plot_curves(
+        os.path.join(args.output, "loss.png"), [r["step"] for r in held.rows],
+        {f"level {level}": [r["levels"][level] for r in held.rows]
+         for level in range(spec.num_levels)},
+        "held-out loss per level (fixed noise) while fine-tuning the grown model")
     report = {
         "init_from": "tiny (quick)" if args.quick else args.init_from,
         "target_size": {"before": list(model.pyramid.target_size),

@@ -32,9 +32,7 @@ import keras
 import numpy as np
 
 from keras_hpdm.backbones import RINBackbone
-from keras_hpdm.media import contact_sheet, save_png
-
-LEVEL_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+from keras_hpdm.media import contact_sheet, plot_curves, save_png
 
 
 def load_clip(path, target_size, start=0, stride=2):
@@ -74,66 +72,6 @@ class TimeBudget(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if time.time() - self.start > self.seconds:
             self.model.stop_training = True
-
-
-def plot_losses(path, steps, curves, title):
-    """Line plot of `curves` ({name: values}) against `steps`, as a PNG."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return _plot_with_pil(path, steps, curves, title)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for (name, values), color in zip(curves.items(), LEVEL_COLORS, strict=False):
-        ax.plot(steps, values, label=name, color=color, lw=2 if name == "loss" else 1)
-    ax.set(xlabel="step", ylabel="EDM loss", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def _plot_with_pil(path, steps, curves, title, size=(700, 400), margin=(60, 20, 30, 40)):
-    from PIL import Image, ImageDraw
-
-    left, right, top, bottom = margin
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    x0, x1, y0, y1 = left, size[0] - right, top, size[1] - bottom
-    values = np.concatenate([np.asarray(v, np.float64) for v in curves.values()])
-    lo, hi = float(values.min()), float(values.max())
-    hi = hi if hi > lo else lo + 1.0
-    s_lo, s_hi = float(min(steps)), float(max(steps))
-    s_hi = s_hi if s_hi > s_lo else s_lo + 1.0
-
-    def xy(step, value):
-        return (x0 + (step - s_lo) / (s_hi - s_lo) * (x1 - x0),
-                y1 - (value - lo) / (hi - lo) * (y1 - y0))
-
-    draw.rectangle([x0, y0, x1, y1], outline="black")
-    for i in range(5):  # value ticks
-        value = lo + (hi - lo) * i / 4
-        y = xy(s_lo, value)[1]
-        draw.line([x0 - 4, y, x0, y], fill="black")
-        draw.text((4, y - 6), f"{value:.3f}", fill="black")
-    for step in (s_lo, (s_lo + s_hi) / 2, s_hi):
-        x = xy(step, lo)[0]
-        draw.text((x - 10, y1 + 6), f"{step:.0f}", fill="black")
-    draw.text((x0, 4), f"{title}   (x: step, y: EDM loss)", fill="black")
-    for i, ((name, vals), color) in enumerate(zip(curves.items(), LEVEL_COLORS, strict=False)):
-        points = [xy(s, v) for s, v in zip(steps, vals, strict=True)]
-        if len(points) > 1:
-            draw.line(points, fill=color, width=2 if name == "loss" else 1)
-        else:
-            draw.ellipse([points[0][0] - 2, points[0][1] - 2, points[0][0] + 2,
-                          points[0][1] + 2], fill=color)
-        draw.text((x1 - 110, y0 + 6 + 14 * i), name, fill=color)
-    image.save(path)
-    return path
 
 
 def parse_args(argv):
@@ -191,7 +129,7 @@ def main(argv=None):
     os.makedirs(args.output, exist_ok=True)
     curves = {"loss": losses["loss"]}
     curves.update({f"level {lv}": losses[f"loss_level_{lv}"] for lv in range(spec.num_levels)})
-    plot = plot_losses(os.path.join(args.output, "loss.png"), steps, curves,
+    plot = plot_curves(os.path.join(args.output, "loss.png"), steps, curves,
                        f"HPDM ({args.preset}) on one clip, {keras.config.backend()}")
     print(f"loss curve: {plot}")
     model.save(os.path.join(args.output, "model.keras"))

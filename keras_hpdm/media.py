@@ -183,3 +183,68 @@ def levels_sheet(canvases, sample=0, frame=None, height=None):
     for tile in tiles[1:]:
         row += [gap, tile]
     return np.concatenate(row, axis=1)
+
+
+# Line colours of `plot_curves` (matplotlib's first five).
+CURVE_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+
+
+def plot_curves(path, steps, curves, title, ylabel="EDM loss"):
+    """Line plot of `curves` (`{name: values}`, one value per step; a curve named `"loss"`
+    drawn thicker) against `steps`, as a PNG at `path` (matplotlib when installed, else
+    PIL). Returns `path`."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return _plot_curves_with_pil(path, steps, curves, title, ylabel)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for (name, values), color in zip(curves.items(), CURVE_COLORS, strict=False):
+        ax.plot(steps, values, label=name, color=color, lw=2 if name == "loss" else 1)
+    ax.set(xlabel="step", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _plot_curves_with_pil(path, steps, curves, title, ylabel="EDM loss", size=(700, 400),
+                          margin=(60, 20, 30, 40)):
+    left, right, top, bottom = margin
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    x0, x1, y0, y1 = left, size[0] - right, top, size[1] - bottom
+    values = np.concatenate([np.asarray(v, np.float64) for v in curves.values()])
+    lo, hi = float(values.min()), float(values.max())
+    hi = hi if hi > lo else lo + 1.0
+    s_lo, s_hi = float(min(steps)), float(max(steps))
+    s_hi = s_hi if s_hi > s_lo else s_lo + 1.0
+
+    def xy(step, value):
+        return (x0 + (step - s_lo) / (s_hi - s_lo) * (x1 - x0),
+                y1 - (value - lo) / (hi - lo) * (y1 - y0))
+
+    draw.rectangle([x0, y0, x1, y1], outline="black")
+    for i in range(5):  # value ticks
+        value = lo + (hi - lo) * i / 4
+        y = xy(s_lo, value)[1]
+        draw.line([x0 - 4, y, x0, y], fill="black")
+        draw.text((4, y - 6), f"{value:.3f}", fill="black")
+    for step in (s_lo, (s_lo + s_hi) / 2, s_hi):
+        x = xy(step, lo)[0]
+        draw.text((x - 10, y1 + 6), f"{step:.0f}", fill="black")
+    draw.text((x0, 4), f"{title}   (x: step, y: {ylabel})", fill="black")
+    for i, ((name, vals), color) in enumerate(zip(curves.items(), CURVE_COLORS, strict=False)):
+        points = [xy(s, v) for s, v in zip(steps, vals, strict=True)]
+        if len(points) > 1:
+            draw.line(points, fill=color, width=2 if name == "loss" else 1)
+        else:
+            draw.ellipse([points[0][0] - 2, points[0][1] - 2, points[0][0] + 2,
+                          points[0][1] + 2], fill=color)
+        draw.text((x1 - 110, y0 + 6 + 14 * i), name, fill=color)
+    image.save(path)
+    return path
