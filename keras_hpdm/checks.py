@@ -143,6 +143,17 @@ def check_guidance_scale(value, name="guidance_scale"):
     return check_number(name, value, low=0.0)
 
 
+def check_guidance_scales(value, num_levels, name="guidance_scale"):
+    """A guidance weight (`check_guidance_scale`) for all levels, or one per level: a
+    sequence of `num_levels` of them. Returns the list, one per level."""
+    if sequence_length(value) is None:  # one number (or not one: the check names it)
+        return [check_guidance_scale(value, name)] * num_levels
+    if sequence_length(value) != num_levels:
+        raise ValueError(f"`{name}` must be a finite number >= 0 or {num_levels} of them (one "
+                         f"per level), got {value!r}.")
+    return [check_guidance_scale(w, f"{name}[{lv}]") for lv, w in enumerate(value)]
+
+
 def condition_items(conditions):
     """`conditions` (one or a sequence) as a list; any other number is a bad class id."""
     if isinstance(conditions, (str, bytes, numbers.Number)) or (
@@ -169,12 +180,13 @@ def check_conditions(conditions, num_classes, text_dim, guidance_scale=1.0, num_
         class ids, one per sample (a single condition repeated `num_samples` times).
     """
     num_samples = check_int("num_samples", num_samples, low=1, allow_none=True)
-    guidance_scale = check_guidance_scale(guidance_scale)
+    scales = check_guidance_scales(guidance_scale, sequence_length(guidance_scale) or 1)
+    guided = any(w != 1.0 for w in scales)
     conditional = bool(num_classes or text_dim)
-    if guidance_scale != 1.0 and not conditional:
+    if guided and not conditional:
         raise ValueError("`guidance_scale` != 1 needs a class- or text-conditional model.")
     if conditions is None:
-        if guidance_scale != 1.0:
+        if guided:
             raise ValueError("`guidance_scale` != 1 needs `conditions` to guide towards.")
         return num_samples or 1, None
     items = condition_items(conditions)

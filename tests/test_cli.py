@@ -310,8 +310,14 @@ def test_export_keeps_the_ema_samples(run_dir, tmp_path):
     assert run_cli("export", run_dir, stepped, "--steps", 3, 2, "--guidance", 2) == 0
     sampling = keras.saving.load_model(stepped, compile=False).sampling
     assert sampling["num_steps"] == [3, 2] and sampling["guidance_scale"] == 2.0
-    assert run_cli("export", run_dir, tmp_path / "bad.keras", "--steps", 3, 2, 1) == 2
-    assert not (tmp_path / "bad.keras").exists()
+    per_level = tmp_path / "per_level.keras"
+    assert run_cli("export", run_dir, per_level, "--guidance", 3, 1.5, "--context-sigma",
+                   0.5) == 0
+    sampling = keras.saving.load_model(per_level, compile=False).sampling
+    assert sampling["guidance_scale"] == [3.0, 1.5] and sampling["context_sigma"] == 0.5
+    for bad in (["--steps", 3, 2, 1], ["--guidance", 3, 2, 1], ["--context-sigma", -1]):
+        assert run_cli("export", run_dir, tmp_path / "bad.keras", *bad) == 2
+        assert not (tmp_path / "bad.keras").exists()
 
 
 @one_pass_only
@@ -509,6 +515,8 @@ def test_demo_prompt_generates_with_the_bundled_text_model(tmp_path, capsys):
      "--resolution must be one of this model's level sizes (4x16x16, 8x32x32, 16x64x64)"),
     (["generate", "pretrained:moving_mnist", "--prompt", "a seven"], "not text-conditional"),
     (["generate", "pretrained:moving_mnist", "--class", "12"], "12"),
+    (["generate", "pretrained:moving_mnist", "--class", "1", "--guidance", "8", "4"],
+     "`guidance_scale` must be a finite number >= 0 or 3 of them (one per level)"),
     (["export", "pretrained:moving_mnist", "model.h5"], "must end in .keras"),
     (["prepare", DATA, "x", "--resize", "1", "2", "3"], "--resize takes SIZE or H W"),
     ([*TRAIN, "--out", "x", "--steps", "2", "--backbone-option", "latents=3"],
@@ -536,6 +544,8 @@ def test_bad_arguments_exit_2_with_a_message(argv, message, capsys, tmp_path, mo
     ["generate", "ckpt", "--context-cache-dtype", "float16"],
     ["generate", "ckpt", "--context-cache-mb", "-1"],
     ["generate", "ckpt", "--context-parents", "centre"],
+    ["generate", "ckpt", "--context-sigma", "-0.5"],
+    ["evaluate", "ckpt", "--guidance", "4", "nan"],
     [],
 ])
 def test_parse_errors_exit_2(argv, capsys):
@@ -634,7 +644,8 @@ def test_guidance_0_is_accepted_as_by_the_library(capsys):
 
     parser = build_parser()
     for command in (["generate", "ckpt"], ["demo"], ["evaluate", "ckpt"]):
-        assert parser.parse_args([*command, "--guidance", "0"]).guidance == 0.0
+        assert parser.parse_args([*command, "--guidance", "0"]).guidance == [0.0]
+        assert parser.parse_args([*command, "--guidance", "8", "4"]).guidance == [8.0, 4.0]
         assert check_guidance_scale(0.0) == 0.0
         for bad in ("-0.5", "nan", "inf", "x"):
             assert run_cli(*command, "--guidance", bad) == 2

@@ -276,7 +276,8 @@ def check_outputs(argv):
         if args.guidance is not None:  # the scale the copy samples with by default
             with zipfile.ZipFile(args.output) as archive:
                 config = json.loads(archive.read("config.json"))["config"]
-            assert config["sampling"]["guidance_scale"] == args.guidance, config["sampling"]
+            scales = args.guidance[0] if len(args.guidance) == 1 else args.guidance
+            assert config["sampling"]["guidance_scale"] == scales, config["sampling"]
     if args.command == "evaluate" and args.card:
         card = json.loads(Path(args.card).read_text())
         assert card["evaluation"]["scores"]["num_videos"] == 10 * args.per_class, card

@@ -417,8 +417,14 @@ BAD_GENERATE = {
         st.lists(hostile(lambda v: is_int(v) and 1 <= v <= MAX_NUM_STEPS), min_size=1,
                  max_size=1),
     ), "`num_steps"),
-    "guidance_scale": (hostile(lambda v: is_real(v) and 0 <= v < math.inf),
-                       "`guidance_scale`"),
+    "guidance_scale": (st.one_of(
+        hostile(lambda v: is_real(v) and 0 <= v < math.inf),
+        st.lists(st.floats(0, 8), min_size=3, max_size=4),  # 1 or 2 levels: not 3 or more
+        st.just([]),
+        st.lists(hostile(lambda v: is_real(v) and 0 <= v < math.inf), min_size=1, max_size=2),
+    ), "`guidance_scale"),
+    "context_sigma": (hostile(lambda v: v is None or (is_real(v) and 0 <= v < math.inf)),
+                      "`context_sigma`"),
     "overlap": (st.one_of(
         hostile(valid_overlap), st.sampled_from([1.0, -0.5, (0.5, 0.5), (0.5, 1.0, 0.0),
                                                  "abc", (0.5, math.nan, 0.0)])),
@@ -468,15 +474,15 @@ def test_generate_rejects_bad_arguments(model, name, data):
 @fuzz(6)
 @given(ids=st.lists(st.integers(0, NUM_CLASSES - 1), min_size=1, max_size=2),
        form=st.sampled_from([list, tuple, np.array, "scalar"]),
-       repeat=st.booleans(), guidance=st.floats(0, 8),
+       repeat=st.booleans(), guidance=st.floats(0, 8), per_level=st.booleans(),
        num_steps=st.sampled_from([1, 2, (1,), [2], np.array([1])]),
        sampler=st.sampled_from([None, *SAMPLERS, ["heun"], ("euler",)]),
        overlap=st.one_of(st.floats(0, 1, exclude_max=True),
                          st.tuples(*[st.floats(0, 0.999)] * 3)),
        tile_batch_size=st.integers(1, 2**70), seed=st.one_of(st.none(), st.integers(0, 2**128)),
        blend=st.sampled_from(["uniform", "smooth"]), flags=st.tuples(*[st.booleans()] * 3))
-def test_generate_valid_arguments(model, ids, form, repeat, guidance, num_steps, sampler,
-                                  overlap, tile_batch_size, seed, blend, flags):
+def test_generate_valid_arguments(model, ids, form, repeat, guidance, per_level, num_steps,
+                                  sampler, overlap, tile_batch_size, seed, blend, flags):
     """Any valid request returns uint8 videos of the requested count and size (one level,
     at most 2 network samples per call: each new batch shape compiles the network)."""
     num_samples = 2 if len(ids) == 1 and repeat else None  # one condition, repeated
@@ -486,6 +492,8 @@ def test_generate_valid_arguments(model, ids, form, repeat, guidance, num_steps,
         conditions = form(ids)
     n = num_samples or len(ids)
     guidance = guidance if n == 1 else 1.0  # guidance doubles the network batch
+    if per_level:  # one per level: of the one generated, or of the model's two
+        guidance = [guidance] if n > 1 or guidance > 4 else [guidance, 2.0]
     calls = []
     cache_context, use_ema, with_callback = flags
     kwargs = dict(num_samples=num_samples, num_steps=num_steps, guidance_scale=guidance,

@@ -6,7 +6,7 @@ from keras import ops
 import keras_hpdm
 from keras_hpdm.backbones import RINBackbone
 from keras_hpdm.diffusion import edm_sigmas, per_sample_normal, sample
-from keras_hpdm.diffusion.seeding import derive_seed
+from keras_hpdm.diffusion.seeding import derive_seed, host_normal
 from keras_hpdm.models.generation import PyramidGenerator
 
 SPEC = keras_hpdm.PyramidSpec((2, 8, 8), 2)
@@ -145,10 +145,14 @@ def test_guidance_and_ema(model):
         np.testing.assert_array_equal(before, ops.convert_to_numpy(v))
 
 
-def test_guided_sampling_is_exact_for_pixelwise_denoisers(model, monkeypatch):
+@pytest.mark.parametrize("guidance", [3.0, (3.0, 1.0)])
+def test_guided_sampling_is_exact_for_pixelwise_denoisers(model, monkeypatch, guidance):
     """Every level and step: the sampler integrates `u + w (c - u)` of the conditional and
-    null outputs (pixel-wise denoisers of class-dependent Gaussians, so tiling is exact)."""
+    null outputs (pixel-wise denoisers of class-dependent Gaussians, so tiling is exact),
+    with each level's own `w` when one per level is given; a level at 1 runs no null half."""
     null = model.backbone.null_label
+    scales = (guidance,) * SPEC.num_levels if np.isscalar(guidance) else guidance
+    labels_seen = []
 
     def mean_of(label):
         return np.where(np.asarray(label) == null, -0.3, 0.15 * np.asarray(label) + 0.2)
@@ -160,26 +164,62 @@ def test_guided_sampling_is_exact_for_pixelwise_denoisers(model, monkeypatch):
     def network(inputs):
         if "context_patches" in inputs:
             return {}
+        labels_seen.append((int("context" in inputs), np.asarray(inputs["label"])))  # level
         out = denoiser(inputs["patches"], inputs["sigma"], inputs["label"])
         return np.asarray(ops.convert_to_numpy(out))
 
     monkeypatch.setattr(model, "predict_on_batch", network)
-    labels, w = np.array([0, 2]), 3.0
+    labels = np.array([0, 2])
     _, canvases = model.generate(list(labels), num_steps=4, seed=9, overlap=0.5,
                                  tile_batch_size=3, sampler="euler", verbose=0,
-                                 guidance_scale=w, return_pyramid=True)
+                                 guidance_scale=guidance, return_pyramid=True)
     sigmas = edm_sigmas(4)
-    for level, canvas in enumerate(canvases):
+    for level, (canvas, w) in enumerate(zip(canvases, scales, strict=True)):
+        called_null = any(np.any(seen == null) for lv, seen in labels_seen if lv == level)
+        assert called_null == (w != 1.0)
         x = per_sample_normal((2,) + SPEC.level_size(level) + (3,), derive_seed(9, level))
         x = x * float(sigmas[0])
 
-        def guided(x, sigma):
+        def guided(x, sigma, w=w):
             c = denoiser(x[:, None], sigma[:, None], labels)[:, 0]
             u = denoiser(x[:, None], sigma[:, None], np.full(2, null))[:, 0]
             return u + w * (c - u)
 
         expected = np.asarray(ops.convert_to_numpy(sample(guided, x, sigmas, method="euler")))
         np.testing.assert_allclose(canvas, expected, atol=1e-5)
+
+
+def test_context_sigma_noises_the_coarse_canvases(model, monkeypatch):
+    """Level 1 is conditioned on level 0's finished canvas plus `context_sigma` of noise
+    drawn per sample (`host_normal`, apart from the sampler's), told that sigma; level 0's
+    own sampling is untouched. The noise is there (the clean canvas differs)."""
+    contexts = []
+    real_network = PyramidGenerator(model).network
+
+    def network(inputs):
+        if "context_patches" in inputs:
+            contexts.append((np.asarray(inputs["context_patches"]), np.asarray(inputs["sigma"])))
+        return real_network(inputs)
+
+    generator = PyramidGenerator(model)
+    monkeypatch.setattr(generator, "network", network)
+    plan = keras_hpdm.models.generation_plan.GenerationPlan.resolve(
+        SPEC.num_levels, model.sampling, model.backbone.num_classes, conditions=[0, 2],
+        num_steps=2, seed=7, verbose=0, return_pyramid=True, context_sigma=0.7)
+    _, canvases = generator(plan)
+    clean = model.generate([0, 2], num_steps=2, seed=7, verbose=0, return_pyramid=True,
+                           context_sigma=0.0)[1]
+    np.testing.assert_allclose(canvases[0], clean[0], atol=1e-6)  # level 0 as before
+    noise = host_normal(canvases[0].shape, derive_seed(7, 1, 2), stream=0)
+    noised = canvases[0] + np.float32(0.7) * noise
+    assert contexts
+    for patches, sigma in contexts:  # level 0 is one patch: the whole canvas
+        np.testing.assert_allclose(sigma, 0.7)
+        for row in patches[:, 0]:
+            distances = [np.abs(row - sample).max() for sample in noised]
+            assert min(distances) < 1e-5
+            assert min(np.abs(row - sample).max() for sample in canvases[0]) > 0.5
+    assert np.abs(canvases[1] - clean[1]).max() > 1e-3  # level 1 saw the noise
 
 
 def test_callbacks_see_steps_and_stop_early(model):
@@ -428,9 +468,32 @@ def test_a_model_carries_its_own_guidance_scale(model):
                                   model.generate(num_samples=2, **kw))
     assert guided.get_config()["sampling"]["guidance_scale"] == 3.0
     assert model.sampling["guidance_scale"] == 1.0
-    for bad in (-1.0, float("nan"), "4"):
+    for bad in (-1.0, float("nan"), "4", [3.0], [3.0, -1.0]):  # [3.0]: the pyramid has 2
         with pytest.raises(ValueError, match=r'sampling\["guidance_scale"\]'):
             keras_hpdm.PatchDiffusionModel(model.backbone, sampling={"guidance_scale": bad})
+
+
+def test_a_model_carries_per_level_guidance_and_its_context_sigma(model):
+    """`sampling={"guidance_scale": [w0, w1], "context_sigma": s}` is what `generate()`
+    samples with by default, saved in the config; generating fewer levels uses the first
+    levels' scales."""
+    sampling = {**model.sampling, "guidance_scale": [3.0, 1.5], "context_sigma": 0.6}
+    carrier = keras_hpdm.PatchDiffusionModel.from_config(
+        {**model.get_config(), "sampling": sampling})
+    for target, source in zip(carrier.weights, model.weights, strict=True):
+        target.assign(ops.convert_to_numpy(source))
+    kw = dict(num_steps=2, seed=5, verbose=0)
+    carried = carrier.generate([0, 2], **kw)
+    np.testing.assert_array_equal(
+        carried, model.generate([0, 2], guidance_scale=(3.0, 1.5), context_sigma=0.6, **kw))
+    np.testing.assert_array_equal(carrier.generate([0, 2], num_levels=1, **kw),
+                                  model.generate([0, 2], num_levels=1, guidance_scale=3.0, **kw))
+    for other in (dict(guidance_scale=(3.0, 4.0), context_sigma=0.6),
+                  dict(guidance_scale=(3.0, 1.5), context_sigma=0.002)):
+        assert np.abs(model.generate([0, 2], **other, **kw).astype(int) - carried).max() > 0
+    restored = keras_hpdm.PatchDiffusionModel.from_config(carrier.get_config())
+    assert restored.sampling["guidance_scale"] == [3.0, 1.5]
+    assert restored.sampling["context_sigma"] == 0.6
 
 
 def test_context_cache_budget_and_bfloat16_store(model):

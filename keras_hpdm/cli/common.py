@@ -63,6 +63,24 @@ non_negative_float = _checked(float, check_number, low=0.0)
 guidance = _checked(float, lambda name, value: check_guidance_scale(value, name))
 
 
+def add_guidance_options(parser, saved=False):
+    """`--guidance` (one scale or one per level) and `--context-sigma`: what
+    `model.generate` guides with and how much noise the finer levels see on the coarser
+    ones; with `saved` (export), the defaults the exported model samples with."""
+    default = ("saved as its sampling[\"{key}\"]; default: the checkpoint's" if saved
+               else "default: the model's own")
+    parser.add_argument(
+        "--guidance", type=guidance, nargs="+", default=None, metavar="W",
+        help="classifier-free guidance scale, >= 0 (0 = unconditional, 1 = conditional "
+             "without guidance), one for all levels or one per level (e.g. 8 4 4: the "
+             f"layout, drawn at level 0, guided harder; {default.format(key='guidance_scale')})")
+    parser.add_argument(
+        "--context-sigma", type=non_negative_float, default=None, metavar="SIGMA",
+        help="the noise the finer levels see on the finished coarser levels: ~0.5-1 keeps "
+             "their layout and lets the finer levels redraw their details "
+             f"({default.format(key='context_sigma')}; models trained here: 0.002)")
+
+
 def default_verbose():
     """Progress bars (1) on a terminal; elsewhere (a file, a pipe, CI logs) one plain line
     per epoch or level (2): Keras' bars are ANSI text that piles up in a file."""

@@ -4,9 +4,9 @@ import argparse
 import os
 
 from keras_hpdm.cli.common import (
+    add_guidance_options,
     add_verbose,
     check_request,
-    guidance,
     non_negative_int,
     output_folder,
     positive_int,
@@ -37,10 +37,7 @@ def add_parser(sub):
                            "moving up and to the right quickly\"")
     p.add_argument("--steps", type=positive_int, nargs="+",
                    help="sampling steps, level 0 or per level (default: the model's)")
-    p.add_argument("--guidance", type=guidance, default=None,
-                   help="classifier-free guidance scale, >= 0 (0 = unconditional, 1 = "
-                        "conditional without guidance; default: the model's own, "
-                        "1 unless it was saved with another)")
+    add_guidance_options(p)
     p.add_argument("--seed", type=non_negative_int, default=0, help="default: 0")
     add_verbose(p, "level")
     p.set_defaults(func=run)
@@ -54,7 +51,8 @@ def run(args):
     name = "moving_mnist_text" if args.prompt else "moving_mnist"
     conditions = args.prompt or args.classes or [0, 3, 5, 7]
     options = argparse.Namespace(
-        steps=args.steps, sampler=None, guidance=args.guidance, num_samples=None,
+        steps=args.steps, sampler=None, guidance=args.guidance,
+        context_sigma=args.context_sigma, num_samples=None,
         overlap=list(DEFAULT_OVERLAP), tile_batch_size=32, seed=args.seed, no_ema=False,
         verbose=args.verbose, resolution=None, fps=8, out=args.out, save_pyramid=True)
     # Seconds, not the ~20 s a model takes to load: the file's config tells what it accepts.

@@ -6,9 +6,9 @@ import os
 from keras_hpdm.checks import SAMPLERS
 from keras_hpdm.cli.common import (
     CommandError,
+    add_guidance_options,
     check_plan,
     checkpoint_inputs,
-    guidance,
     model_config,
     non_negative_int,
     per_level,
@@ -57,10 +57,7 @@ def add_parser(sub):
                         "(default: the model's)")
     p.add_argument("--sampler", choices=SAMPLERS, nargs="+",
                    help="one for all levels or one per level (default: the model's)")
-    p.add_argument("--guidance", type=guidance, default=None,
-                   help="guidance scale, >= 0 (0 = unconditional, 1 = conditional without "
-                        "guidance; default: the model's own, "
-                        "1 unless it was saved with another)")
+    add_guidance_options(p)
     p.add_argument("--tile-batch-size", type=positive_int, default=32, help="default: 32")
     p.add_argument("--seed", type=non_negative_int, default=0, help="default: 0")
     p.add_argument("--fvd", type=non_negative_int, default=0, metavar="N",
@@ -132,22 +129,27 @@ def run(args):
         raise CommandError("--sensitivity scores text-conditional models; this one is "
                            "class-conditional.")
     steps, sampler = per_level(args.steps), per_level(args.sampler)
+    guidance_scale = per_level(args.guidance)
     if model is None:
         # The requests the evaluation makes: one digit and `per_class` samples, or one
         # caption per video.
         request = (["a caption"] * args.videos, None) if text else (0, args.per_class)
         check_plan(config, request[0], num_samples=request[1], num_steps=steps,
-                   sampler=sampler, guidance_scale=args.guidance,
-                   tile_batch_size=args.tile_batch_size, seed=args.seed, verbose=args.verbose)
+                   sampler=sampler, guidance_scale=guidance_scale,
+                   context_sigma=args.context_sigma, tile_batch_size=args.tile_batch_size,
+                   seed=args.seed, verbose=args.verbose)
         model = load_checkpoint(args.checkpoint)
     from keras_hpdm.metrics import evaluate_moving_mnist, evaluate_moving_mnist_text
 
-    guidance_scale = (model.sampling["guidance_scale"] if args.guidance is None
-                      else args.guidance)
+    if guidance_scale is None:
+        guidance_scale = model.sampling["guidance_scale"]
+    context_sigma = (model.sampling["context_sigma"] if args.context_sigma is None
+                     else args.context_sigma)
     options = dict(num_steps=steps, sampler=sampler, guidance_scale=guidance_scale,
-                   tile_batch_size=args.tile_batch_size, verbose=args.verbose)
+                   context_sigma=context_sigma, tile_batch_size=args.tile_batch_size,
+                   verbose=args.verbose)
     settings = {"num_steps": steps, "sampler": sampler, "guidance_scale": guidance_scale,
-                "seed": args.seed}
+                "context_sigma": context_sigma, "seed": args.seed}
     if text:
         if args.fvd and args.videos < 2:
             raise CommandError("--fvd needs at least 2 videos: raise --videos.")
@@ -167,7 +169,7 @@ def run(args):
                                        fvd_videos=args.fvd, **options)
     print(f"{args.checkpoint}: {scores['num_videos']} videos in {scores['seconds']:.0f} s "
           f"(steps {steps or model.sampling['num_steps']}, guidance {guidance_scale}, "
-          f"seed {args.seed})")
+          f"context sigma {context_sigma}, seed {args.seed})")
     for name in SCORES:
         if name in scores:
             print(f"  {name:<16} {scores[name]:.4f}")

@@ -5,11 +5,12 @@ import json
 import os
 import platform
 
+from keras_hpdm.checks import check_guidance_scales
 from keras_hpdm.cli.common import (
     CommandError,
+    add_guidance_options,
     check_plan,
     checkpoint_inputs,
-    guidance,
     model_config,
     per_level,
     positive_int,
@@ -35,10 +36,7 @@ def add_parser(sub):
     p.add_argument("--live-weights", action="store_true",
                    help="export the live weights instead of the EMA weights")
     p.add_argument("--description", default="", help="one line for the model card")
-    p.add_argument("--guidance", type=guidance, default=None,
-                   help="the guidance scale the exported model samples with by default "
-                        "(saved as its sampling[\"guidance_scale\"]; default: the "
-                        "checkpoint's)")
+    add_guidance_options(p, saved=True)
     p.add_argument("--steps", type=positive_int, nargs="+", metavar="N",
                    help="the sampling steps the exported model uses by default: level 0's "
                         "(halved per finer level) or one per level (saved as its "
@@ -47,13 +45,16 @@ def add_parser(sub):
     return p
 
 
-def sampling_copy(model, use_ema=True, guidance_scale=None, num_steps=None):
+def sampling_copy(model, use_ema=True, guidance_scale=None, num_steps=None,
+                  context_sigma=None):
     """A new `PatchDiffusionModel` with `model`'s (EMA) weights and no EMA of its own
-    (sampling with `guidance_scale` and `num_steps` by default when given)."""
+    (sampling with `guidance_scale`, `num_steps` and `context_sigma` by default when
+    given)."""
     from keras_hpdm.models import PatchDiffusionModel
 
     config = {**model.get_config(), "ema_decay": None, "ema_half_life": None}
-    defaults = {"guidance_scale": guidance_scale, "num_steps": num_steps}
+    defaults = {"guidance_scale": guidance_scale, "num_steps": num_steps,
+                "context_sigma": context_sigma}
     config["sampling"] = {**config["sampling"],
                           **{k: v for k, v in defaults.items() if v is not None}}
     copy = PatchDiffusionModel.from_config(config)
@@ -125,13 +126,16 @@ def run(args):
     refuse_overwrite([args.output, card_path], checkpoint_inputs(args.checkpoint))
     # Everything is read and checked before anything is written.
     card = model_card(args.checkpoint, args.description)
-    steps = per_level(args.steps)
+    steps, guidance_scale = per_level(args.steps), per_level(args.guidance)
     config = model_config(args.checkpoint)
-    if steps is not None and config is not None:  # before the weights load
+    if config is not None:  # before the weights load
         check_plan(config, None, num_steps=steps)
+        if guidance_scale is not None:
+            check_guidance_scales(guidance_scale, config["backbone"]["pyramid"]["num_levels"],
+                                  "--guidance")
     model = load_checkpoint(args.checkpoint)
-    copy = sampling_copy(model, use_ema=not args.live_weights, guidance_scale=args.guidance,
-                         num_steps=steps)
+    copy = sampling_copy(model, use_ema=not args.live_weights, guidance_scale=guidance_scale,
+                         num_steps=steps, context_sigma=args.context_sigma)
     _write_atomically(args.output, copy.save)
     outputs = {"model": args.output}
     if card is not None:

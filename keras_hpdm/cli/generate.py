@@ -7,12 +7,12 @@ from keras_hpdm.checks import SAMPLERS
 from keras_hpdm.cli.common import (
     CommandError,
     add_allow_download,
+    add_guidance_options,
     add_verbose,
     check_request,
     checkpoint_inputs,
     download_setting,
     fraction,
-    guidance,
     level_sizes,
     non_negative_float,
     non_negative_int,
@@ -56,10 +56,7 @@ def add_parser(sub):
     p.add_argument("--steps", type=positive_int, nargs="+",
                    help="sampling steps: one number (level 0, halved per level) or one per "
                         "level (default: the model's)")
-    p.add_argument("--guidance", type=guidance, default=None,
-                   help="classifier-free guidance scale, >= 0 (0 = unconditional, 1 = "
-                        "conditional without guidance; default: the model's own, "
-                        "1 unless it was saved with another)")
+    add_guidance_options(p)
     p.add_argument("--sampler", choices=SAMPLERS, nargs="+",
                    help="one for all levels or one per level (default: stochastic at level "
                         "0, euler above)")
@@ -116,7 +113,8 @@ def generate_options(args):
     """`model.generate`'s keyword arguments from the command's options (all but the
     conditions and the levels, which `--resolution` gives)."""
     return dict(num_samples=args.num_samples, num_steps=per_level(args.steps),
-                guidance_scale=args.guidance, overlap=tuple(args.overlap),
+                guidance_scale=per_level(args.guidance), context_sigma=args.context_sigma,
+                overlap=tuple(args.overlap),
                 tile_batch_size=args.tile_batch_size, seed=args.seed,
                 sampler=per_level(args.sampler), use_ema=not args.no_ema,
                 verbose=args.verbose, **_context_cache_options(args))

@@ -84,8 +84,14 @@ def per_sample_normal(shape, seed, sample_ids=None, stream=0, dtype="float32"):
     seed = check_seed(seed, allow_none=False)
     stream = _check_key("stream", stream)
     ids = check_sample_ids(sample_ids, shape[0])
+    return ops.convert_to_tensor(host_normal(shape, seed, ids, stream), dtype=dtype)
+
+
+def host_normal(shape, seed, sample_ids=None, stream=0):
+    """`per_sample_normal`'s noise as a float32 NumPy array (for host-side work)."""
+    ids = np.arange(shape[0]) if sample_ids is None else sample_ids
     noise = np.empty(shape, dtype=np.float32)
     for row, i in enumerate(ids):
         rng = np.random.default_rng([seed, int(i), stream])
         noise[row] = rng.standard_normal(shape[1:], dtype=np.float32)
-    return ops.convert_to_tensor(noise, dtype=dtype)
+    return noise

@@ -12,7 +12,7 @@ from keras import ops
 
 from keras_hpdm.diffusion.samplers import sample
 from keras_hpdm.diffusion.schedules import edm_sigmas
-from keras_hpdm.diffusion.seeding import derive_seed, per_sample_normal
+from keras_hpdm.diffusion.seeding import derive_seed, host_normal, per_sample_normal
 from keras_hpdm.diffusion.tiling import tile_grid, tiled_denoiser
 from keras_hpdm.models.backend_quirks import batch_replicas, predict_workers, shard_batch
 from keras_hpdm.models.context_cache import ContextCache, context_chains
@@ -127,7 +127,10 @@ class PyramidGenerator:
         canvases = []
         with _ema_weights(self.model, plan.use_ema):
             for level in range(plan.num_levels):
-                canvases.append(self.level(plan, level, canvases, conds, null))
+                guided = plan.guidance_scale[level] != 1.0  # else no unconditioned half
+                contexts = noised_contexts(canvases, plan.context_sigma, plan.seed, level)
+                canvases.append(self.level(plan, level, contexts, conds,
+                                           null if guided else None))
         video = to_uint8(canvases[-1])
         return (video, canvases) if plan.return_pyramid else video
 
@@ -149,7 +152,8 @@ class PyramidGenerator:
         return conds, null
 
     def level(self, plan, level, canvases, conds, null):
-        """Samples level `level` of `plan` given the finished coarser `canvases`; returns
+        """Samples level `level` of `plan` given the finished coarser `canvases` (noised to
+        `plan.context_sigma`), guided away from the `null` conditions unless None; returns
         its float32 canvas `(N,) + pyramid.level_size(level) + (C,)`."""
         spec, model = self.spec, self.model
         s = self.settings
@@ -162,7 +166,8 @@ class PyramidGenerator:
         chains = context_chains(spec, level, starts, plan.overlap,
                                 plan.context_parents)  # (T, l+1, 3)
         coords = np.stack([spec.chain_coords(c) for c in chains])  # (T, l+1, 6)
-        context_sigma = float(s["context_sigma"])
+        context_sigma = plan.context_sigma
+        guidance_scale = plan.guidance_scale[level]
         halves = 1 if null is None else 2
         cache = ContextCache(chains, CACHE_STORAGE[plan.context_cache_dtype],
                              plan.context_cache_budget if plan.cache_context else 0)
@@ -234,7 +239,7 @@ class PyramidGenerator:
             out = self.network(inputs)[:, 0]
             if null is not None:
                 cond_out, uncond_out = np.split(out, 2)
-                out = uncond_out + plan.guidance_scale * (cond_out - uncond_out)
+                out = uncond_out + guidance_scale * (cond_out - uncond_out)
             return out
 
         evals = num_steps if method == "euler" else 2 * num_steps - 1
@@ -264,6 +269,19 @@ class PyramidGenerator:
         out = sample(denoise_fn, x, sigmas, method=method, seed=derive_seed(plan.seed, level, 1),
                      callback=on_step if plan.callbacks else None, **options)
         return np.asarray(ops.convert_to_numpy(out), np.float32)
+
+
+def noised_contexts(canvases, context_sigma, seed, level):
+    """The finished coarser `canvases` as level `level` is conditioned on them: with
+    `context_sigma` of noise, drawn per sample (`host_normal`: batch-independent, the same
+    on every backend) and apart from the sampler's own noise. Training noises every level
+    at its own sigma, so the finer levels know coarse canvases at any noise level: a noisy
+    one keeps its layout and leaves its details to them."""
+    if context_sigma == 0.0:
+        return canvases
+    return [c + np.float32(context_sigma) * host_normal(c.shape, derive_seed(seed, level, 2),
+                                                        stream=k)
+            for k, c in enumerate(canvases)]
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from keras_hpdm.checks import (
     SAMPLERS,
     check_bool,
     check_conditions,
-    check_guidance_scale,
+    check_guidance_scales,
     check_int,
     check_number,
     check_seed,
@@ -48,9 +48,13 @@ DEFAULT_SAMPLING = {
     "S_min": 0.05,
     "S_max": 50.0,
     "S_noise": 1.003,
+    # The noise level the finer levels take their coarser levels' canvases at: the
+    # canvases get that much noise (training saw coarse levels at every noise level), so
+    # a higher value lets the finer levels redraw details the coarse ones got wrong.
     "context_sigma": 0.002,
-    # The guidance `generate(guidance_scale=None)` uses: a trained model can carry the
-    # scale it was measured best at (1: conditional without guidance).
+    # The guidance `generate(guidance_scale=None)` uses, one for all levels or one per
+    # level: a trained model can carry the scale it was measured best at (1: conditional
+    # without guidance).
     "guidance_scale": 1.0,
     # True: level l samples over [sigma_min, sigma_max] * level_noise_scale**l, the range
     # its training noise was shifted to (off: every level samples the same range).
@@ -73,7 +77,9 @@ class GenerationPlan:
         conditions: None, or one class id or prompt per sample (a tuple).
         num_steps: sampler steps, one per level.
         samplers: sampler names (`SAMPLERS`), one per level.
-        guidance_scale: classifier-free guidance weight (1: no guidance).
+        guidance_scale: classifier-free guidance weight per level (1: no guidance).
+        context_sigma: the noise level of the coarser levels' canvases the finer levels
+            are conditioned on (`DEFAULT_SAMPLING["context_sigma"]`).
         overlap: tile overlap fraction per axis `(f, h, w)`.
         tile_batch_size: tiles denoised per network call.
         seed: the seed of every draw (a fresh one when `generate` got None).
@@ -101,7 +107,8 @@ class GenerationPlan:
     conditions: tuple | None
     num_steps: tuple
     samplers: tuple
-    guidance_scale: float
+    guidance_scale: tuple
+    context_sigma: float
     overlap: tuple
     tile_batch_size: int
     seed: int
@@ -117,13 +124,14 @@ class GenerationPlan:
 
     @property
     def guided(self):
-        """Whether each network call also runs unconditioned (guidance scale != 1)."""
-        return self.guidance_scale != 1.0
+        """Whether some level's network calls also run unconditioned (guidance != 1)."""
+        return any(w != 1.0 for w in self.guidance_scale)
 
     @classmethod
     def resolve(cls, pyramid_levels, sampling, num_classes=None, text_dim=None, *,
                 conditions=None, num_samples=None, num_steps=None, guidance_scale=None,
-                overlap=DEFAULT_OVERLAP, tile_batch_size=DEFAULT_TILE_BATCH_SIZE, seed=None,
+                context_sigma=None, overlap=DEFAULT_OVERLAP,
+                tile_batch_size=DEFAULT_TILE_BATCH_SIZE, seed=None,
                 sampler=None, blend="uniform", cache_context=True, context_cache_budget=None,
                 context_cache_dtype="float32", context_parents="center", use_ema=True,
                 callbacks=None, verbose="auto", return_pyramid=False, num_levels=None):
@@ -145,11 +153,17 @@ class GenerationPlan:
         num_levels = pyramid_levels if num_levels is None else num_levels
         num_levels = check_int("num_levels", num_levels, low=1, high=pyramid_levels)
         if guidance_scale is None:  # the model's own, unless there is nothing to guide to
-            guidance_scale = 1.0 if conditions is None else sampling["guidance_scale"]
+            guidance_scale = (1.0 if conditions is None
+                              else _first_levels(sampling["guidance_scale"], num_levels))
+        guidance_scale = check_guidance_scales(
+            _first_levels(guidance_scale, num_levels, pyramid_levels), num_levels)
         n, items = check_conditions(conditions, num_classes, text_dim, guidance_scale,
                                     num_samples)
-        steps = _resolve_steps(sampling["num_steps"] if num_steps is None else num_steps,
-                               num_levels)
+        steps = _resolve_steps(_first_levels(sampling["num_steps"], num_levels)
+                               if num_steps is None else num_steps, num_levels)
+        if context_sigma is None:
+            context_sigma = sampling["context_sigma"]
+        context_sigma = check_number("context_sigma", context_sigma, low=0.0)
         samplers = _resolve_samplers(sampler, sampling["methods"], num_levels)
         overlap = _resolve_overlap(overlap)
         tile_batch_size = check_int("tile_batch_size", tile_batch_size, low=1)
@@ -171,7 +185,8 @@ class GenerationPlan:
         return cls(
             num_levels=num_levels, num_samples=n,
             conditions=None if items is None else tuple(items), num_steps=tuple(steps),
-            samplers=tuple(samplers), guidance_scale=float(guidance_scale), overlap=overlap,
+            samplers=tuple(samplers), guidance_scale=tuple(float(w) for w in guidance_scale),
+            context_sigma=float(context_sigma), overlap=overlap,
             tile_batch_size=tile_batch_size, seed=seed, blend=blend,
             cache_context=check_bool("cache_context", cache_context),
             context_cache_budget=check_int("context_cache_budget", context_cache_budget,
@@ -181,6 +196,15 @@ class GenerationPlan:
             callbacks=tuple(callbacks), verbose=verbose,
             return_pyramid=check_bool("return_pyramid", return_pyramid),
         )
+
+
+def _first_levels(values, num_levels, pyramid_levels=None):
+    """A per-level setting of the whole pyramid (`pyramid_levels` of them; any length when
+    None) cut to the `num_levels` generated; anything else as it is, for its check."""
+    length = sequence_length(values)
+    if length and length > num_levels and pyramid_levels in (None, length):
+        return list(values)[:num_levels]
+    return values
 
 
 def _check_cache_dtype(dtype):
@@ -269,5 +293,5 @@ def check_sampling(sampling, num_levels):
     check_number('sampling["S_max"]', sampling["S_max"], low=s_min, allow_inf=True)
     check_number('sampling["S_noise"]', sampling["S_noise"], low=0.0)
     check_number('sampling["context_sigma"]', sampling["context_sigma"], low=0.0)
-    check_guidance_scale(sampling["guidance_scale"], 'sampling["guidance_scale"]')
+    check_guidance_scales(sampling["guidance_scale"], num_levels, 'sampling["guidance_scale"]')
     check_bool('sampling["level_sigma_scale"]', sampling["level_sigma_scale"])

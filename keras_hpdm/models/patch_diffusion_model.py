@@ -432,7 +432,8 @@ class PatchDiffusionModel(keras.Model):
 
     # ------------------------------------------------------------ generation
     def generate(self, conditions=None, num_samples=None, num_steps=None, guidance_scale=None,
-                 overlap=DEFAULT_OVERLAP, tile_batch_size=DEFAULT_TILE_BATCH_SIZE, seed=None,
+                 context_sigma=None, overlap=DEFAULT_OVERLAP,
+                 tile_batch_size=DEFAULT_TILE_BATCH_SIZE, seed=None,
                  sampler=None, blend="uniform", cache_context=True, context_cache_budget=None,
                  context_cache_dtype="float32", context_parents="center", use_ema=True,
                  callbacks=None, verbose="auto",
@@ -445,9 +446,16 @@ class PatchDiffusionModel(keras.Model):
             num_steps: steps per level: an int (level 0; halved per level, at least 4) or
                 a tuple with one entry per level.
             guidance_scale: classifier-free guidance weight, a finite number >= 0 (1 = no
-                guidance, 0 = unconditional); None (default) takes the model's
-                `sampling["guidance_scale"]` (1 unless the model was given another; 1
-                when `conditions` is None).
+                guidance, 0 = unconditional), or one per level (e.g. `(8, 4, 4)`: the
+                layout, drawn at level 0, guided harder than the details); None (default)
+                takes the model's `sampling["guidance_scale"]` (1 unless the model was
+                given another; 1 when `conditions` is None).
+            context_sigma: the noise level (>= 0) of the coarser levels' canvases each
+                finer level is conditioned on: they get that much noise first. Training
+                sees coarse levels at every noise level, so a higher value (~0.5-1) keeps
+                their layout and lets the finer levels redraw what they got wrong (as
+                a hard-guided level 0's over-sharpened digits); None (default) takes the
+                model's `sampling["context_sigma"]` (0.002 unless given another).
             overlap: tile overlap fraction per axis (f, h, w), or one float for all; the
                 paper's best is 50% on time and height.
             tile_batch_size: tiles denoised per network call (bounds memory).
@@ -495,7 +503,8 @@ class PatchDiffusionModel(keras.Model):
         plan = GenerationPlan.resolve(
             self.pyramid.num_levels, self.sampling, self.backbone.num_classes,
             self.backbone.text_dim, conditions=conditions, num_samples=num_samples,
-            num_steps=num_steps, guidance_scale=guidance_scale, overlap=overlap,
+            num_steps=num_steps, guidance_scale=guidance_scale, context_sigma=context_sigma,
+            overlap=overlap,
             tile_batch_size=tile_batch_size, seed=seed, sampler=sampler, blend=blend,
             cache_context=cache_context, context_cache_budget=context_cache_budget,
             context_cache_dtype=context_cache_dtype, context_parents=context_parents,
