@@ -107,6 +107,25 @@ def test_checkpoint_records_the_public_optimizer_class(run_dir):
     assert (optimizer["module"], optimizer["class_name"]) == ("keras.optimizers", "AdamW")
 
 
+@pytest.mark.parametrize("optimizer, warmup, rates", [
+    ("adam", None, [1e-3, 1e-3, 1e-3]),    # constant, as before
+    ("adam", 100, [0.0, 5e-4, 1e-3]),      # ramped in, then constant
+    ("lamb", None, [0.0, 2.5e-4, 5e-4]),   # lamb's default warm-up: 200 steps
+    ("lamb", 100, [0.0, 5e-4, 1e-3]),
+])
+def test_warmup_ramps_the_learning_rate_of_either_optimizer(optimizer, warmup, rates):
+    """`--warmup` used to be read by lamb alone: adam trained at its full rate from step 0."""
+    from keras_hpdm.cli.train import compile_model
+
+    compiled = {}
+    model = argparse.Namespace(compile=lambda optimizer: compiled.update(optimizer=optimizer))
+    compile_model(model, argparse.Namespace(optimizer=optimizer, lr=1e-3, steps=10_000,
+                                            warmup=warmup))
+    rate = compiled["optimizer"]._learning_rate
+    got = [float(keras.ops.convert_to_numpy(rate(step) if callable(rate) else rate))
+           for step in (0, 50, 100)]
+    np.testing.assert_allclose(got, rates, rtol=1e-3, atol=1e-9)
+
 def test_resume_continues_and_refuses_to_overwrite(run_dir, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(run_dir, out)

@@ -122,12 +122,13 @@ def add_parser(sub):
                    help="total steps (default: 2000; with --resume: the run's)")
     g.add_argument("--batch-size", type=positive_int, default=8, help="default: 8")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
-                   help="adam (AdamW, constant LR) or lamb (the paper's LAMB + warm-up + "
-                        "cosine; default: adam)")
+                   help="adam (AdamW, constant LR after --warmup) or lamb (the paper's LAMB "
+                        "+ warm-up + cosine; default: adam)")
     g.add_argument("--lr", type=positive_float, default=2e-3,
                    help="(peak) learning rate (default: 2e-3)")
-    g.add_argument("--warmup", type=non_negative_int, default=200,
-                   help="warm-up steps for lamb (default: 200)")
+    g.add_argument("--warmup", type=non_negative_int, default=None,
+                   help="linear learning-rate warm-up steps (default: 200 for lamb, "
+                        "none for adam)")
     g.add_argument("--precision", choices=PRECISIONS, default="float32", help="default: float32")
     g.add_argument("--seed", type=non_negative_int, default=0, help="default: 0")
     g.add_argument("--distributed", action="store_true",
@@ -309,9 +310,16 @@ def compile_model(model, args):
 
     import keras_hpdm
 
+    warmup = getattr(args, "warmup", None)
     if args.optimizer == "lamb":
-        optimizer = keras_hpdm.hpdm_optimizer(args.steps, learning_rate=args.lr,
-                                              warmup_steps=args.warmup)
+        optimizer = keras_hpdm.hpdm_optimizer(
+            args.steps, learning_rate=args.lr, warmup_steps=200 if warmup is None else warmup)
+    elif warmup:
+        # Keras' cosine with alpha=1 is flat after its warm-up: a constant rate, ramped in,
+        # as a schedule that checkpoints save and load.
+        schedule = keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=1, alpha=1.0, warmup_target=args.lr, warmup_steps=warmup)
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=0.01)
     else:
         optimizer = keras.optimizers.AdamW(args.lr, weight_decay=0.01)
     model.compile(optimizer=optimizer)
