@@ -55,7 +55,7 @@ import numpy as np
 from keras_hpdm.backbones import RINBackbone
 
 
-def build_and_train(batch_size, weights=None, fixed_noise=False):
+def build_and_train(batch_size, weights=None, fixed_noise=False, dataset=False):
     keras.utils.set_random_seed(0)
     spec = keras_hpdm.PyramidSpec((2, 16, 16), 2)
     backbone = RINBackbone.from_preset("tiny", pyramid=spec, num_classes=2)
@@ -69,8 +69,17 @@ def build_and_train(batch_size, weights=None, fixed_noise=False):
     model.compile(optimizer=keras.optimizers.SGD(0.1))
     x = {k: INPUTS[k] for k in ("patches", "coords", "label")}
     y = {k: INPUTS[k] for k in ("sigma", "noise")} if fixed_noise else None
-    history = model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
-    losses = np.array([history.history[k][0] for k in ("loss", "loss_level_0", "loss_level_1")])
+    if dataset:
+        # A stream read one step per epoch: Keras keeps its iterator between epochs, so a
+        # batch taken before training would never be trained on.
+        import tensorflow as tf
+
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+        steps = len(INPUTS["label"]) // batch_size
+        history = model.fit(data, steps_per_epoch=1, epochs=steps, verbose=0)
+    else:
+        history = model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+    losses = np.array([history.history[k][-1] for k in ("loss", "loss_level_0", "loss_level_1")])
     return model, initial, {"losses": losses, "start": start,
                             "weights": flat(model.backbone.get_weights())}
 
@@ -235,6 +244,30 @@ OUTPUTS = {**report("single", single), **report("dist", dist),
     assert bool(out["mirrored"])
     first, second = out["replica_noise"]
     assert abs(np.corrcoef(first, second)[0, 1]) < 0.5, "replicas drew the same noise"
+    assert_same_training(out)
+
+
+@subprocess_test
+def test_tensorflow_mirrored_strategy_trains_every_batch_of_a_stream():
+    """One worker, a tf.data stream read with `steps_per_epoch`: Keras' TensorFlow trainer
+    reads a first batch to build the model under a strategy; every batch must still be
+    trained on once, in order (a lost batch trains on batch 2 first and runs out of data
+    an epoch early)."""
+    code = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+""" + BUILD + """
+_, initial, single = build_and_train(batch_size=4, fixed_noise=True, dataset=True)
+with strategy.scope():
+    model, _, dist = build_and_train(batch_size=4, weights=initial, fixed_noise=True,
+                                     dataset=True)
+OUTPUTS = {**report("single", single), **report("dist", dist),
+           "steps": int(model.optimizer.iterations.numpy())}
+"""
+    out = run_in_backends(code, ["tensorflow"], inputs=batch())["tensorflow"]
+    assert int(out["steps"]) == 2
     assert_same_training(out)
 
 

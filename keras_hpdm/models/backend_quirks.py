@@ -47,8 +47,9 @@ def scale_loss_for_replicas(loss):
 def first_replica_batch(model, iterator, data_batch):
     """For Keras' TensorFlow `_maybe_symbolic_build`: under several workers, symbolic
     tensors shaped as one replica's batch, from the data set's element spec. Keras would
-    average the first batch over replicas (failing across workers) and, worse, consume it:
-    with `steps_per_epoch` the epoch iterator is kept, so that batch is never trained on."""
+    average the first batch over replicas, which fails across workers. (The batch it reads
+    is not lost: `fit` resets its epoch iterator afterwards, which starts the data set
+    again; one worker keeps Keras' own path.)"""
     if (iterator is None or getattr(model, "_distribute_strategy", None) is None
             or distribute.process_count() == 1):
         return iterator, data_batch
