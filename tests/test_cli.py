@@ -264,6 +264,14 @@ def test_evaluate_scores_a_digit_model_and_updates_its_card(run_dir, tmp_path, c
     assert updated["description"] == "test"
     assert updated["evaluation"]["scores"]["num_videos"] == 20
     assert updated["evaluation"]["command"].startswith("keras-hpdm evaluate")
+    # Tiles that do not overlap (Table 4's ablation): other tiles, other videos.
+    assert run_cli("evaluate", digits_run, "--per-class", 2, "--steps", 2, 2, "--overlap",
+                   0, 0, 0, "--json", tmp_path / "no_overlap.json") == 0
+    assert "overlap 0 0 0)" in capsys.readouterr().out
+    no_overlap = json.loads((tmp_path / "no_overlap.json").read_text())
+    assert no_overlap["settings"]["overlap"] == [0.0, 0.0, 0.0]
+    assert "overlap" not in json.loads((tmp_path / "scores.json").read_text())["settings"]
+    assert no_overlap["scores"]["noise_effect"] != scores["noise_effect"]
     assert run_cli("evaluate", digits_run, "--fvd", 1) == 2
     assert run_cli("evaluate", digits_run, "--sensitivity", 2) == 2
     assert "--sensitivity scores text-conditional models" in capsys.readouterr().err

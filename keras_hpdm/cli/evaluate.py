@@ -9,6 +9,7 @@ from keras_hpdm.cli.common import (
     add_guidance_options,
     check_plan,
     checkpoint_inputs,
+    fraction,
     model_config,
     non_negative_int,
     per_level,
@@ -58,6 +59,9 @@ def add_parser(sub):
     p.add_argument("--sampler", choices=SAMPLERS, nargs="+",
                    help="one for all levels or one per level (default: the model's)")
     add_guidance_options(p)
+    p.add_argument("--overlap", type=fraction, nargs=3, metavar=("F", "H", "W"),
+                   help="tile overlap per axis (default: generate's, 0.5 0.5 0.5; 0 0 0: "
+                        "tiles that do not overlap, the paper's Table 4)")
     p.add_argument("--tile-batch-size", type=positive_int, default=32, help="default: 32")
     p.add_argument("--seed", type=non_negative_int, default=0, help="default: 0")
     p.add_argument("--fvd", type=non_negative_int, default=0, metavar="N",
@@ -130,6 +134,7 @@ def run(args):
                            "class-conditional.")
     steps, sampler = per_level(args.steps), per_level(args.sampler)
     guidance_scale = per_level(args.guidance)
+    overlap = {} if args.overlap is None else {"overlap": tuple(args.overlap)}
     if model is None:
         # The requests the evaluation makes: one digit and `per_class` samples, or one
         # caption per video.
@@ -137,7 +142,7 @@ def run(args):
         check_plan(config, request[0], num_samples=request[1], num_steps=steps,
                    sampler=sampler, guidance_scale=guidance_scale,
                    context_sigma=args.context_sigma, tile_batch_size=args.tile_batch_size,
-                   seed=args.seed, verbose=args.verbose)
+                   seed=args.seed, verbose=args.verbose, **overlap)
         model = load_checkpoint(args.checkpoint)
     from keras_hpdm.metrics import evaluate_moving_mnist, evaluate_moving_mnist_text
 
@@ -147,9 +152,9 @@ def run(args):
                      else args.context_sigma)
     options = dict(num_steps=steps, sampler=sampler, guidance_scale=guidance_scale,
                    context_sigma=context_sigma, tile_batch_size=args.tile_batch_size,
-                   verbose=args.verbose)
+                   verbose=args.verbose, **overlap)
     settings = {"num_steps": steps, "sampler": sampler, "guidance_scale": guidance_scale,
-                "context_sigma": context_sigma, "seed": args.seed}
+                "context_sigma": context_sigma, "seed": args.seed, **overlap}
     if text:
         if args.fvd and args.videos < 2:
             raise CommandError("--fvd needs at least 2 videos: raise --videos.")
@@ -169,7 +174,8 @@ def run(args):
                                        fvd_videos=args.fvd, **options)
     print(f"{args.checkpoint}: {scores['num_videos']} videos in {scores['seconds']:.0f} s "
           f"(steps {steps or model.sampling['num_steps']}, guidance {guidance_scale}, "
-          f"context sigma {context_sigma}, seed {args.seed})")
+          f"context sigma {context_sigma}, seed {args.seed}"
+          + (f", overlap {' '.join(f'{v:g}' for v in args.overlap)}" if overlap else "") + ")")
     for name in SCORES:
         if name in scores:
             print(f"  {name:<16} {scores[name]:.4f}")
