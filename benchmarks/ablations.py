@@ -21,12 +21,14 @@ Each trained copy (EMA weights) is scored on
     (`PatchDiffusionModel.pyramid_loss`): the most sensitive figure at small budgets;
   - with `--per-class N`: `evaluate_moving_mnist` (digit-reader class accuracy, persistence)
     and, with `--fvd N`, FVD/KVD against real videos with the real/real figure beside them;
-  - training throughput (videos/s over the run, data loading included).
+  - training speed: with `--speed-repeats N` (default 3; 0: skip) each variant's train step
+    is timed side by side (one process per variant, rounds interleaved, medians: the ratio
+    to the default is the figure); else the runs' own videos/s (data loading included, and
+    skewed by whatever else shared the machine while each run trained).
 
 Then the default model of the first seed is generated again with `overlap=0` (tiles that
-do not overlap, Table 4) and scored the same way; `--overlap-model CKPT` scores that
-comparison on another model instead (e.g. `pretrained:moving_mnist`, the default variant
-trained to draw digits, when the budget is too small for the runs to draw any).
+do not overlap, Table 4) and scored the same way (on a model trained to draw digits:
+`keras-hpdm evaluate pretrained:moving_mnist --overlap 0 0 0`).
 
 Runs repeat over `--seeds`; the table gives the mean and, with 2 or more seeds, the spread
 (half the max-min range) so signal can be told from noise.
@@ -51,7 +53,8 @@ os.environ.setdefault("KERAS_BACKEND", "jax")  # the training runs inherit it
 
 import numpy as np  # noqa: E402
 from machine import machine_info  # noqa: E402
-from report import fmt, markdown_table, report  # noqa: E402
+from report import fmt, markdown_table, median, report  # noqa: E402
+from workers import finish_all, interleave, start_workers  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_SCRIPT = os.path.join(ROOT, "scripts", "gpu_train_moving_mnist.py")
@@ -90,9 +93,8 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", default=os.path.join(ROOT, "benchmarks", "results",
                                                      "ablations_runs"))
     p.add_argument("--json", default=None, help="default: results/ablations_<backend>.json")
-    p.add_argument("--overlap-model", metavar="CKPT",
-                   help="score tiles with and without overlap on this model (a .keras file, "
-                        "run folder or pretrained:NAME) instead of the first default run")
+    p.add_argument("--speed-repeats", type=int, default=3,
+                   help="interleaved rounds of side-by-side train-step timing (0: skip)")
     p.add_argument("--reuse", action="store_true",
                    help="score runs already in --out-dir instead of training them again")
     return p.parse_args(argv)
@@ -180,6 +182,25 @@ def throughput(card):
     return last["step"] * card["batch_size"] / last["seconds"]
 
 
+def side_by_side_speed(args, spec):
+    """Training videos/s of each variant's model, every variant in its own process and
+    their timed rounds interleaved (A, B, C, A, B, C, ...), so that what else the machine
+    runs weighs on all of them alike. Random batches of the runs' shapes."""
+    config = {"backbone": "rin", "preset": args.preset, "batch_size": args.batch_size,
+              "spec": {"patch_size": list(spec.patch_size), "num_levels": spec.num_levels},
+              "warmup": 2, "train": True, "xla": False}
+    specs = [(variant, {**config, "overrides": VARIANTS[variant]},
+              os.environ["KERAS_BACKEND"]) for variant in args.variants]
+    print(f"timing {len(specs)} variants side by side, {args.speed_repeats} rounds",
+          flush=True)
+    workers = start_workers(specs, jobs=1)
+    live = [w for w in workers if not w.error]
+    replies = interleave(live, args.speed_repeats, ("train", {"min_seconds": 3.0}))
+    finish_all(live)
+    return {w.name: args.batch_size / median([t for r in replies[w.name]["train"]
+                                             for t in r["times"]]) for w in live}
+
+
 def spread(values):
     values = [v for v in values if v is not None]
     if not values:
@@ -187,7 +208,7 @@ def spread(values):
     return float(np.mean(values)), (float(np.ptp(values) / 2) if len(values) > 1 else None)
 
 
-def summarise(runs, variants):
+def summarise(runs, variants, speed=None):
     rows = []
     for variant in variants:
         mine = [r for r in runs if r["variant"] == variant]
@@ -196,7 +217,8 @@ def summarise(runs, variants):
         overall = [float(np.mean(r["held_out_loss"])) for r in mine]
         row["loss_finest"], row["loss_finest_spread"] = spread(finest)
         row["loss_mean"], row["loss_mean_spread"] = spread(overall)
-        row["videos_per_s"], _ = spread([r["videos_per_s"] for r in mine])
+        row["run_videos_per_s"], _ = spread([r["videos_per_s"] for r in mine])
+        row["videos_per_s"] = (speed or {}).get(variant, row["run_videos_per_s"])
         for key in ("class_accuracy", "persistence", "fvd"):
             row[key], row[key + "_spread"] = spread(
                 [r.get("evaluation", {}).get(key) for r in mine])
@@ -239,8 +261,8 @@ def main(argv=None):
             model = keras.saving.load_model(os.path.join(args.out_dir, name + ".keras"))
             if batch is None:
                 batch, sigma, noise = held_out_batch(model, args.held_out)
-            overlaps = ((None, 0) if (variant == "default" and seed == args.seeds[0]
-                                      and not args.overlap_model) else (None,))
+                spec = model.pyramid
+            overlaps = (None, 0) if (variant == "default" and seed == args.seeds[0]) else (None,)
             scores = score(model, args, batch, sigma, noise, overlaps)
             run = {"variant": variant, "seed": seed, "steps": card["steps"],
                    "batch_size": card["batch_size"], "params": card["params"],
@@ -249,20 +271,16 @@ def main(argv=None):
             runs.append(run)
             print(json.dumps(run), flush=True)
     overlap_run = next((r for r in runs if "evaluation_overlap_0" in r), None)
-    if args.overlap_model and args.per_class:
-        from keras_hpdm.cli.generate import load_checkpoint
-
-        model = load_checkpoint(args.overlap_model)
-        overlap_run = {"model": args.overlap_model,
-                       **score(model, args, batch, sigma, noise, overlaps=(None, 0))}
-        print(json.dumps(overlap_run), flush=True)
-    rows = summarise(runs, args.variants)
+    speed = (side_by_side_speed(args, spec)
+             if args.speed_repeats > 0 and runs else None)
+    rows = summarise(runs, args.variants, speed)
     columns = [
         ("variant", "variant", None), ("seeds", "seeds", "d"),
         ("held-out loss, finest", with_spread("loss_finest", ".4f"), None),
         ("vs default", "loss_finest_vs_default", ".3f"),
         ("all levels", with_spread("loss_mean", ".4f"), None),
-        ("videos/s", "videos_per_s", ".1f"), ("speed vs default", "speed_vs_default", ".2f"),
+        ("videos/s" + (" (side by side)" if speed else " (runs)"), "videos_per_s", ".1f"),
+        ("speed vs default", "speed_vs_default", ".2f"),
     ]
     if args.per_class:
         columns += [("class acc", with_spread("class_accuracy", ".2f"), None),
@@ -274,7 +292,7 @@ def main(argv=None):
                 ("paper videos/s", "paper_videos_per_s", ".2f")]
     notes = []
     if overlap_run:
-        model_name = overlap_run.get("model", f"default_s{args.seeds[0]}")
+        model_name = f"default_s{args.seeds[0]}"
         for label, key in (("50% overlap (default)", "evaluation"),
                            ("no overlap", "evaluation_overlap_0")):
             e = overlap_run[key]
@@ -295,7 +313,7 @@ def main(argv=None):
              f"{args.batch_size}, {args.preset} preset, seeds {args.seeds}; spread = half the "
              f"range over seeds; {(time.time() - start) / 60:.0f} min")
     backend = keras.config.backend()
-    meta = {"title": title, "settings": vars(args), "runs": runs, "rows": rows,
+    meta = {"title": title, "settings": vars(args), "runs": runs, "rows": rows, "speed": speed,
             "overlap": overlap_run, "machine": machine_info()}
     report(f"ablations_{backend}", columns, rows, meta, title=title, notes=notes,
            path=args.json, markdown=title + "\n\n" + markdown_table(columns, rows) + "\n\n"

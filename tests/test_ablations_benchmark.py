@@ -50,7 +50,7 @@ def test_variants_train_with_their_switch_and_are_reused(tmp_path, capsys):
     argv = ["--budget", "0.0075", "--variants", "default", "detach", "--seeds", "0",
             "--preset", "tiny", "--batch-size", "4", "--held-out", "4",
             "--out-dir", str(out), "--json", str(table)]
-    assert ablations.main(argv) == 0
+    assert ablations.main(argv + ["--speed-repeats", "1"]) == 0
     result = json.loads(table.read_text())
     runs = {r["variant"]: r for r in result["runs"]}
     assert set(runs) == {"default", "detach"}
@@ -67,10 +67,19 @@ def test_variants_train_with_their_switch_and_are_reused(tmp_path, capsys):
     assert runs["default"]["held_out_loss"] != runs["detach"]["held_out_loss"]
     rows = {r["variant"]: r for r in result["rows"]}
     assert rows["default"]["loss_finest_vs_default"] == pytest.approx(1.0)
+    # Speed: timed side by side in processes of their own, not the runs' own figures.
+    assert set(result["speed"]) == {"default", "detach"}
+    for variant, row in rows.items():
+        assert row["videos_per_s"] == result["speed"][variant] > 0
+        assert row["run_videos_per_s"] == runs[variant]["videos_per_s"]
     assert "detach" in capsys.readouterr().out
     # --reuse scores the runs in --out-dir again without training them.
     mtime = os.path.getmtime(out / "detach_s0.keras")
-    assert ablations.main(argv + ["--reuse"]) == 0
+    assert ablations.main(argv + ["--reuse", "--speed-repeats", "0"]) == 0
     assert os.path.getmtime(out / "detach_s0.keras") == mtime
-    again = {r["variant"]: r for r in json.loads(table.read_text())["runs"]}
+    reused = json.loads(table.read_text())
+    assert reused["speed"] is None
+    assert [r["videos_per_s"] for r in reused["rows"]] == [
+        r["run_videos_per_s"] for r in reused["rows"]]
+    again = {r["variant"]: r for r in reused["runs"]}
     assert again["detach"]["held_out_loss"] == pytest.approx(runs["detach"]["held_out_loss"])
