@@ -156,6 +156,26 @@ class ModelSavingTest(TestCase):
                                atol=1e-4)
         self.run_serialization_test(model)
 
+    def test_a_saved_optimizer_is_named_as_the_public_class(self):
+        """The torch backend swaps `AdamW` for a torch-only subclass; a file naming it loads
+        on torch alone. `model.save` itself names `keras.optimizers.AdamW` (the checkpoint
+        callback used to rewrite the whole archive after saving to fix it)."""
+        import zipfile
+
+        model = keras_hpdm.PatchDiffusionModel.from_config(self.model.get_config())
+        model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+        model.optimizer.build(model.trainable_variables)
+        model.optimizer.iterations.assign(5)
+        path = os.path.join(self.get_temp_dir(), "compiled.keras")
+        model.save(path)
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))["compile_config"]["optimizer"]
+        self.assertEqual((config["module"], config["class_name"]),
+                         ("keras.optimizers", "AdamW"))
+        restored = keras.saving.load_model(path)
+        self.assertIsInstance(restored.optimizer, keras.optimizers.AdamW)
+        self.assertEqual(int(ops.convert_to_numpy(restored.optimizer.iterations)), 5)
+
     @pytest.mark.skipif(keras.config.backend() != "jax", reason="runs the other backends itself")
     def test_save_jax_load_tensorflow_torch(self):
         model = self.model

@@ -4,7 +4,6 @@ loads such checkpoints back with clear errors for damaged files."""
 import json
 import math
 import os
-import shutil
 import time
 import zipfile
 
@@ -13,15 +12,11 @@ import numpy as np
 
 from keras_hpdm import distribute
 from keras_hpdm.checks import check_int
+from keras_hpdm.models.backend_quirks import BACKEND_OPTIMIZERS
 
 MODEL_NAME = "model.keras"
 STATE_NAME = "training_state.json"
 _CONFIG_NAME = "config.json"  # inside a .keras archive
-# Optimizers that the torch backend swaps for torch-only subclasses (TorchOptimizer.__new__);
-# a file must name the public class so that every backend can resume it.
-_BACKEND_OPTIMIZERS = ("Adadelta", "Adagrad", "Adam", "Adamax", "AdamW", "Lion", "Nadam",
-                       "RMSprop", "SGD")
-
 
 def read_training_state(directory):
     """The training state of a checkpoint folder, or None if it has no checkpoint.
@@ -123,45 +118,11 @@ def load_training_checkpoint(path, compile=True):
 
     keras_hpdm._load_all()  # registers the classes the file names
     # By name, these take precedence over the module a torch-written file records.
-    optimizers = {name: getattr(keras.optimizers, name) for name in _BACKEND_OPTIMIZERS}
+    optimizers = {name: getattr(keras.optimizers, name) for name in BACKEND_OPTIMIZERS}
     try:
         return keras.saving.load_model(path, compile=compile, custom_objects=optimizers)
     except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path} could not be loaded as a model: {e}") from e
-
-
-def _public_optimizers(config):
-    """`config` with backend-specific optimizer classes replaced by the public ones."""
-    if isinstance(config, list):
-        return [_public_optimizers(v) for v in config]
-    if not isinstance(config, dict):
-        return config
-    out = {k: _public_optimizers(v) for k, v in config.items()}
-    if (str(out.get("module", "")).startswith("keras.src.backend.")
-            and out.get("class_name") in _BACKEND_OPTIMIZERS):
-        out.update(module="keras.optimizers", registered_name=None)
-    return out
-
-
-def _make_backend_neutral(path):
-    """Rewrites a just-saved `.keras` file so its optimizer is the public Keras class (the
-    torch backend saves a torch-only one that JAX/TensorFlow cannot resume)."""
-    with zipfile.ZipFile(path) as archive:
-        config = json.loads(archive.read(_CONFIG_NAME))
-    public = _public_optimizers(config)
-    if public == config:
-        return
-    tmp = f"{path}.neutral"
-    with zipfile.ZipFile(path) as source, zipfile.ZipFile(tmp, "w") as target:
-        for info in source.infolist():
-            entry = zipfile.ZipInfo(info.filename, info.date_time)  # fresh: writing mutates it
-            entry.compress_type = info.compress_type
-            if info.filename == _CONFIG_NAME:
-                target.writestr(entry, json.dumps(public))
-                continue
-            with source.open(info) as src, target.open(entry, "w", force_zip64=True) as dst:
-                shutil.copyfileobj(src, dst, 1 << 22)
-    os.replace(tmp, path)
 
 
 def _atomic_json(path, data):
@@ -298,7 +259,6 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         tmp = os.path.join(self.directory, f".{MODEL_NAME}.tmp.keras")
         with distribute.chief_only():
             self.model.save(tmp)
-        _make_backend_neutral(tmp)
         # The state travels inside the archive, so weights and step change in one rename: a
         # kill between two separate writes would pair new weights with an old step.
         with zipfile.ZipFile(tmp, "a") as archive:

@@ -5,7 +5,8 @@
 - Keras' TensorFlow trainer cannot run `MultiWorkerMirroredStrategy` as it is (Keras 3.15):
   it builds the model from the first batch averaged with `strategy.reduce` and reduces the
   scalar logs along an axis they lack, both failing across workers.
-- Keras has no distribution backend for torch.
+- Keras has no distribution backend for torch, and its torch backend swaps optimizers for
+  torch-only subclasses, which a saved file would name (JAX/TensorFlow could not load it).
 - Keras' JAX trainer detaches variable values while it trains.
 - Keras' JAX `predict_on_batch` does not split a batch over a distribution's devices, and
   in a multi-process run cannot read back an output that other processes' devices hold;
@@ -20,6 +21,10 @@ from keras import ops
 
 from keras_hpdm import distribute
 
+# Optimizers that the torch backend swaps for torch-only subclasses (TorchOptimizer.__new__);
+# a saved file must name the public class so that every backend can load it.
+BACKEND_OPTIMIZERS = ("Adadelta", "Adagrad", "Adam", "Adamax", "AdamW", "Lion", "Nadam",
+                      "RMSprop", "SGD")
 # Replica `r` draws from seed value `seed + r * stride`: far from any nearby user seed.
 _REPLICA_SEED_STRIDE = 1_000_003
 
@@ -209,3 +214,17 @@ def replicated_across_processes(outputs):
         return x  # symbolic (building), nothing to place
 
     return keras.tree.map_structure(gather, outputs)
+
+
+def public_optimizers(config):
+    """`config` (a serialized config, nested) with the torch backend's optimizer classes
+    named as the public Keras ones."""
+    if isinstance(config, list):
+        return [public_optimizers(v) for v in config]
+    if not isinstance(config, dict):
+        return config
+    out = {k: public_optimizers(v) for k, v in config.items()}
+    if (str(out.get("module", "")).startswith("keras.src.backend.")
+            and out.get("class_name") in BACKEND_OPTIMIZERS):
+        out.update(module="keras.optimizers", registered_name=None)
+    return out

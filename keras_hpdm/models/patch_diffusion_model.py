@@ -19,6 +19,7 @@ from keras_hpdm.models.backend_quirks import (
     chief_seed,
     first_replica_batch,
     logs_for_worker_mean,
+    public_optimizers,
     reattach_jax_variables_on_error,
     replicated_across_processes,
     scale_loss_for_replicas,
@@ -528,6 +529,12 @@ class PatchDiffusionModel(keras.Model):
             self.seed_generator.state.assign(store[_RNG_STATE_KEY])
             store = {k: store[k] for k in keys if k != _RNG_STATE_KEY}
         super().load_own_variables(store)
+
+    def get_compile_config(self):
+        # Under torch the optimizer is a torch-only subclass: a file naming it would load
+        # on torch alone, so the file names the public class (same variables and config).
+        config = super().get_compile_config()
+        return None if config is None else public_optimizers(config)
 
     # ---------------------------------------------------------------- config
     def get_config(self):
