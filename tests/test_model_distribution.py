@@ -168,11 +168,18 @@ def build(weights=None):
 
 calls = []
 call = generation.CompiledNetwork._call
-def recording_call(self, inputs):
-    sigma = inputs["sigma"]
-    devices = getattr(getattr(sigma, "sharding", None), "device_set", [None])
-    calls.append((len(sigma), len(devices)))
-    return call(self, inputs)
+def recording_call(self, inputs, key=None):
+    strategy = getattr(self.model, "_distribute_strategy", None)
+    if keras.config.backend() == "tensorflow" and strategy is not None:
+        # Each of this worker's replicas is given its own share: (share, local replicas).
+        local = strategy.experimental_local_results(inputs)
+        sigma = local["sigma"] if isinstance(local, dict) else [r["sigma"] for r in local]
+        calls.append((len(sigma[0]), len(sigma)))
+    else:
+        sigma = inputs["sigma"]
+        devices = getattr(getattr(sigma, "sharding", None), "device_set", [None])
+        calls.append((len(sigma), len(devices)))
+    return call(self, inputs, key)
 generation.CompiledNetwork._call = recording_call
 seeds = []
 generate_plan = generation.PyramidGenerator.__call__
@@ -656,8 +663,9 @@ OUTPUTS = {"video": video, **{f"level_{i}": c for i, c in enumerate(canvases)},
         if backend == "jax":  # the whole batch, placed over both processes' devices
             np.testing.assert_array_equal(calls[:, 0], padded)
             assert np.all(calls[:, 1] == 2)
-        else:  # each worker its half
+        else:  # each worker's replica its half
             np.testing.assert_array_equal(calls[:, 0], padded // 2)
+            assert np.all(calls[:, 1] == 1)
         # Split programs reassociate float sums (see the 4-device test); a row of another
         # process in the wrong place would differ by the canvas scale.
         for level in (0, 1):
@@ -670,6 +678,41 @@ OUTPUTS = {"video": video, **{f"level_{i}": c for i, c in enumerate(canvases)},
     # the seeds themselves must (else the rows would mix two draws).
     assert int(outs[0]["seed"]) == int(outs[1]["seed"])
     np.testing.assert_array_equal(outs[0]["unseeded"], outs[1]["unseeded"])
+
+
+@subprocess_test
+def test_tensorflow_mirrored_strategy_generates_as_one_device():
+    """A model built under a one-worker `MirroredStrategy` on 2 devices: each network call
+    gives each replica half the rows, and the videos equal one device's. (Keras runs a
+    batch it is given whole on every replica and returns it once per replica: generation
+    used to fail there on a doubled batch.)"""
+    single = run_in_backends(GENERATION + """
+model = build()
+video, canvases = pyramid(model)
+OUTPUTS = {"video": video, **{f"level_{i}": c for i, c in enumerate(canvases)},
+           "calls": np.array(calls), **{f"w{i}": w for i, w in enumerate(model.get_weights())}}
+""", ["tensorflow"])["tensorflow"]
+    weights = {k: v for k, v in single.items() if k.startswith("w")}
+    out = run_in_backends("""
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+""" + GENERATION + """
+names = sorted((k for k in INPUTS if k.startswith("w")), key=lambda k: int(k[1:]))
+with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+    model = build([INPUTS[k] for k in names])
+video, canvases = pyramid(model)
+OUTPUTS = {"video": video, **{f"level_{i}": c for i, c in enumerate(canvases)},
+           "calls": np.array(calls)}
+""", ["tensorflow"], inputs=weights)["tensorflow"]
+    one = single["calls"][:, 0]
+    np.testing.assert_array_equal(out["calls"][:, 0], (one + one % 2) // 2)
+    assert np.all(out["calls"][:, 1] == 2)
+    for level in (0, 1):
+        ref = single[f"level_{level}"]
+        error = np.abs(out[f"level_{level}"] - ref).max() / np.abs(ref).max()
+        assert error < 5e-4, (level, error)
+    assert np.abs(out["video"].astype(int) - single["video"]).max() <= 1
 
 
 @subprocess_test

@@ -10,8 +10,8 @@
 - Keras' JAX trainer detaches variable values while it trains.
 - Keras' JAX `predict_on_batch` does not split a batch over a distribution's devices, and
   in a multi-process run cannot read back an output that other processes' devices hold;
-  Keras' TensorFlow one, under several workers, takes each worker's batch as its share and
-  returns every worker's outputs concatenated.
+  Keras' TensorFlow one, under a strategy, runs the batch it is given on every replica and
+  returns every replica's outputs concatenated.
 """
 
 import contextlib
@@ -145,14 +145,31 @@ def batch_replicas():
     return int(mesh.shape[list(mesh.axis_names).index(distribution.batch_dim_name)])
 
 
-def predict_workers(model):
-    """`(index, count)` of this worker among those a TensorFlow `predict_on_batch` of `model`
-    gathers outputs from (its multi-worker strategy's), else `(0, 1)`."""
+def strategy_replicas(model):
+    """How many replicas a TensorFlow `predict_on_batch` of `model` runs on (those of its
+    `tf.distribute` strategy, over all workers), else 1."""
     strategy = getattr(model, "_distribute_strategy", None)
     if keras.config.backend() != "tensorflow" or strategy is None:
-        return 0, 1
-    index, count = distribute.process_index(), distribute.process_count()
-    return (index, count) if count > 1 else (0, 1)
+        return 1
+    return int(strategy.num_replicas_in_sync)
+
+
+def per_replica_inputs(model, inputs):
+    """`inputs` (batch first, a multiple of `strategy_replicas(model)`, the same on every
+    worker) cut into one contiguous share per replica of `model`'s strategy:
+    `predict_on_batch` runs each share on its replica and returns the outputs in order.
+    Given the whole batch, Keras' TensorFlow trainer runs all of it on every replica and
+    returns it once per replica."""
+    import tensorflow as tf
+
+    strategy = model._distribute_strategy
+    share = len(keras.tree.flatten(inputs)[0]) // strategy.num_replicas_in_sync
+
+    def replica_share(context):
+        begin = context.replica_id_in_sync_group * share
+        return keras.tree.map_structure(lambda x: tf.constant(x[begin:begin + share]), inputs)
+
+    return strategy.experimental_distribute_values_from_function(replica_share)
 
 
 def chief_seed(seed, model):
@@ -168,7 +185,7 @@ def chief_seed(seed, model):
         from jax.experimental import multihost_utils
 
         return int(multihost_utils.broadcast_one_to_all(np.uint32(seed)))
-    if predict_workers(model)[1] == 1:
+    if strategy_replicas(model) == 1:
         return seed
     import tensorflow as tf
 

@@ -14,7 +14,12 @@ from keras_hpdm.diffusion.samplers import sample
 from keras_hpdm.diffusion.schedules import edm_sigmas
 from keras_hpdm.diffusion.seeding import derive_seed, host_normal, per_sample_normal
 from keras_hpdm.diffusion.tiling import tile_grid, tiled_denoiser
-from keras_hpdm.models.backend_quirks import batch_replicas, predict_workers, shard_batch
+from keras_hpdm.models.backend_quirks import (
+    batch_replicas,
+    per_replica_inputs,
+    shard_batch,
+    strategy_replicas,
+)
 from keras_hpdm.models.context_cache import ContextCache, context_chains
 
 # `GenerationPlan.context_cache_dtype` -> the numpy type the context cache stores.
@@ -55,8 +60,9 @@ class CompiledNetwork:
     In a multi-process run every process generates the same videos in lockstep (the same
     seeds give the same tile batches everywhere) and each batch is split over all
     processes: under JAX over every process's devices, the output gathered back to each
-    (`backend_quirks.replicated_across_processes`); under a TensorFlow multi-worker
-    strategy each worker passes its own rows and `predict_on_batch` returns all workers'.
+    (`backend_quirks.replicated_across_processes`). Under a TensorFlow strategy (one or
+    several workers) each replica is given its contiguous share of the padded batch and
+    `predict_on_batch` returns all replicas' outputs, in order.
     """
 
     def __init__(self, model):
@@ -64,25 +70,29 @@ class CompiledNetwork:
         self.functions = {}
 
     def __call__(self, inputs):
-        replicas = batch_replicas()
-        worker, workers = predict_workers(self.model)
-        if replicas * workers == 1:
+        replicas = batch_replicas() * strategy_replicas(self.model)
+        if replicas == 1:
             return self._call(inputs)
         size = len(inputs["sigma"])
-        pad = -size % (replicas * workers)
+        pad = -size % replicas
         if pad:
             inputs = keras.tree.map_structure(
                 lambda x: np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]), inputs)
-        if workers > 1:  # this worker's contiguous share; the outputs come back in order
-            share = (size + pad) // workers
-            inputs = keras.tree.map_structure(
-                lambda x: x[worker * share:(worker + 1) * share], inputs)
-        out = self._call(shard_batch(inputs) if replicas > 1 else inputs)
+        key = self._key(inputs)
+        if strategy_replicas(self.model) > 1:
+            inputs = per_replica_inputs(self.model, inputs)
+        else:
+            inputs = shard_batch(inputs)
+        out = self._call(inputs, key)
         return keras.tree.map_structure(lambda x: x[:size], out)
 
-    def _call(self, inputs):
-        key = (tuple(sorted(inputs)),
-               tuple(tuple(np.shape(x)) for x in keras.tree.flatten(inputs)))
+    @staticmethod
+    def _key(inputs):
+        return (tuple(sorted(inputs)),
+                tuple(tuple(np.shape(x)) for x in keras.tree.flatten(inputs)))
+
+    def _call(self, inputs, key=None):
+        key = self._key(inputs) if key is None else key
         model = self.model
         saved = model.predict_function
         model.predict_function = self.functions.get(key)
