@@ -70,7 +70,8 @@ class CompiledNetwork:
         self.functions = {}
 
     def __call__(self, inputs):
-        replicas = batch_replicas() * strategy_replicas(self.model)
+        tf_replicas = strategy_replicas(self.model)
+        replicas = batch_replicas() * tf_replicas
         if replicas == 1:
             return self._call(inputs)
         size = len(inputs["sigma"])
@@ -78,11 +79,9 @@ class CompiledNetwork:
         if pad:
             inputs = keras.tree.map_structure(
                 lambda x: np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]), inputs)
-        key = self._key(inputs)
-        if strategy_replicas(self.model) > 1:
-            inputs = per_replica_inputs(self.model, inputs)
-        else:
-            inputs = shard_batch(inputs)
+        key = self._key(inputs)  # of the arrays: distributed inputs have no plain shape
+        inputs = (per_replica_inputs(self.model, inputs) if tf_replicas > 1
+                  else shard_batch(inputs))
         out = self._call(inputs, key)
         return keras.tree.map_structure(lambda x: x[:size], out)
 
