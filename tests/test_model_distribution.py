@@ -625,19 +625,25 @@ OUTPUTS = {"single_loss": single_loss, "dist_loss": dist_loss, "start": start,
 
 
 
-@subprocess_test
-@pytest.mark.parametrize("backend", ["jax", "tensorflow"])
-def test_two_processes_generate_as_one(backend):
-    """`generate` in a 2-process run: both processes return the one-process videos, each
-    network call split between them (JAX: the batch on both processes' devices; TensorFlow:
-    each worker passes half the rows); without a seed, both use process 0's."""
+def one_device_generation(backend):
+    """The reference: `pyramid` of a `build()` model in one process on one device; its
+    outputs and, apart, its weights (`w0`, `w1`, ...) for the distributed copies."""
     single = run_in_backends(GENERATION + """
 model = build()
 video, canvases = pyramid(model)
 OUTPUTS = {"video": video, **{f"level_{i}": c for i, c in enumerate(canvases)},
            "calls": np.array(calls), **{f"w{i}": w for i, w in enumerate(model.get_weights())}}
 """, [backend])[backend]
-    weights = {k: v for k, v in single.items() if k.startswith("w")}
+    return single, {k: v for k, v in single.items() if k.startswith("w")}
+
+
+@subprocess_test
+@pytest.mark.parametrize("backend", ["jax", "tensorflow"])
+def test_two_processes_generate_as_one(backend):
+    """`generate` in a 2-process run: both processes return the one-process videos, each
+    network call split between them (JAX: the batch on both processes' devices; TensorFlow:
+    each worker passes half the rows); without a seed, both use process 0's."""
+    single, weights = one_device_generation(backend)
     outs = run_processes(GENERATION + """
 strategy = distribute.initialize()
 names = sorted((k for k in INPUTS if k.startswith("w")), key=lambda k: int(k[1:]))
@@ -686,13 +692,7 @@ def test_tensorflow_mirrored_strategy_generates_as_one_device():
     gives each replica half the rows, and the videos equal one device's. (Keras runs a
     batch it is given whole on every replica and returns it once per replica: generation
     used to fail there on a doubled batch.)"""
-    single = run_in_backends(GENERATION + """
-model = build()
-video, canvases = pyramid(model)
-OUTPUTS = {"video": video, **{f"level_{i}": c for i, c in enumerate(canvases)},
-           "calls": np.array(calls), **{f"w{i}": w for i, w in enumerate(model.get_weights())}}
-""", ["tensorflow"])["tensorflow"]
-    weights = {k: v for k, v in single.items() if k.startswith("w")}
+    single, weights = one_device_generation("tensorflow")
     out = run_in_backends("""
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
