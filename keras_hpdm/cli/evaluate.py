@@ -16,6 +16,7 @@ from keras_hpdm.cli.common import (
     positive_int,
     refuse_overwrite,
 )
+from keras_hpdm.models.generation_plan import DEFAULT_OVERLAP
 
 # `keras_hpdm.data.moving_mnist_captions.PHRASINGS`, written out: building the parser
 # imports no data module (they import TensorFlow); a test keeps the two equal.
@@ -60,8 +61,9 @@ def add_parser(sub):
                    help="one for all levels or one per level (default: the model's)")
     add_guidance_options(p)
     p.add_argument("--overlap", type=fraction, nargs=3, metavar=("F", "H", "W"),
-                   help="tile overlap per axis (default: generate's, 0.5 0.5 0.5; 0 0 0: "
-                        "tiles that do not overlap, the paper's Table 4)")
+                   help="tile overlap per axis (default: generate's, "
+                   + " ".join(f"{v:g}" for v in DEFAULT_OVERLAP) + "; 0 0 0: tiles that do "
+                   "not overlap; benchmarks/tile_overlap.py scores the paper's Table 4)")
     p.add_argument("--tile-batch-size", type=positive_int, default=32, help="default: 32")
     p.add_argument("--seed", type=non_negative_int, default=0, help="default: 0")
     p.add_argument("--fvd", type=non_negative_int, default=0, metavar="N",
